@@ -1,0 +1,65 @@
+"""Compatibility shims for third-party packages; the only place that touches ``sys.modules``.
+
+RobustBench 1.1.1 runs ``from autoattack import AutoAttack`` and
+``from autoattack.state import EvaluationState`` when any of its modules is imported, but the
+AutoAttack package on the package registry installs the import name ``pyautoattack``. Before
+RobustBench is imported we register ``autoattack`` and ``autoattack.state`` as aliases of
+``pyautoattack`` and ``pyautoattack.state``. A real ``autoattack`` installation (the GitHub
+package) is left untouched.
+
+Import RobustBench through :func:`import_robustbench` (or call :func:`ensure_autoattack_alias`
+first) instead of ``import robustbench``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import logging
+import sys
+from types import ModuleType
+
+__all__ = ["ensure_autoattack_alias", "import_robustbench"]
+
+_logger = logging.getLogger(__name__)
+
+
+def ensure_autoattack_alias() -> None:
+    """Make ``import autoattack`` resolve to ``pyautoattack`` unless a real ``autoattack`` exists.
+
+    Idempotent; cheap after the first call.
+
+    >>> ensure_autoattack_alias()
+    >>> import autoattack, pyautoattack
+    >>> autoattack.AutoAttack is pyautoattack.AutoAttack
+    True
+    """
+    if "autoattack" in sys.modules and "autoattack.state" in sys.modules:
+        return
+    if "autoattack" not in sys.modules and importlib.util.find_spec("autoattack") is not None:
+        # The GitHub AutoAttack package is installed under its own name: use it as is.
+        return
+    pyautoattack = importlib.import_module("pyautoattack")
+    pyautoattack_state = importlib.import_module("pyautoattack.state")
+    sys.modules.setdefault("autoattack", pyautoattack)
+    sys.modules.setdefault("autoattack.state", pyautoattack_state)
+    _logger.debug("aliased autoattack -> pyautoattack for robustbench")
+
+
+def import_robustbench(submodule: str = "") -> ModuleType:
+    """Import ``robustbench`` (or ``robustbench.<submodule>``) after installing the AutoAttack alias.
+
+    Args:
+        submodule: dotted path below ``robustbench``, for example ``"utils"`` or
+            ``"model_zoo.architectures.wide_resnet"``; empty for the top-level package.
+
+    Returns:
+        The imported module.
+
+    >>> utils = import_robustbench("utils")
+    >>> callable(utils.load_model)
+    True
+    """
+    ensure_autoattack_alias()
+    name = "robustbench" + (f".{submodule}" if submodule else "")
+    return importlib.import_module(name)
