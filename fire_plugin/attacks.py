@@ -8,13 +8,15 @@
 from __future__ import annotations
 
 import logging
+import numbers
 from typing import Any
 
 import torch
-import torchattacks
 from torch import Tensor, nn
+from torch.nn.modules.batchnorm import _NormBase
+from torchattacks.attack import Attack
 
-from fire_plugin.distances import DIVERGENCES, get_divergence
+from fire_plugin.distances import get_divergence
 
 __all__ = ["NORMS", "DivergencePGD", "FRPGD", "FRPGDL2"]
 
@@ -25,36 +27,54 @@ _RANGE_TOL = 1e-5  # tolerance on [0, 1] for images that went through inverse no
 
 
 def _check_attack_params(divergence: str, eps: float, alpha: float, steps: int, norm: str) -> None:
-    if divergence not in DIVERGENCES:
-        raise ValueError(f"divergence must be one of {sorted(DIVERGENCES)}, got {divergence!r}")
-    if norm not in NORMS:
+    get_divergence(divergence)  # raises a ValueError that names the argument and lists the allowed values
+    if not isinstance(norm, str) or norm not in NORMS:
         raise ValueError(f"norm must be one of {list(NORMS)}, got {norm!r}")
-    if not float(eps) >= 0.0:
-        raise ValueError(f"eps must be a float >= 0, got {eps!r}")
-    if not float(alpha) >= 0.0:
-        raise ValueError(f"alpha must be a float >= 0, got {alpha!r}")
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+    for name, value in (("eps", eps), ("alpha", alpha)):
+        if isinstance(value, bool) or not isinstance(value, numbers.Real) or not float(value) >= 0.0:
+            raise ValueError(f"{name} must be a real number >= 0, got {value!r}")
+    if isinstance(steps, bool) or not isinstance(steps, numbers.Integral) or steps < 1:
         raise ValueError(f"steps must be an int >= 1, got {steps!r}")
 
 
-def _check_images(images: Any) -> None:
+def _check_images_type(images: Any) -> None:
     if not isinstance(images, Tensor):
-        raise ValueError(f"images must be a torch.Tensor, got {type(images).__name__}")
+        raise ValueError(f"images must be a torch.Tensor with values in [0, 1], got {type(images).__name__}")
     if not images.is_floating_point():
-        raise ValueError(f"images must be a floating point tensor with values in [0, 1], got dtype {images.dtype}")
-    if images.numel() and (images.min() < -_RANGE_TOL or images.max() > 1 + _RANGE_TOL):
         raise ValueError(
-            f"images must lie in [0, 1], got values in [{images.min().item():.4g}, {images.max().item():.4g}]; "
+            f"images must be a floating point tensor with values in [0, 1], got dtype {images.dtype} "
+            "(convert integer images with images.float() / 255)"
+        )
+
+
+def _check_images_range(images: Tensor) -> None:
+    if images.numel() == 0:
+        return
+    low, high = torch.aminmax(images.detach())
+    if low < -_RANGE_TOL or high > 1 + _RANGE_TOL:
+        raise ValueError(
+            f"images must lie in [0, 1], got values in [{low.item():.4g}, {high.item():.4g}]; "
             "for normalized inputs call atk.set_normalization_used(mean, std)"
         )
 
 
-class DivergencePGD(torchattacks.Attack):
+def _running_stats(model: nn.Module) -> list[tuple[Tensor, Tensor]]:
+    """(buffer, saved copy) pairs of every running statistic of the normalization layers of ``model``."""
+    saved = []
+    for module in model.modules():
+        if isinstance(module, _NormBase) and module.track_running_stats:
+            for buf in (module.running_mean, module.running_var, module.num_batches_tracked):
+                if buf is not None:
+                    saved.append((buf, buf.detach().clone()))
+    return saved
+
+
+class DivergencePGD(Attack):
     r"""
     PGD that maximizes a divergence between the clean and the adversarial predictions (label-free, like TPGD).
     With ``divergence="fisher_rao"`` it is the FRD-maximizing attack of FIRE
     'Adversarial Robustness via Fisher-Rao Regularization' [https://arxiv.org/abs/2106.06685];
-    with ``divergence="kl"`` it is TRADES' attack [https://arxiv.org/abs/1901.08573].
+    with ``divergence="kl"`` it is TRADES' attack [https://arxiv.org/abs/1901.08573] (``torchattacks.TPGD``).
 
     Distance Measure : Linf or L2 (``norm``)
 
@@ -72,6 +92,12 @@ class DivergencePGD(torchattacks.Attack):
     After each call ``atk.last_stuck`` holds the number of samples whose gradient was zero at every step (left
     unperturbed by the ascent); a warning is logged when it is not 0.
 
+    The attack runs on the device and in the floating dtype of the model's parameters, read at every call (so the
+    model may be moved after the attack was built), and leaves the model as it found it: every module's training
+    flag and the running statistics of its normalization layers are restored after each call, also under
+    ``set_model_training_mode(model_training=True, batchnorm_training=True)`` (batch statistics are then used,
+    not accumulated).
+
     Shape:
         - images: :math:`(N, C, H, W)` where `N = number of batches`, `C = number of channels`,
           `H = height` and `W = width`. It must have a range [0, 1].
@@ -82,8 +108,8 @@ class DivergencePGD(torchattacks.Attack):
         >>> model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 3))
         >>> attack = DivergencePGD(model, divergence="fisher_rao", eps=8/255, alpha=2/255, steps=10)
         >>> adv_images = attack(torch.rand(2, 3, 2, 2), torch.tensor([0, 1]))
-        >>> bool((adv_images - 0).abs().max() <= 1)
-        True
+        >>> adv_images.shape
+        torch.Size([2, 3, 2, 2])
     """
 
     def __init__(
@@ -102,25 +128,51 @@ class DivergencePGD(torchattacks.Attack):
         self.divergence = divergence
         self.eps = float(eps)
         self.alpha = float(alpha)
-        self.steps = steps
+        self.steps = int(steps)
         self.norm = norm
         self.random_start = bool(random_start)
         self.supported_mode = ["default"]
         self.last_stuck = 0
-        self._divergence_fn = get_divergence(divergence)
 
-    def _sync_device(self) -> None:
-        param = next(self.model.parameters(), None)
-        if param is not None:
+    def _sync_device(self) -> torch.dtype | None:
+        """Re-read the device (stored in ``self.device``) and the floating dtype of the model's parameters."""
+        dtype = None
+        for param in self.model.parameters():
             self.device = param.device
+            if param.is_floating_point():
+                dtype = param.dtype
+                break
+        return dtype
+
+    def __call__(self, images: Tensor, labels: Tensor | None = None, *args: Any, **kwargs: Any) -> Tensor:
+        r"""
+        Overridden: validates the images and restores the model's state, even when the attack raises.
+        """
+        _check_images_type(images)
+        training = [(module, module.training) for module in self.model.modules()]
+        stats = _running_stats(self.model) if self._model_training else []
+        normalization_applied: bool | None = self.__dict__.get("_normalization_applied")
+        try:
+            return super().__call__(images, labels, *args, **kwargs)  # type: ignore[no-any-return]
+        finally:
+            self._normalization_applied = normalization_applied
+            for module, flag in training:
+                module.training = flag
+            with torch.no_grad():
+                for buf, saved in stats:
+                    buf.copy_(saved)
 
     def forward(self, images: Tensor, labels: Tensor | None = None) -> Tensor:
         r"""
         Overridden.
         """
-        _check_images(images)
-        self._sync_device()
-        images = images.clone().detach().to(self.device)
+        _check_images_type(images)
+        _check_images_range(images)
+        divergence_fn = get_divergence(self.divergence)
+        if self.norm not in NORMS:
+            raise ValueError(f"norm must be one of {list(NORMS)}, got {self.norm!r}")
+        dtype = self._sync_device() or images.dtype
+        images = images.detach().to(device=self.device, dtype=dtype, copy=True)
         with torch.no_grad():
             logits_nat = self.get_logits(images)
 
@@ -130,25 +182,28 @@ class DivergencePGD(torchattacks.Attack):
             adv = images.clone()
 
         batch = images.shape[0]
+        per_sample = (batch,) + (1,) * (images.dim() - 1)  # broadcast a (N,) vector over (N, C, H, W)
         moved = torch.zeros(batch, dtype=torch.bool, device=images.device)
         for _ in range(self.steps):
             adv.requires_grad_(True)
             logits_adv = self.get_logits(adv)
-            cost = self._divergence_fn(logits_nat, logits_adv).sum()
+            cost = divergence_fn(logits_nat, logits_adv).sum()
             grad = torch.autograd.grad(cost, adv, retain_graph=False, create_graph=False)[0]
-            grad_flat = grad.reshape(batch, -1)
-            moved |= grad_flat.abs().amax(dim=1) > 0
             with torch.no_grad():
                 if self.norm == "Linf":
+                    moved |= grad.reshape(batch, -1).ne(0).any(dim=1)
                     adv = adv + self.alpha * grad.sign()
                     delta = torch.clamp(adv - images, min=-self.eps, max=self.eps)
                 else:
-                    grad_norm = grad_flat.norm(p=2, dim=1).clamp_min(1e-12)
-                    adv = adv + self.alpha * grad / grad_norm.view(-1, *([1] * (grad.dim() - 1)))
+                    # float64 norm: the squares of gradients below 1e-19 underflow in float32
+                    grad_norm = torch.linalg.vector_norm(grad.reshape(batch, -1), dim=1, dtype=torch.float64)
+                    moved |= grad_norm > 0
+                    grad_norm = torch.where(grad_norm > 0, grad_norm, 1.0).to(grad.dtype)
+                    adv = adv + self.alpha * grad / grad_norm.view(per_sample)
                     delta = adv - images
-                    delta_norm = delta.reshape(batch, -1).norm(p=2, dim=1)
+                    delta_norm = torch.linalg.vector_norm(delta.reshape(batch, -1), dim=1)
                     factor = torch.clamp(self.eps / delta_norm.clamp_min(1e-12), max=1.0)
-                    delta = delta * factor.view(-1, *([1] * (grad.dim() - 1)))
+                    delta = delta * factor.view(per_sample)
                 adv = torch.clamp(images + delta, min=0, max=1).detach()
 
         self.last_stuck = int((~moved).sum().item())

@@ -11,7 +11,7 @@ Fisher-Rao Regularization" (TPAMI 2022):
 Numerics. ``1 - BC`` is never formed by subtraction: with ``BC = 1 - ||sqrt p - sqrt q||^2 / 2`` we get
 ``d = 4 * arcsin(||sqrt p - sqrt q|| / 2)``, and each ``sqrt p_y - sqrt q_y`` is formed from the difference of
 log-probabilities ``D_y = log p_y - log q_y``, itself computed without cancellation as
-``(a_y - b_y) - log1p(sum_y q_y expm1(a_y - b_y))``. float16/bfloat16 inputs are computed in float32 and the result
+``c_y - log1p(sum_y q_y expm1(c_y))`` with ``c = (a - b) - E_q[a - b]``. float16/bfloat16 inputs are computed in float32 and the result
 is cast back to the input dtype.
 """
 
@@ -71,14 +71,17 @@ def _wide(a: Tensor, b: Tensor) -> tuple[Tensor, Tensor, torch.dtype]:
 def _log_ratio(a: Tensor, b: Tensor, dim: int) -> tuple[Tensor, Tensor]:
     """Return ``(D, log q)`` with ``D = log_softmax(a) - log_softmax(b)`` computed without cancellation."""
     log_q = F.log_softmax(b, dim=dim)
+    q = log_q.exp()
     delta = a - b
-    # Small differences: lse(a) - lse(b) = log1p(sum q * expm1(delta)), accurate for tiny delta.
-    small = delta.abs().amax(dim=dim, keepdim=True) < _SMALL_DELTA
-    safe = torch.where(small, delta, torch.zeros_like(delta))
-    shift_small = torch.log1p((log_q.exp() * torch.expm1(safe)).sum(dim=dim, keepdim=True))
+    # Center delta on its q-mean m: lse(a) - lse(b) = m + log1p(sum q * expm1(delta - m)). The sum is >= 0
+    # (expm1(x) >= x and sum q (delta - m) = 0), so log1p is well conditioned and tiny gaps keep full accuracy.
+    centered = delta - (q * delta).sum(dim=dim, keepdim=True)
+    small = centered.abs().amax(dim=dim, keepdim=True) < _SMALL_DELTA
+    safe = torch.where(small, centered, torch.zeros_like(centered))
+    d_small = safe - torch.log1p((q * torch.expm1(safe)).sum(dim=dim, keepdim=True))
     # Large differences: the plain log-sum-exp difference (no cancellation to fear there).
-    shift_large = torch.logsumexp(a, dim=dim, keepdim=True) - torch.logsumexp(b, dim=dim, keepdim=True)
-    return delta - torch.where(small, shift_small, shift_large), log_q
+    d_large = delta - (torch.logsumexp(a, dim=dim, keepdim=True) - torch.logsumexp(b, dim=dim, keepdim=True))
+    return torch.where(small, d_small, d_large), log_q
 
 
 def _sqrt_gap_sq(a: Tensor, b: Tensor, dim: int) -> Tensor:

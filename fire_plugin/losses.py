@@ -37,7 +37,7 @@ __all__ = [
 
 def cross_entropy(logits: Tensor, y: Tensor) -> Tensor:
     """Mean cross-entropy for index labels ``(B,)`` or probability targets ``(B, M)``; computed in float32+."""
-    logits = logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits
+    logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
     if y.dim() == logits.dim():
         return -(y.to(logits.dtype) * F.log_softmax(logits, dim=-1)).sum(dim=-1).mean()
     return F.cross_entropy(logits, y)
@@ -74,7 +74,8 @@ class DivergenceRegularizedLoss(nn.Module):
 
     def forward(self, logits_nat: Tensor, logits_adv: Tensor, y: Tensor) -> Tensor:
         natural = cross_entropy(logits_nat, y)
-        reg = self.divergence(logits_nat, logits_adv).float().mean()
+        reg = self.divergence(logits_nat, logits_adv)
+        reg = reg.to(torch.promote_types(reg.dtype, torch.float32)).mean()
         return natural + self.weight * reg
 
     def extra_repr(self) -> str:
@@ -167,8 +168,9 @@ class MARTLoss(nn.Module):
     def forward(self, logits_nat: Tensor, logits_adv: Tensor, y: Tensor) -> Tensor:
         if y.dim() != 1:
             raise ValueError(f"MARTLoss needs class-index labels of shape (B,), got shape {tuple(y.shape)}")
-        logits_adv = logits_adv.float()
-        logits_nat = logits_nat.float()
+        wide = torch.promote_types(logits_adv.dtype, torch.float32)
+        logits_adv = logits_adv.to(wide)
+        logits_nat = logits_nat.to(wide)
         log_p_adv = F.log_softmax(logits_adv, dim=-1)
         true_mask = F.one_hot(y, logits_adv.shape[-1]).bool()
         # log(1 - max_{k != y} p_k + 1e-4), 1e-4 as in the MART reference code (keeps it finite at p = 1).

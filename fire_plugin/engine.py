@@ -1,0 +1,602 @@
+"""Framework-free adversarial training core: one step, one epoch, checkpoints with exact resume, and DDP.
+
+Nothing here imports ART; :mod:`fire_plugin.trainers` wraps it for ART users, the CLI and benchmarks call it
+directly. Launched by ``torchrun`` (``WORLD_SIZE > 1``), :func:`fit` initializes the process group (nccl on CUDA,
+gloo on CPU), wraps the model in ``DistributedDataParallel``, shards the data with ``DistributedSampler``, and
+only rank 0 logs, shows progress and writes checkpoints.
+
+Example:
+    >>> import torch
+    >>> from torch.utils.data import DataLoader, TensorDataset
+    >>> from fire_plugin.attacks import FRPGD
+    >>> from fire_plugin.losses import FIRELoss
+    >>> model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10))
+    >>> data = DataLoader(TensorDataset(torch.rand(32, 1, 8, 8), torch.randint(0, 10, (32,))), batch_size=16)
+    >>> history = fit(model, data, epochs=1, loss=FIRELoss(lam=1.0), attack=FRPGD(model, eps=0.1, alpha=0.02),
+    ...               optimizer=torch.optim.SGD(model.parameters(), lr=0.1), verbose=False)
+    >>> sorted(history[0])[:3]
+    ['adv_acc', 'epoch', 'loss']
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import math
+import os
+import random
+import tempfile
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from tqdm.auto import tqdm
+
+__all__ = [
+    "CHECKPOINT_NAME",
+    "EpochStats",
+    "IndexedDataset",
+    "NonFiniteLossError",
+    "SelfAdaptiveTargets",
+    "StepResult",
+    "adversarial_step",
+    "autocast_context",
+    "distributed_info",
+    "evaluate_accuracy",
+    "fit",
+    "load_checkpoint",
+    "save_checkpoint",
+    "setup_distributed",
+    "train_epoch",
+    "unwrap_model",
+]
+
+_logger = logging.getLogger(__name__)
+
+CHECKPOINT_NAME = "last.pt"
+LossFn = Callable[[Tensor, Tensor, Tensor], Tensor]
+AttackFn = Callable[[Tensor, Tensor], Tensor]
+
+
+class NonFiniteLossError(FloatingPointError):
+    """Raised when the training loss becomes NaN or infinite; names the epoch and the batch."""
+
+
+@dataclass
+class StepResult:
+    """Outcome of one :func:`adversarial_step` (sums over the batch, no host sync needed until read)."""
+
+    loss: Tensor  # scalar, detached
+    nat_correct: Tensor  # scalar count
+    adv_correct: Tensor  # scalar count
+    batch_size: int
+
+
+@dataclass
+class EpochStats:
+    """Per-epoch record: training loss and accuracies (on the training-mode logits of the step), throughput."""
+
+    epoch: int
+    loss: float
+    nat_acc: float
+    adv_acc: float
+    samples_per_s: float
+    seconds: float
+    lr: float
+    val_nat_acc: float | None = None
+    val_adv_acc: float | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+# ----------------------------------------------------------------------------------------------- distributed
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    world_size: int
+    rank: int
+    local_rank: int
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def distributed_info() -> DistInfo:
+    """World size, rank and local rank from torchrun's environment (1, 0, 0 when not launched by torchrun)."""
+    return DistInfo(
+        world_size=int(os.environ.get("WORLD_SIZE", "1")),
+        rank=int(os.environ.get("RANK", "0")),
+        local_rank=int(os.environ.get("LOCAL_RANK", "0")),
+    )
+
+
+def setup_distributed() -> DistInfo:
+    """Initialize the default process group when launched by torchrun (idempotent); nccl on CUDA, gloo on CPU.
+
+    On CUDA it also selects the device ``cuda:LOCAL_RANK``.
+    """
+    info = distributed_info()
+    if info.enabled and not dist.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        if torch.cuda.is_available():
+            torch.cuda.set_device(info.local_rank)
+        dist.init_process_group(backend=backend)
+        _logger.info("initialized process group: backend=%s world_size=%d", backend, info.world_size)
+    return info
+
+
+def unwrap_model(model: nn.Module) -> nn.Module:
+    """The module inside a ``DistributedDataParallel`` / ``DataParallel`` wrapper (or the model itself)."""
+    return model.module if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)) else model
+
+
+def _distributed_loader(loader: DataLoader, *, seed: int) -> DataLoader:
+    """The same loader, sharded over ranks with a DistributedSampler (shuffling when the original did)."""
+    shuffle = not isinstance(loader.sampler, torch.utils.data.SequentialSampler)
+    sampler: DistributedSampler = DistributedSampler(loader.dataset, shuffle=shuffle, seed=seed)
+    return DataLoader(
+        loader.dataset,
+        batch_size=loader.batch_size,
+        sampler=sampler,
+        num_workers=loader.num_workers,
+        collate_fn=loader.collate_fn,
+        pin_memory=loader.pin_memory,
+        drop_last=loader.drop_last,
+    )
+
+
+# ----------------------------------------------------------------------------------------------- precision
+
+
+def _model_device(model: nn.Module) -> torch.device:
+    param = next(model.parameters(), None)
+    return param.device if param is not None else torch.device("cpu")
+
+
+def autocast_context(device: torch.device, enabled: bool) -> contextlib.AbstractContextManager[Any]:
+    """``torch.autocast`` on CUDA when enabled, ``nullcontext()`` otherwise (CPU trains in full precision)."""
+    if enabled and device.type == "cuda":
+        return torch.autocast(device_type="cuda", dtype=torch.float16)
+    return contextlib.nullcontext()
+
+
+# ----------------------------------------------------------------------------------------------- self-adaptive
+
+
+class SelfAdaptiveTargets:
+    """Self-adaptive training targets (Huang et al., NeurIPS 2020): an EMA of the model's predictions.
+
+    For the first ``warmup`` epochs the targets are the one-hot labels; afterwards each sample's target becomes
+    ``momentum * t + (1 - momentum) * softmax(logits_nat)``, and that soft target replaces the one-hot label in
+    the loss. Batches must then carry the sample indices: ``(x, y, index)``.
+
+    Example:
+        >>> sat = SelfAdaptiveTargets(num_samples=4, num_classes=3, warmup=0)
+        >>> sat.update(torch.tensor([0, 1]), torch.tensor([0, 2]), torch.zeros(2, 3), epoch=0).shape
+        torch.Size([2, 3])
+    """
+
+    def __init__(self, num_samples: int, num_classes: int, *, warmup: int = 10, momentum: float = 0.9) -> None:
+        if not 0.0 <= momentum < 1.0:
+            raise ValueError(f"momentum must be in [0, 1), got {momentum!r}")
+        if warmup < 0:
+            raise ValueError(f"warmup must be >= 0, got {warmup!r}")
+        self.warmup = warmup
+        self.momentum = momentum
+        self.num_classes = num_classes
+        self.targets = torch.zeros(num_samples, num_classes)
+        self.initialized = torch.zeros(num_samples, dtype=torch.bool)
+
+    def update(self, index: Tensor, y: Tensor, logits_nat: Tensor, *, epoch: int) -> Tensor:
+        """Return the targets for this batch (one-hot during warm-up) and update the EMA afterwards."""
+        index = index.cpu()
+        onehot = F.one_hot(y.cpu(), self.num_classes).float() if y.dim() == 1 else y.cpu().float()
+        fresh = ~self.initialized[index]
+        self.targets[index[fresh]] = onehot[fresh]
+        self.initialized[index] = True
+        if epoch >= self.warmup:
+            probs = F.softmax(logits_nat.detach().float(), dim=-1).cpu()
+            self.targets[index] = self.momentum * self.targets[index] + (1 - self.momentum) * probs
+        return self.targets[index].to(logits_nat.device)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"targets": self.targets, "initialized": self.initialized}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.targets = state["targets"]
+        self.initialized = state["initialized"]
+
+
+# ----------------------------------------------------------------------------------------------- step / epoch
+
+
+def _split_batch(batch: Any) -> tuple[Tensor, Tensor, Tensor | None]:
+    if isinstance(batch, (list, tuple)) and len(batch) in (2, 3):
+        return batch[0], batch[1], (batch[2] if len(batch) == 3 else None)
+    raise ValueError("batches must be (x, y) or (x, y, index) tuples")
+
+
+def adversarial_step(
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    *,
+    loss: LossFn,
+    attack: AttackFn,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler | None = None,
+    targets: Tensor | None = None,
+    amp: bool = False,
+) -> StepResult:
+    """One adversarial training step: attack (the attack sets eval mode), then one optimizer step in train mode.
+
+    Exactly two training-mode forward passes (natural and adversarial batch, as TRADES/FIRE need both) and one
+    backward; accuracies are read off those same logits, so no forward pass is spent on bookkeeping.
+
+    Args:
+        model: the (possibly DDP-wrapped) model, on the device of ``x``.
+        x: images in [0, 1], ``(B, C, H, W)``.
+        y: class indices ``(B,)``.
+        loss: ``loss(logits_nat, logits_adv, labels_or_targets) -> scalar``.
+        attack: ``attack(x, y) -> x_adv`` (e.g. :class:`fire_plugin.attacks.DivergencePGD` built on the raw model).
+        optimizer: the optimizer of ``model``'s parameters.
+        scaler: a GradScaler for mixed precision on CUDA (optional).
+        targets: soft targets replacing ``y`` in the loss (self-adaptive training).
+        amp: run the forward passes under CUDA autocast.
+    """
+    device = x.device
+    x_adv = attack(x, y)
+    model.train()
+    optimizer.zero_grad(set_to_none=True)
+    with autocast_context(device, amp):
+        logits_nat = model(x)
+        logits_adv = model(x_adv)
+        value = loss(logits_nat, logits_adv, y if targets is None else targets)
+    if scaler is not None:
+        scaler.scale(value).backward()
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        value.backward()
+        optimizer.step()
+    with torch.no_grad():
+        nat_correct = (logits_nat.argmax(-1) == y).sum()
+        adv_correct = (logits_adv.argmax(-1) == y).sum()
+    return StepResult(value.detach(), nat_correct, adv_correct, int(x.shape[0]))
+
+
+def train_epoch(
+    model: nn.Module,
+    loader: Iterable[Any],
+    *,
+    loss: LossFn,
+    attack: AttackFn,
+    optimizer: torch.optim.Optimizer,
+    epoch: int = 0,
+    scaler: torch.amp.GradScaler | None = None,
+    amp: bool = False,
+    self_adaptive: SelfAdaptiveTargets | None = None,
+    verbose: bool = True,
+) -> EpochStats:
+    """Train one epoch over ``loader`` (batches ``(x, y)`` or ``(x, y, index)``) and return its statistics.
+
+    Raises:
+        NonFiniteLossError: the loss became NaN/inf (message names the epoch and the batch); the optimizer step
+            of that batch is not taken.
+    """
+    device = _model_device(model)
+    info = distributed_info()
+    start = time.perf_counter()
+    loss_sum = torch.zeros((), device=device, dtype=torch.float64)
+    nat_sum = torch.zeros((), device=device, dtype=torch.long)
+    adv_sum = torch.zeros((), device=device, dtype=torch.long)
+    count = 0
+    bar = tqdm(loader, desc=f"epoch {epoch + 1}", leave=False, disable=not verbose or not info.is_main)
+    for batch_idx, batch in enumerate(bar):
+        x, y, index = _split_batch(batch)
+        x = x.to(device, non_blocking=True)
+        y = y.to(device, non_blocking=True)
+        if self_adaptive is not None and index is None:
+            raise ValueError("self-adaptive training needs batches of (x, y, index)")
+        result = _checked_step(
+            model, x, y, loss, attack, optimizer, scaler, amp, epoch, batch_idx,
+            self_adaptive=self_adaptive, index=index,
+        )
+        loss_sum += result.loss.double() * result.batch_size
+        nat_sum += result.nat_correct
+        adv_sum += result.adv_correct
+        count += result.batch_size
+        if verbose and info.is_main and batch_idx % 10 == 0:
+            bar.set_postfix(loss=f"{result.loss.item():.4f}")
+    totals = torch.stack([loss_sum, nat_sum.double(), adv_sum.double(), torch.tensor(float(count), device=device,
+                                                                                    dtype=torch.float64)])
+    if info.enabled and dist.is_initialized():
+        dist.all_reduce(totals)
+    seconds = time.perf_counter() - start
+    loss_total, nat_total, adv_total, n = totals.tolist()
+    n = max(n, 1.0)
+    return EpochStats(
+        epoch=epoch,
+        loss=loss_total / n,
+        nat_acc=nat_total / n,
+        adv_acc=adv_total / n,
+        samples_per_s=n / max(seconds, 1e-12),
+        seconds=seconds,
+        lr=float(optimizer.param_groups[0]["lr"]),
+    )
+
+
+def _checked_step(
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    loss: LossFn,
+    attack: AttackFn,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler | None,
+    amp: bool,
+    epoch: int,
+    batch_idx: int,
+    *,
+    self_adaptive: SelfAdaptiveTargets | None = None,
+    index: Tensor | None = None,
+) -> StepResult:
+    def guarded(logits_nat: Tensor, logits_adv: Tensor, labels: Tensor) -> Tensor:
+        if self_adaptive is not None and index is not None:
+            # soft targets from this very forward pass (no extra pass): EMA of the natural predictions
+            labels = self_adaptive.update(index, labels, logits_nat, epoch=epoch)
+        value = loss(logits_nat, logits_adv, labels)
+        # Checked before backward/step, so a NaN never reaches the weights (one host sync per batch).
+        if not torch.isfinite(value).item():
+            raise NonFiniteLossError(
+                f"non-finite training loss ({value.item()}) at epoch {epoch + 1}, batch {batch_idx}; "
+                "the weights were not updated with it and no checkpoint was written for this epoch"
+            )
+        return value
+
+    return adversarial_step(model, x, y, loss=guarded, attack=attack, optimizer=optimizer, scaler=scaler, amp=amp)
+
+
+def evaluate_accuracy(
+    model: nn.Module, loader: Iterable[Any], *, attack: AttackFn | None = None, verbose: bool = False
+) -> tuple[float, float | None]:
+    """Natural accuracy and (when ``attack`` is given) adversarial accuracy of ``model`` over ``loader``."""
+    device = _model_device(model)
+    was_training = model.training
+    nat = adv = n = 0
+    for batch in tqdm(loader, desc="validate", leave=False, disable=not verbose):
+        x, y, _ = _split_batch(batch)
+        x, y = x.to(device), y.to(device)
+        model.eval()
+        with torch.no_grad():
+            nat += int((model(x).argmax(-1) == y).sum())
+        if attack is not None:
+            x_adv = attack(x, y)
+            model.eval()
+            with torch.no_grad():
+                adv += int((model(x_adv).argmax(-1) == y).sum())
+        n += int(x.shape[0])
+    model.train(was_training)
+    n = max(n, 1)
+    return nat / n, (adv / n if attack is not None else None)
+
+
+# ----------------------------------------------------------------------------------------------- checkpoints
+
+
+def _rng_state() -> dict[str, Any]:
+    np_state = np.random.get_state()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "numpy": [np_state[0], torch.from_numpy(np.asarray(np_state[1]).astype(np.int64)), *map(float, np_state[2:])],
+        "python": list(random.getstate()[1]),
+        "python_version": random.getstate()[0],
+    }
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    if torch.cuda.is_available() and state.get("cuda"):
+        torch.cuda.set_rng_state_all(state["cuda"])
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), int(pos), int(has_gauss), float(cached)))
+    random.setstate((state["python_version"], tuple(state["python"]), None))
+
+
+def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
+    """Write ``state`` atomically: to a temporary file in the same directory, then ``os.replace``.
+
+    An interrupted write never leaves a truncated checkpoint in place of a good one.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            torch.save(state, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def load_checkpoint(path: str | Path, *, map_location: str | torch.device | None = "cpu") -> dict[str, Any]:
+    """Load a checkpoint written by :func:`fit` with ``weights_only=True`` (no code from the file is run)."""
+    return torch.load(Path(path), map_location=map_location, weights_only=True)
+
+
+def _check_dir_name(checkpoint_dir: str | Path) -> Path:
+    path = Path(checkpoint_dir)
+    if any(part == ".." for part in path.parts):
+        raise ValueError(f"checkpoint_dir must not contain '..', got {str(checkpoint_dir)!r}")
+    return path
+
+
+# ----------------------------------------------------------------------------------------------- fit
+
+
+def _all_finite(model: nn.Module) -> bool:
+    return all(bool(torch.isfinite(p).all()) for p in model.parameters())
+
+
+def fit(
+    model: nn.Module,
+    train_loader: DataLoader,
+    *,
+    epochs: int,
+    loss: LossFn,
+    attack: AttackFn,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
+    val_loader: Iterable[Any] | None = None,
+    val_attack: AttackFn | None = None,
+    checkpoint_dir: str | Path | None = None,
+    resume: bool = True,
+    amp: bool | None = None,
+    self_adaptive: SelfAdaptiveTargets | None = None,
+    sync_batchnorm: bool = False,
+    seed: int = 0,
+    verbose: bool = True,
+    on_epoch_end: Callable[[EpochStats], None] | None = None,
+) -> list[dict[str, Any]]:
+    """Adversarially train ``model`` for ``epochs`` epochs; return the per-epoch history (list of dicts).
+
+    Args:
+        model: the model (raw module; it is wrapped in DDP here when launched by torchrun).
+        train_loader: a DataLoader of ``(x, y)`` or ``(x, y, index)`` batches of [0, 1] images.
+        epochs: total number of epochs (including those of a resumed run).
+        loss: ``loss(logits_nat, logits_adv, y) -> scalar`` (e.g. :class:`fire_plugin.losses.FIRELoss`).
+        attack: ``attack(x, y) -> x_adv``, built on the raw model (e.g. :class:`fire_plugin.attacks.FRPGD`).
+        optimizer: optimizer over ``model``'s parameters.
+        scheduler: any ``torch.optim.lr_scheduler.LRScheduler``, stepped once per epoch.
+        val_loader: optional validation data; natural and adversarial (``val_attack`` or ``attack``) accuracy.
+        checkpoint_dir: where ``last.pt`` is written atomically after every epoch (rank 0 only).
+        resume: continue from ``checkpoint_dir/last.pt`` when it exists. Two epochs in one go and one epoch plus
+            a resumed one give identical weights on CPU.
+        amp: mixed precision; ``None`` means on for CUDA, off for CPU.
+        self_adaptive: optional :class:`SelfAdaptiveTargets` (batches must carry indices).
+        sync_batchnorm: convert BatchNorm to SyncBatchNorm under DDP.
+        seed: seed of the DistributedSampler shuffling under DDP.
+        verbose: tqdm bars over epochs and batches and per-epoch log lines (rank 0 only).
+        on_epoch_end: callback receiving each epoch's :class:`EpochStats`.
+
+    Raises:
+        NonFiniteLossError: the loss became non-finite; the last good checkpoint is kept.
+    """
+    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 0:
+        raise ValueError(f"epochs must be an int >= 0, got {epochs!r}")
+    if scheduler is not None and not isinstance(scheduler, torch.optim.lr_scheduler.LRScheduler):
+        raise ValueError(f"scheduler must be a torch.optim.lr_scheduler.LRScheduler, got {type(scheduler).__name__}")
+    info = setup_distributed()
+    device = _model_device(model)
+    use_amp = (device.type == "cuda") if amp is None else bool(amp and device.type == "cuda")
+    scaler = torch.amp.GradScaler("cuda") if use_amp else None
+
+    ckpt_path = _check_dir_name(checkpoint_dir) / CHECKPOINT_NAME if checkpoint_dir is not None else None
+    history: list[dict[str, Any]] = []
+    start_epoch = 0
+    if ckpt_path is not None and resume and ckpt_path.exists():
+        state = load_checkpoint(ckpt_path, map_location=device)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        if scheduler is not None and state.get("scheduler") is not None:
+            scheduler.load_state_dict(state["scheduler"])
+        if scaler is not None and state.get("scaler") is not None:
+            scaler.load_state_dict(state["scaler"])
+        if self_adaptive is not None and state.get("self_adaptive") is not None:
+            self_adaptive.load_state_dict(state["self_adaptive"])
+        history = list(state["history"])
+        start_epoch = int(state["epoch"]) + 1
+        _set_rng_state(state["rng"])
+        if info.is_main:
+            _logger.info("resumed from %s at epoch %d", ckpt_path, start_epoch + 1)
+
+    train_model: nn.Module = model
+    loader = train_loader
+    if info.enabled:
+        if sync_batchnorm:
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        device_ids = [info.local_rank] if device.type == "cuda" else None
+        train_model = nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
+        loader = _distributed_loader(train_loader, seed=seed)
+
+    epoch_bar = tqdm(range(start_epoch, epochs), desc="training", disable=not verbose or not info.is_main)
+    for epoch in epoch_bar:
+        sampler = getattr(loader, "sampler", None)
+        if isinstance(sampler, DistributedSampler):
+            sampler.set_epoch(epoch)
+        stats = train_epoch(
+            train_model, loader, loss=loss, attack=attack, optimizer=optimizer, epoch=epoch, scaler=scaler,
+            amp=use_amp, self_adaptive=self_adaptive, verbose=verbose,
+        )
+        if scheduler is not None:
+            scheduler.step()
+        if val_loader is not None:
+            stats.val_nat_acc, stats.val_adv_acc = evaluate_accuracy(
+                model, val_loader, attack=val_attack or attack, verbose=False
+            )
+        record = stats.as_dict()
+        history.append(record)
+        if verbose and info.is_main:
+            epoch_bar.set_postfix(loss=f"{stats.loss:.4f}", nat=f"{stats.nat_acc:.3f}", adv=f"{stats.adv_acc:.3f}")
+            _logger.info("epoch %d: %s", epoch + 1, _format_record(record))
+        if ckpt_path is not None and info.is_main:
+            if not (math.isfinite(stats.loss) and _all_finite(model)):
+                raise NonFiniteLossError(f"non-finite weights or loss after epoch {epoch + 1}; checkpoint kept")
+            save_checkpoint(
+                ckpt_path,
+                {
+                    "model": unwrap_model(model).state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict() if scheduler is not None else None,
+                    "scaler": scaler.state_dict() if scaler is not None else None,
+                    "self_adaptive": self_adaptive.state_dict() if self_adaptive is not None else None,
+                    "epoch": epoch,
+                    "history": history,
+                    "rng": _rng_state(),
+                },
+            )
+        if info.enabled:
+            dist.barrier()
+        if on_epoch_end is not None:
+            on_epoch_end(stats)
+    return history
+
+
+def _format_record(record: dict[str, Any]) -> str:
+    return " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items())
+
+
+class IndexedDataset(Dataset[tuple[Any, ...]]):
+    """Wrap a dataset so that items become ``(*item, index)`` (needed by self-adaptive training)."""
+
+    def __init__(self, dataset: Dataset[Any]) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, index: int) -> tuple[Any, ...]:
+        item = self.dataset[index]
+        return (*item, index)

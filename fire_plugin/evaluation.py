@@ -1,0 +1,317 @@
+"""Robustness evaluation as in the FIRE paper (section 5.1): clean, PGD-20, AutoAttack, Avg. Acc., FRPGD.
+
+:func:`evaluate` runs the requested attacks on the same examples and returns an :class:`EvalResult`:
+
+* ``clean``: accuracy on the unperturbed images (always computed; the attacks need it);
+* ``pgd``: PGD with cross-entropy, random start, ``pgd_steps`` (20) steps of ``pgd_alpha`` (``eps / 4``)
+  through ``torchattacks.PGD`` / ``torchattacks.PGDL2``;
+* ``frpgd``: the Fisher-Rao PGD of FIRE (:class:`fire_plugin.attacks.FRPGD` / ``FRPGDL2``), same budget;
+* ``autoattack``: AutoAttack ``version="standard"`` (APGD-CE, APGD-T, FAB-T, Square) through
+  ``pyautoattack.AutoAttack`` directly (``robustbench.benchmark`` does not work with pyautoattack).
+
+A robust accuracy counts the examples classified correctly both clean and after the attack (AutoAttack's
+rule: an example already misclassified is not robust), so every robust accuracy is at most the clean one.
+``avg_acc = (clean_acc + autoattack_acc) / 2`` is the paper's Avg. Acc. Accuracies are fractions in [0, 1].
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+import torchattacks
+from pyautoattack import AutoAttack
+from torch import nn
+from torch.utils.data import Dataset
+from tqdm.auto import tqdm
+
+from fire_plugin.attacks import FRPGD, FRPGDL2
+from fire_plugin.data import dataset_to_tensors
+
+__all__ = ["ATTACKS", "NORMS", "EvalResult", "evaluate"]
+
+_logger = logging.getLogger(__name__)
+
+ATTACKS: tuple[str, ...] = ("clean", "pgd", "frpgd", "autoattack")
+NORMS: tuple[str, ...] = ("Linf", "L2")
+
+
+@dataclass
+class EvalResult:
+    """Accuracies (fractions in [0, 1]; None when the attack was not run) and wall time per attack.
+
+    Attributes:
+        n_examples: number of evaluated examples.
+        eps: perturbation radius.
+        norm: ``"Linf"`` or ``"L2"``.
+        clean_acc: accuracy on the clean images.
+        pgd_acc: accuracy under PGD-``pgd_steps`` (cross-entropy, random start).
+        frpgd_acc: accuracy under Fisher-Rao PGD with the same budget.
+        autoattack_acc: accuracy under standard AutoAttack.
+        avg_acc: ``(clean_acc + autoattack_acc) / 2``, the paper's Avg. Acc. (None without AutoAttack).
+        times: seconds of wall time per attack name (``"clean"``, ``"pgd"``, ...).
+        pgd_steps: steps of PGD and FRPGD.
+        pgd_alpha: step size of PGD and FRPGD.
+
+    >>> r = EvalResult(n_examples=10, eps=0.1, norm="Linf", clean_acc=0.9, autoattack_acc=0.5)
+    >>> round(r.avg_acc, 6)
+    0.7
+    """
+
+    n_examples: int
+    eps: float
+    norm: str
+    clean_acc: float | None = None
+    pgd_acc: float | None = None
+    frpgd_acc: float | None = None
+    autoattack_acc: float | None = None
+    avg_acc: float | None = field(init=False, default=None)
+    times: dict[str, float] = field(default_factory=dict)
+    pgd_steps: int = 20
+    pgd_alpha: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.clean_acc is not None and self.autoattack_acc is not None:
+            self.avg_acc = (self.clean_acc + self.autoattack_acc) / 2.0
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict of all fields."""
+        return asdict(self)
+
+
+def _model_device(model: nn.Module) -> torch.device:
+    for param in model.parameters():
+        return param.device
+    for buffer in model.buffers():
+        return buffer.device
+    return torch.device("cpu")
+
+
+@contextmanager
+def _seeded(seed: int, device: torch.device) -> Iterator[None]:
+    """Seed torch's generators inside the block and restore the caller's RNG state afterwards."""
+    devices = (
+        [device.index if device.index is not None else torch.cuda.current_device()] if (device.type == "cuda") else []
+    )
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        yield
+
+
+def _collect(
+    data: torch.Tensor | Iterable[Any] | Dataset,
+    y: torch.Tensor | None,
+    n_examples: int | None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    if isinstance(data, torch.Tensor):
+        if y is None:
+            raise ValueError("y=None is not allowed when data is a tensor; allowed: labels of shape (N,)")
+        x, labels = data, torch.as_tensor(y)
+        if labels.dim() != 1 or len(labels) != len(x):
+            raise ValueError(
+                f"y of shape {tuple(labels.shape)} is not allowed; allowed: shape ({len(x)},) matching data"
+            )
+    else:
+        if y is not None:
+            raise ValueError("y is not allowed with a loader or dataset; allowed: None (labels come from data)")
+        if isinstance(data, Dataset):
+            x, labels = dataset_to_tensors(data, n_examples=n_examples)
+        else:
+            xs: list[torch.Tensor] = []
+            ys: list[torch.Tensor] = []
+            count = 0
+            for batch in data:
+                xb, yb = batch[0], batch[1]
+                xs.append(torch.as_tensor(xb).detach().cpu())
+                ys.append(torch.as_tensor(yb).detach().cpu())
+                count += len(xb)
+                if n_examples is not None and count >= n_examples:
+                    break
+            if not xs:
+                raise ValueError("data is empty; allowed: a loader yielding (x, y) batches")
+            x, labels = torch.cat(xs), torch.cat(ys)
+    if n_examples is not None:
+        x, labels = x[:n_examples], labels[:n_examples]
+    if x.dim() < 2 or not x.is_floating_point():
+        raise ValueError(
+            f"images of shape {tuple(x.shape)} and dtype {x.dtype} are not allowed; allowed: float tensors (N, C, H, W)"
+        )
+    if len(x) == 0:
+        raise ValueError("no examples to evaluate")
+    if float(x.min()) < 0.0 or float(x.max()) > 1.0:
+        raise ValueError(
+            f"images with values in [{float(x.min()):.4g}, {float(x.max()):.4g}] are not allowed; allowed: "
+            "[0, 1] (put the normalization inside the model)"
+        )
+    return x.detach(), labels.long()
+
+
+def _check_params(
+    eps: float,
+    norm: str,
+    attacks: Sequence[str],
+    n_examples: int | None,
+    batch_size: int,
+    pgd_steps: int,
+    pgd_alpha: float | None,
+) -> None:
+    if isinstance(eps, bool) or not isinstance(eps, int | float) or not math.isfinite(eps) or eps <= 0:
+        raise ValueError(f"eps={eps!r} is not allowed; allowed: a positive finite number")
+    if norm not in NORMS:
+        raise ValueError(f"norm={norm!r} is not allowed; allowed: {list(NORMS)}")
+    if isinstance(attacks, str) or not attacks or any(a not in ATTACKS for a in attacks):
+        raise ValueError(f"attacks={attacks!r} is not allowed; allowed: a non-empty sequence of {list(ATTACKS)}")
+    if n_examples is not None and (not isinstance(n_examples, int) or n_examples < 1):
+        raise ValueError(f"n_examples={n_examples!r} is not allowed; allowed: a positive int or None")
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size={batch_size!r} is not allowed; allowed: a positive int")
+    if not isinstance(pgd_steps, int) or pgd_steps < 1:
+        raise ValueError(f"pgd_steps={pgd_steps!r} is not allowed; allowed: a positive int")
+    if pgd_alpha is not None and not (math.isfinite(pgd_alpha) and pgd_alpha > 0):
+        raise ValueError(f"pgd_alpha={pgd_alpha!r} is not allowed; allowed: a positive number or None")
+
+
+@torch.no_grad()
+def _predict(model: nn.Module, x: torch.Tensor, device: torch.device, batch_size: int) -> torch.Tensor:
+    preds = [model(x[i : i + batch_size].to(device)).argmax(dim=1).cpu() for i in range(0, len(x), batch_size)]
+    return torch.cat(preds)
+
+
+def _batch_slices(n: int, batch_size: int) -> list[slice]:
+    return [slice(i, min(i + batch_size, n)) for i in range(0, n, batch_size)]
+
+
+def _attack_correct(
+    attack: Any,
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    device: torch.device,
+    batch_size: int,
+    desc: str,
+    verbose: bool,
+) -> torch.Tensor:
+    """Per example, whether ``model`` still predicts ``y`` on ``attack(x, y)``."""
+    correct = torch.zeros(len(x), dtype=torch.bool)
+    for sl in tqdm(_batch_slices(len(x), batch_size), desc=desc, disable=not verbose, leave=False):
+        x_adv = attack(x[sl].to(device), y[sl].to(device))
+        correct[sl] = _predict(model, x_adv, device, batch_size) == y[sl]
+    return correct
+
+
+def evaluate(
+    model: nn.Module,
+    data: torch.Tensor | Iterable[Any] | Dataset,
+    y: torch.Tensor | None = None,
+    *,
+    eps: float,
+    norm: str = "Linf",
+    attacks: Sequence[str] = ("clean", "pgd", "autoattack"),
+    n_examples: int | None = None,
+    batch_size: int = 256,
+    seed: int = 0,
+    pgd_steps: int = 20,
+    pgd_alpha: float | None = None,
+    verbose: bool = True,
+) -> EvalResult:
+    """Clean, PGD, FRPGD and AutoAttack accuracy of ``model`` on the same examples, with wall times.
+
+    The model runs in eval mode on its own device (its training flag is restored afterwards); it must take
+    [0, 1] images. Attacks only target examples that are classified correctly, and an example counts as
+    robust when it is correct clean and under attack. Random starts and AutoAttack draw from torch generators
+    seeded with ``seed`` inside the call; the caller's RNG state is left unchanged.
+
+    Args:
+        model: classifier returning logits.
+        data: images ``(N, C, H, W)`` in [0, 1] with ``y``, or a DataLoader / iterable of ``(x, y)`` batches,
+            or a Dataset of ``(image, label)`` pairs.
+        y: labels ``(N,)`` when ``data`` is a tensor.
+        eps: perturbation radius (Linf: 8/255 CIFAR, 0.3 MNIST in the paper; L2: 0.5 CIFAR).
+        norm: ``"Linf"`` or ``"L2"``.
+        attacks: any of ``"clean"``, ``"pgd"``, ``"frpgd"``, ``"autoattack"``.
+        n_examples: evaluate the first ``n_examples`` only (RobustBench uses 10,000 on CIFAR).
+        batch_size: examples per forward/attack batch.
+        seed: seed of the random starts and of AutoAttack.
+        pgd_steps: steps of PGD and FRPGD (PGD-20 by default).
+        pgd_alpha: step size of PGD and FRPGD; ``eps / 4`` when None.
+        verbose: show tqdm progress bars.
+
+    Returns:
+        An :class:`EvalResult`.
+
+    >>> from fire_plugin.models import DigitsCNN
+    >>> model = DigitsCNN()
+    >>> x, y = torch.rand(8, 1, 8, 8), torch.randint(0, 10, (8,))
+    >>> r = evaluate(model, x, y, eps=0.1, attacks=("clean", "pgd"), verbose=False)
+    >>> r.pgd_acc <= r.clean_acc
+    True
+    """
+    _check_params(eps, norm, attacks, n_examples, batch_size, pgd_steps, pgd_alpha)
+    x, labels = _collect(data, y, n_examples)
+    eps = float(eps)
+    alpha = float(pgd_alpha) if pgd_alpha is not None else eps / 4.0
+    device = _model_device(model)
+    result = EvalResult(n_examples=len(x), eps=eps, norm=norm, pgd_steps=pgd_steps, pgd_alpha=alpha)
+    was_training = model.training
+    model.eval()
+    try:
+        start = time.perf_counter()
+        clean_correct = _predict(model, x, device, batch_size) == labels
+        result.times["clean"] = time.perf_counter() - start
+        result.clean_acc = clean_correct.float().mean().item()
+        idx = clean_correct.nonzero().flatten()  # only correctly classified examples are attacked
+        x_ok, y_ok = x[idx], labels[idx]
+        n = len(x)
+
+        if "pgd" in attacks:
+            start = time.perf_counter()
+            pgd_cls = torchattacks.PGD if norm == "Linf" else torchattacks.PGDL2
+            pgd = pgd_cls(model, eps=eps, alpha=alpha, steps=pgd_steps, random_start=True)
+            with _seeded(seed, device):
+                ok = _attack_correct(pgd, model, x_ok, y_ok, device, batch_size, "PGD", verbose)
+            result.pgd_acc = ok.sum().item() / n
+            result.times["pgd"] = time.perf_counter() - start
+
+        if "frpgd" in attacks:
+            start = time.perf_counter()
+            fr_cls = FRPGD if norm == "Linf" else FRPGDL2
+            frpgd = fr_cls(model, eps=eps, alpha=alpha, steps=pgd_steps, random_start=True)
+            with _seeded(seed, device):
+                ok = _attack_correct(frpgd, model, x_ok, y_ok, device, batch_size, "FRPGD", verbose)
+            result.frpgd_acc = ok.sum().item() / n
+            result.times["frpgd"] = time.perf_counter() - start
+
+        if "autoattack" in attacks:
+            start = time.perf_counter()
+            adversary = AutoAttack(model, norm=norm, eps=eps, version="standard", device=device, seed=seed)
+
+            def run_aa(xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
+                x_adv, _ = adversary.run_standard_evaluation(xb, yb, batch_size=len(xb))
+                return x_adv  # type: ignore[no-any-return]
+
+            with _seeded(seed, device):
+                ok = _attack_correct(run_aa, model, x_ok, y_ok, device, batch_size, "AutoAttack", verbose)
+            result.autoattack_acc = ok.sum().item() / n
+            result.times["autoattack"] = time.perf_counter() - start
+    finally:
+        model.train(was_training)
+    result.__post_init__()
+    _logger.info(
+        "evaluated %d examples (%s, eps=%.4g): clean=%s pgd=%s frpgd=%s autoattack=%s avg=%s times=%s",
+        n,
+        norm,
+        eps,
+        result.clean_acc,
+        result.pgd_acc,
+        result.frpgd_acc,
+        result.autoattack_acc,
+        result.avg_acc,
+        {k: round(v, 2) for k, v in result.times.items()},
+    )
+    return result

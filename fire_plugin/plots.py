@@ -1,0 +1,216 @@
+"""Matplotlib figures shared by the CLI and the benchmarks.
+
+A flat module of functions that build and return ``matplotlib.figure.Figure`` objects. No pyplot and no backend
+selection: save with ``fig.savefig("name.png")``, which needs no GUI backend.
+
+>>> from fire_plugin.gaussian import paper_setting
+>>> fig = plot_fisher_rao_vs_euclidean(n_points=11)
+>>> len(fig.axes)
+2
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
+
+import numpy as np
+from matplotlib.figure import Figure
+from numpy.typing import ArrayLike
+
+if TYPE_CHECKING:
+    from fire_plugin.gaussian import AccuracyCurve, GaussianModel, SweepResult
+
+__all__ = [
+    "plot_tradeoff",
+    "plot_manifold_surfaces",
+    "plot_fisher_rao_ball",
+    "plot_fisher_rao_vs_euclidean",
+]
+
+_REG_TITLES = {"fisher_rao": "FIRE (Fisher-Rao d^2)", "kl": "TRADES (KL)", "hellinger": "Hellinger (H^2)"}
+
+
+def plot_tradeoff(
+    curve: AccuracyCurve,
+    front: AccuracyCurve,
+    sweeps: Sequence[SweepResult] = (),
+    *,
+    maa: tuple[float, float] | None = None,
+    model: GaussianModel | None = None,
+) -> Figure:
+    """Figs. 6 and 9: all ``(1 - Pe, 1 - Pe')`` points (blue), the Pareto front (red) and each sweep (black).
+
+    One column for the curve and front, then one column per regularizer found in ``sweeps``; the second row
+    zooms on the Pareto front. Local-solver points are black dots, global-solver points orange crosses. ``maa = (value, alpha)`` marks the MAA point (needs
+    ``model`` to place it).
+
+    >>> from fire_plugin.gaussian import paper_setting
+    >>> m = paper_setting()
+    >>> fig = plot_tradeoff(m.accuracy_curve(360), m.pareto_front(360), maa=m.maa(), model=m)
+    >>> len(fig.axes)
+    2
+    """
+    regs: list[str] = []
+    for s in sweeps:
+        if s.regularizer not in regs:
+            regs.append(s.regularizer)
+    n = 1 + len(regs)
+    fig = Figure(figsize=(4.2 * n, 7.6), layout="constrained")
+    maa_xy = None
+    if maa is not None and model is not None:
+        nat, adv = model.accuracies([np.cos(maa[1]), np.sin(maa[1])])
+        maa_xy = (float(nat), float(adv))
+    pad = 0.02
+    zoom_x = (float(front.natural.min()) - pad, float(front.natural.max()) + pad)
+    zoom_y = (float(front.adversarial.min()) - pad, float(front.adversarial.max()) + pad)
+    for row in range(2):
+        for i in range(n):
+            ax = fig.add_subplot(2, n, row * n + i + 1)
+            ax.plot(curve.natural, curve.adversarial, ".", ms=1.5, color="tab:blue", label="all theta")
+            ax.plot(front.natural, front.adversarial, ".", ms=2.5, color="tab:red", label="Pareto-optimal")
+            if maa_xy is not None and maa is not None:
+                ax.plot(*maa_xy, "*", ms=11, mfc="gold", mec="k", label=f"MAA = {maa[0]:.4f}")
+            ax.set_xlabel("natural accuracy 1 - Pe")
+            ax.set_ylabel("adversarial accuracy 1 - Pe'")
+            ax.grid(alpha=0.3)
+            title = "(a) Pareto-optimal points"
+            if i > 0:
+                reg = regs[i - 1]
+                title = f"({chr(ord('a') + i)}) {_REG_TITLES.get(reg, reg)}"
+                for s in sweeps:
+                    if s.regularizer != reg:
+                        continue
+                    lam = s.lambdas[np.isfinite(s.natural_accuracy)]
+                    lam_txt = f", lambda in [{lam.min():g}, {lam.max():g}]" if lam.size else ""
+                    local = s.solver.endswith("local")
+                    ax.plot(
+                        s.natural_accuracy,
+                        s.adversarial_accuracy,
+                        "o" if local else "x",
+                        ms=4 if local else 6,
+                        mfc="none" if not local else "k",
+                        color="k" if local else "tab:orange",
+                        label=f"{s.solver}{lam_txt}",
+                    )
+            if row == 1:
+                ax.set_xlim(*zoom_x)
+                ax.set_ylim(*zoom_y)
+                title += " (zoom)"
+            ax.set_title(title, fontsize=10)
+            ax.legend(fontsize=7, loc="lower right" if row == 0 else "lower left")
+    return fig
+
+
+def _surface_axes(fig: Figure, n: int, i: int):  # type: ignore[no-untyped-def]
+    return fig.add_subplot(1, n, i + 1, projection="3d")
+
+
+def plot_manifold_surfaces(
+    thetas: Mapping[str, ArrayLike],
+    *,
+    extent: float = 0.5,
+    n_points: int = 61,
+) -> Figure:
+    """Figs. 2 and 4: the statistical manifold as the surface ``q(1|x) = 1 / (1 + exp(-theta^T x))`` over
+    ``x in [-extent, extent]^2``, one panel per ``{title: theta}`` entry.
+
+    >>> fig = plot_manifold_surfaces({"a": [-6.4290, 25.7487], "b": [-0.9364, 0.3509]}, n_points=11)
+    >>> len(fig.axes)
+    2
+    """
+    if not thetas:
+        raise ValueError("thetas must hold at least one {title: theta} entry, got an empty mapping")
+    if not (np.isfinite(extent) and extent > 0):
+        raise ValueError(f"extent must be a finite number > 0, got {extent!r}")
+    if n_points < 2:
+        raise ValueError(f"n_points must be >= 2, got {n_points!r}")
+    from scipy.special import expit
+
+    g = np.linspace(-extent, extent, n_points)
+    x1, x2 = np.meshgrid(g, g)
+    fig = Figure(figsize=(4.5 * len(thetas), 4.0), layout="constrained")
+    for i, (title, theta) in enumerate(thetas.items()):
+        t = np.asarray(theta, dtype=np.float64)
+        if t.shape != (2,):
+            raise ValueError(f"thetas[{title!r}] must have shape (2,), got {t.shape}")
+        ax = _surface_axes(fig, len(thetas), i)
+        ax.plot_surface(x1, x2, expit(t[0] * x1 + t[1] * x2), cmap="viridis", linewidth=0, antialiased=True)
+        ax.set_zlim(0.0, 1.0)
+        ax.set_xlabel("x1")
+        ax.set_ylabel("x2")
+        ax.set_zlabel("q(1|x)")
+        ax.set_title(title, fontsize=9)
+    return fig
+
+
+def plot_fisher_rao_ball(
+    thetas: Mapping[str, ArrayLike],
+    *,
+    eps: float = 0.1,
+    center: ArrayLike = (0.0, 0.0),
+    n_points: int = 61,
+) -> Figure:
+    """Fig. 3: the Fisher-Rao distance between ``q(.|x)`` and ``q(.|x + delta)`` over ``delta`` in the L-inf ball
+    of radius ``eps`` around ``center`` (the paper uses ``x = 0`` and ``eps = 0.1``), one panel per theta.
+
+    >>> fig = plot_fisher_rao_ball({"a": [1.0, 2.0]}, n_points=11)
+    >>> len(fig.axes)
+    1
+    """
+    from fire_plugin.gaussian import fisher_rao_binary
+
+    if not thetas:
+        raise ValueError("thetas must hold at least one {title: theta} entry, got an empty mapping")
+    if not (np.isfinite(eps) and eps > 0):
+        raise ValueError(f"eps must be a finite number > 0, got {eps!r}")
+    if n_points < 2:
+        raise ValueError(f"n_points must be >= 2, got {n_points!r}")
+    c = np.asarray(center, dtype=np.float64)
+    if c.shape != (2,):
+        raise ValueError(f"center must have shape (2,), got {c.shape}")
+    g = np.linspace(-eps, eps, n_points)
+    d1, d2 = np.meshgrid(g, g)
+    fig = Figure(figsize=(4.5 * len(thetas), 4.0), layout="constrained")
+    for i, (title, theta) in enumerate(thetas.items()):
+        t = np.asarray(theta, dtype=np.float64)
+        if t.shape != (2,):
+            raise ValueError(f"thetas[{title!r}] must have shape (2,), got {t.shape}")
+        h0 = float(t @ c)
+        d = fisher_rao_binary(h0, h0 + t[0] * d1 + t[1] * d2)
+        ax = _surface_axes(fig, len(thetas), i)
+        ax.plot_surface(d1, d2, d, cmap="magma", linewidth=0, antialiased=True)
+        ax.set_xlabel("delta1")
+        ax.set_ylabel("delta2")
+        ax.set_zlabel("Fisher-Rao distance")
+        ax.set_title(title, fontsize=9)
+    return fig
+
+
+def plot_fisher_rao_vs_euclidean(*, h_max: float = 10.0, n_points: int = 81) -> Figure:
+    """Fig. 5: Fisher-Rao distance (Theorem 1) vs Euclidean distance ``|h(x') - h(x)|`` over latent codes
+    ``(h(x), h(x')) in [-h_max, h_max]^2``. Proposition 1 bounds the first by half the second.
+
+    >>> len(plot_fisher_rao_vs_euclidean(n_points=11).axes)
+    2
+    """
+    from fire_plugin.gaussian import fisher_rao_binary
+
+    if not (np.isfinite(h_max) and h_max > 0):
+        raise ValueError(f"h_max must be a finite number > 0, got {h_max!r}")
+    if n_points < 2:
+        raise ValueError(f"n_points must be >= 2, got {n_points!r}")
+    g = np.linspace(-h_max, h_max, n_points)
+    ha, hb = np.meshgrid(g, g)
+    fig = Figure(figsize=(9.0, 4.0), layout="constrained")
+    panels = (
+        ("(a) Fisher-Rao distance", fisher_rao_binary(ha, hb)),
+        ("(b) Euclidean distance |h(x') - h(x)|", np.abs(hb - ha)),
+    )
+    for i, (title, z) in enumerate(panels):
+        ax = _surface_axes(fig, 2, i)
+        ax.plot_surface(ha, hb, z, cmap="viridis", linewidth=0, antialiased=True)
+        ax.set_xlabel("h(x)")
+        ax.set_ylabel("h(x')")
+        ax.set_title(title, fontsize=9)
+    return fig

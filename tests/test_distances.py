@@ -1,0 +1,254 @@
+"""Fisher-Rao distances against independent float64 references and the paper's theorems."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
+
+from fire_plugin.distances import (
+    DIVERGENCES,
+    bhattacharyya,
+    fisher_rao,
+    fisher_rao_binary,
+    fisher_rao_squared,
+    get_divergence,
+    hellinger_squared,
+    kl_divergence,
+)
+
+# ---------------------------------------------------------------- independent references (float64 / mpmath-free)
+
+
+def ref_fr(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Naive Theorem 2 in extended precision: 2 arccos(sum sqrt(p q)), BC taken in longdouble."""
+    a = np.asarray(a, dtype=np.longdouble)
+    b = np.asarray(b, dtype=np.longdouble)
+    p = np.exp(a - a.max(-1, keepdims=True))
+    p /= p.sum(-1, keepdims=True)
+    q = np.exp(b - b.max(-1, keepdims=True))
+    q /= q.sum(-1, keepdims=True)
+    # 1 - BC = ||sqrt p - sqrt q||^2 / 2 (exact identity, used here with plain subtraction in longdouble)
+    s = ((np.sqrt(p) - np.sqrt(q)) ** 2).sum(-1)
+    return np.asarray(4 * np.arcsin(np.sqrt(s) / 2), dtype=np.float64)
+
+
+def ref_fr_naive64(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    p = torch.softmax(torch.as_tensor(a, dtype=torch.float64), -1)
+    q = torch.softmax(torch.as_tensor(b, dtype=torch.float64), -1)
+    return (2 * torch.acos((p * q).sqrt().sum(-1).clamp(max=1))).numpy()
+
+
+def ref_kl(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    lp = torch.log_softmax(torch.as_tensor(a, dtype=torch.float64), -1)
+    lq = torch.log_softmax(torch.as_tensor(b, dtype=torch.float64), -1)
+    return (lp.exp() * (lp - lq)).sum(-1).numpy()
+
+
+def ref_binary(ha: np.ndarray, hb: np.ndarray) -> np.ndarray:
+    return 2 * np.abs(np.arctan(np.exp(hb / 2)) - np.arctan(np.exp(ha / 2)))
+
+
+logit_arrays = arrays(
+    np.float64, st.integers(2, 12), elements=st.floats(-20, 20, allow_nan=False, allow_infinity=False)
+)
+
+# ---------------------------------------------------------------- values
+
+
+def test_random_logits_match_reference():
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(256, 10, generator=g, dtype=torch.float64) * 3
+    b = torch.randn(256, 10, generator=g, dtype=torch.float64) * 3
+    np.testing.assert_allclose(fisher_rao(a, b).numpy(), ref_fr(a.numpy(), b.numpy()), rtol=1e-12)
+    np.testing.assert_allclose(fisher_rao(a, b).numpy(), ref_fr_naive64(a.numpy(), b.numpy()), rtol=1e-9)
+    np.testing.assert_allclose(fisher_rao_squared(a, b).numpy(), ref_fr(a.numpy(), b.numpy()) ** 2, rtol=1e-12)
+    np.testing.assert_allclose(kl_divergence(a, b).numpy(), ref_kl(a.numpy(), b.numpy()), rtol=1e-10)
+    bc = np.cos(ref_fr(a.numpy(), b.numpy()) / 2)
+    np.testing.assert_allclose(bhattacharyya(a, b).numpy(), bc, rtol=1e-12)
+
+
+@pytest.mark.parametrize("dtype, rtol", [(torch.float64, 1e-9), (torch.float32, 1e-6)])
+def test_near_equal_logits_relative_accuracy(dtype, rtol):
+    """Logits differing by ~1e-4: the naive 2 arccos(BC) loses all digits; ours keeps 1e-6 relative.
+
+    The reference is computed in longdouble on the very same (rounded) inputs. Measured max relative error:
+    about 2e-7 in float32 and 1e-13 in float64.
+    """
+    g = torch.Generator().manual_seed(1)
+    a = (torch.randn(2000, 10, generator=g, dtype=torch.float64) * 2).to(dtype)
+    b = (a.double() + 1e-4 * torch.randn(2000, 10, generator=g, dtype=torch.float64)).to(dtype)
+    ref = ref_fr(a.double().numpy(), b.double().numpy())
+    got = fisher_rao(a, b).double().numpy()
+    assert np.max(np.abs(got - ref) / ref) < rtol
+    got_sq = fisher_rao_squared(a, b).double().numpy()
+    assert np.max(np.abs(got_sq - ref**2) / ref**2) < 2 * rtol
+    # The naive formula is hopeless there in float32 (a sanity check that the test is sensitive).
+    if dtype == torch.float32:
+        naive = 2 * torch.acos((torch.softmax(a, -1) * torch.softmax(b, -1)).sqrt().sum(-1).clamp(max=1))
+        assert np.max(np.abs(naive.double().numpy() - ref) / ref) > 1e-2
+
+
+def test_saturated_and_disjoint():
+    a = torch.tensor([[1e4, 0.0, -1e4], [30.0, -30.0, 0.0]])
+    b = torch.tensor([[-1e4, 1e4, 0.0], [-30.0, 30.0, 0.0]])
+    d = fisher_rao(a, b)
+    assert torch.allclose(d, torch.full_like(d, math.pi), atol=1e-6)
+    assert torch.all(hellinger_squared(a, b) <= 2.0)
+    assert torch.isfinite(kl_divergence(a, b)).all()
+
+
+def test_zero_at_equality_and_batched_dims():
+    a = torch.randn(3, 4, 5)
+    assert fisher_rao(a, a).shape == (3, 4)
+    assert torch.equal(fisher_rao(a, a), torch.zeros(3, 4))
+    assert torch.equal(fisher_rao_squared(a, a), torch.zeros(3, 4))
+    # the class dimension may be any dim
+    b = torch.randn(3, 4, 5)
+    torch.testing.assert_close(fisher_rao(a, b, dim=1), fisher_rao(a.transpose(1, 2), b.transpose(1, 2)))
+
+
+def test_nan_propagates():
+    a = torch.tensor([[float("nan"), 0.0], [1.0, 0.0]])
+    b = torch.zeros(2, 2)
+    for fn in (fisher_rao, fisher_rao_squared, hellinger_squared, kl_divergence, bhattacharyya):
+        out = fn(a, b)
+        assert torch.isnan(out[0]) and torch.isfinite(out[1]), fn.__name__
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32, torch.float64])
+def test_output_dtype_follows_input(dtype):
+    a = torch.randn(4, 10).to(dtype)
+    b = torch.randn(4, 10).to(dtype)
+    for fn in DIVERGENCES.values():
+        assert fn(a, b).dtype == dtype
+    ref = ref_fr(a.double().numpy(), b.double().numpy())
+    np.testing.assert_allclose(fisher_rao(a, b).double().numpy(), ref, rtol=1e-2 if dtype.itemsize == 2 else 1e-6)
+
+
+# ---------------------------------------------------------------- theorems (hypothesis)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.floats(-60, 60), st.floats(-60, 60))
+def test_theorem1_equals_theorem2_for_two_classes(ha, hb):
+    h_a = torch.tensor([ha], dtype=torch.float64)
+    h_b = torch.tensor([hb], dtype=torch.float64)
+    binary = fisher_rao_binary(h_a, h_b)
+    # q(y|x) = sigmoid(y h) is the softmax of logits (0, h) over classes (-1, +1).
+    multi = fisher_rao(torch.stack([torch.zeros(1, dtype=torch.float64), h_a], -1),
+                       torch.stack([torch.zeros(1, dtype=torch.float64), h_b], -1))
+    torch.testing.assert_close(binary, multi, rtol=1e-9, atol=1e-12)
+    # and the binary form matches the literal formula of Theorem 1 where that formula is accurate
+    np.testing.assert_allclose(binary.numpy(), ref_binary(np.array([ha]), np.array([hb])), rtol=1e-7, atol=1e-9)
+    # Proposition 1: d <= |h_b - h_a| / 2
+    assert binary.item() <= abs(hb - ha) / 2 + 1e-12
+
+
+def test_binary_stable_for_large_codes():
+    h_a = torch.tensor([200.0, -300.0, 1000.0], dtype=torch.float64)
+    h_b = torch.tensor([201.0, -301.0, 1000.0], dtype=torch.float64)
+    d = fisher_rao_binary(h_a, h_b)
+    # d = 2 arctan(sinh(1/4)/cosh(401/4)): exact value by log-space evaluation, compared here through logs
+    expected0 = 2 * math.exp(math.log(math.sinh(0.25)) - (401 / 4 - math.log(2)))
+    assert d[0].item() == pytest.approx(expected0, rel=1e-10)
+    assert d[2].item() == 0.0
+    assert torch.isfinite(d).all() and d[1] > 0
+
+
+@settings(max_examples=200, deadline=None)
+@given(logit_arrays, st.data())
+def test_theorems_3_4_symmetry_range(a, data):
+    b = data.draw(arrays(np.float64, a.shape, elements=st.floats(-20, 20, allow_nan=False)))
+    ta, tb = torch.as_tensor(a)[None], torch.as_tensor(b)[None]
+    d = fisher_rao(ta, tb).item()
+    assert 0.0 <= d <= math.pi + 1e-12
+    assert d == pytest.approx(fisher_rao(tb, ta).item(), abs=1e-12)  # symmetry
+    # Theorem 3: 1 - cos(d/2) <= KL / 2 (both directions of KL)
+    assert 1 - math.cos(d / 2) <= kl_divergence(ta, tb).item() / 2 + 1e-12
+    assert 1 - math.cos(d / 2) <= kl_divergence(tb, ta).item() / 2 + 1e-12
+    # Theorem 4: H^2 = 2 (1 - cos(d / 2))
+    assert hellinger_squared(ta, tb).item() == pytest.approx(2 * (1 - math.cos(d / 2)), rel=1e-9, abs=1e-14)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(2, 8), st.integers(0, 10_000))
+def test_triangle_inequality(m, seed):
+    g = torch.Generator().manual_seed(seed)
+    x, y, z = (torch.randn(1, m, generator=g, dtype=torch.float64) * 4 for _ in range(3))
+    assert fisher_rao(x, z).item() <= fisher_rao(x, y).item() + fisher_rao(y, z).item() + 1e-12
+
+
+def test_eq17_kl_over_half_d2_tends_to_one():
+    g = torch.Generator().manual_seed(3)
+    a = torch.randn(64, 10, generator=g, dtype=torch.float64)
+    direction = torch.randn(64, 10, generator=g, dtype=torch.float64)
+    gaps = []
+    for t in (1e-1, 1e-2, 1e-3, 1e-4):
+        b = a + t * direction
+        ratio = kl_divergence(a, b) / (fisher_rao_squared(a, b) / 2)
+        gaps.append((ratio - 1).abs().max().item())
+    assert gaps[-1] < 1e-3
+    assert all(g2 < g1 for g1, g2 in zip(gaps, gaps[1:], strict=False))  # converges monotonically here
+
+
+# ---------------------------------------------------------------- gradients
+
+
+@pytest.mark.parametrize("name", sorted(DIVERGENCES))
+def test_gradcheck_float64(name):
+    fn = DIVERGENCES[name]
+    g = torch.Generator().manual_seed(4)
+    a = torch.randn(5, 4, generator=g, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(5, 4, generator=g, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(fn, (a, b))
+    assert torch.autograd.gradcheck(fisher_rao, (a, b))
+
+
+def test_gradient_near_equality_matches_finite_differences():
+    """In the Taylor-series branch (S < 1e-4) the gradient must still be right, not just finite."""
+    g = torch.Generator().manual_seed(5)
+    a = torch.randn(3, 6, generator=g, dtype=torch.float64)
+    b = (a + 1e-3 * torch.randn(3, 6, generator=g, dtype=torch.float64)).requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda x: fisher_rao_squared(a, x), (b,), eps=1e-8, atol=1e-10)
+
+
+@pytest.mark.parametrize("name", sorted(DIVERGENCES))
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32, torch.float64])
+def test_finite_gradients_at_equality_and_saturation(name, dtype):
+    fn = DIVERGENCES[name]
+    cases = [torch.randn(4, 10), torch.full((4, 10), 0.0), 1e4 * torch.randn(4, 10)]
+    if dtype.itemsize == 2:
+        cases[2] = cases[2].clamp(-6e4, 6e4)
+    for base in cases:
+        a = base.to(dtype).clone().requires_grad_(True)
+        b = base.to(dtype).clone().requires_grad_(True)
+        fn(a, b).sum().backward()
+        assert torch.isfinite(a.grad).all() and torch.isfinite(b.grad).all()
+        if name != "kl" or dtype.itemsize > 2:
+            assert a.grad.abs().max() == 0  # equality is a minimum
+        # saturated and different
+        a2 = base.to(dtype).clone().requires_grad_(True)
+        fn(a2, torch.flip(base, [-1]).to(dtype)).sum().backward()
+        assert torch.isfinite(a2.grad).all()
+
+
+# ---------------------------------------------------------------- errors
+
+
+def test_bad_inputs_raise():
+    with pytest.raises(ValueError, match=r"\(2, 3\).*\(2, 4\)"):
+        fisher_rao(torch.zeros(2, 3), torch.zeros(2, 4))
+    with pytest.raises(ValueError, match="int64"):
+        fisher_rao(torch.zeros(2, 3, dtype=torch.long), torch.zeros(2, 3))
+    with pytest.raises(ValueError, match="at least 2 classes"):
+        fisher_rao_squared(torch.zeros(2, 1), torch.zeros(2, 1))
+    with pytest.raises(ValueError, match="int32"):
+        fisher_rao_binary(torch.zeros(2, dtype=torch.int32), torch.zeros(2))
+    with pytest.raises(ValueError, match="divergence must be one of"):
+        get_divergence("wasserstein")
