@@ -51,7 +51,7 @@ def _check_images_range(images: Tensor) -> None:
     if images.numel() == 0:
         return
     low, high = torch.aminmax(images.detach())
-    if low < -_RANGE_TOL or high > 1 + _RANGE_TOL:
+    if not (low >= -_RANGE_TOL and high <= 1 + _RANGE_TOL):  # also catches NaN
         raise ValueError(
             f"images must lie in [0, 1], got values in [{low.item():.4g}, {high.item():.4g}]; "
             "for normalized inputs call atk.set_normalization_used(mean, std)"

@@ -34,12 +34,14 @@ from tqdm.auto import tqdm
 from fire_plugin.attacks import FRPGD, FRPGDL2
 from fire_plugin.data import dataset_to_tensors
 
-__all__ = ["ATTACKS", "NORMS", "EvalResult", "evaluate"]
+__all__ = ["ATTACKS", "AUTOATTACK_STANDARD", "NORMS", "EvalResult", "evaluate"]
 
 _logger = logging.getLogger(__name__)
 
 ATTACKS: tuple[str, ...] = ("clean", "pgd", "frpgd", "autoattack")
 NORMS: tuple[str, ...] = ("Linf", "L2")
+AUTOATTACK_STANDARD: tuple[str, ...] = ("apgd-ce", "apgd-t", "fab-t", "square")
+"""The attacks of AutoAttack's ``version="standard"``, in their order."""
 
 
 @dataclass
@@ -58,6 +60,8 @@ class EvalResult:
         times: seconds of wall time per attack name (``"clean"``, ``"pgd"``, ...).
         pgd_steps: steps of PGD and FRPGD.
         pgd_alpha: step size of PGD and FRPGD.
+        autoattack_version: ``"standard"``, or ``"custom:<attacks>"`` for a subset run with
+            ``autoattack_attacks`` (not valid for RobustBench); None without AutoAttack.
 
     >>> r = EvalResult(n_examples=10, eps=0.1, norm="Linf", clean_acc=0.9, autoattack_acc=0.5)
     >>> round(r.avg_acc, 6)
@@ -75,6 +79,7 @@ class EvalResult:
     times: dict[str, float] = field(default_factory=dict)
     pgd_steps: int = 20
     pgd_alpha: float | None = None
+    autoattack_version: str | None = None
 
     def __post_init__(self) -> None:
         if self.clean_acc is not None and self.autoattack_acc is not None:
@@ -160,6 +165,7 @@ def _check_params(
     batch_size: int,
     pgd_steps: int,
     pgd_alpha: float | None,
+    autoattack_attacks: Sequence[str] | None,
 ) -> None:
     if isinstance(eps, bool) or not isinstance(eps, int | float) or not math.isfinite(eps) or eps <= 0:
         raise ValueError(f"eps={eps!r} is not allowed; allowed: a positive finite number")
@@ -175,6 +181,15 @@ def _check_params(
         raise ValueError(f"pgd_steps={pgd_steps!r} is not allowed; allowed: a positive int")
     if pgd_alpha is not None and not (math.isfinite(pgd_alpha) and pgd_alpha > 0):
         raise ValueError(f"pgd_alpha={pgd_alpha!r} is not allowed; allowed: a positive number or None")
+    if autoattack_attacks is not None and (
+        isinstance(autoattack_attacks, str)
+        or not autoattack_attacks
+        or any(a not in AUTOATTACK_STANDARD for a in autoattack_attacks)
+    ):
+        raise ValueError(
+            f"autoattack_attacks={autoattack_attacks!r} is not allowed; allowed: None (standard) or a "
+            f"non-empty subset of {list(AUTOATTACK_STANDARD)}"
+        )
 
 
 @torch.no_grad()
@@ -218,6 +233,7 @@ def evaluate(
     seed: int = 0,
     pgd_steps: int = 20,
     pgd_alpha: float | None = None,
+    autoattack_attacks: Sequence[str] | None = None,
     verbose: bool = True,
 ) -> EvalResult:
     """Clean, PGD, FRPGD and AutoAttack accuracy of ``model`` on the same examples, with wall times.
@@ -240,6 +256,8 @@ def evaluate(
         seed: seed of the random starts and of AutoAttack.
         pgd_steps: steps of PGD and FRPGD (PGD-20 by default).
         pgd_alpha: step size of PGD and FRPGD; ``eps / 4`` when None.
+        autoattack_attacks: None for standard AutoAttack (what RobustBench and the paper report), or a
+            subset of ``AUTOATTACK_STANDARD`` run with the standard settings, for quick checks.
         verbose: show tqdm progress bars.
 
     Returns:
@@ -252,7 +270,7 @@ def evaluate(
     >>> r.pgd_acc <= r.clean_acc
     True
     """
-    _check_params(eps, norm, attacks, n_examples, batch_size, pgd_steps, pgd_alpha)
+    _check_params(eps, norm, attacks, n_examples, batch_size, pgd_steps, pgd_alpha, autoattack_attacks)
     x, labels = _collect(data, y, n_examples)
     eps = float(eps)
     alpha = float(pgd_alpha) if pgd_alpha is not None else eps / 4.0
@@ -290,6 +308,12 @@ def evaluate(
         if "autoattack" in attacks:
             start = time.perf_counter()
             adversary = AutoAttack(model, norm=norm, eps=eps, version="standard", device=device, seed=seed)
+            result.autoattack_version = "standard"
+            if autoattack_attacks is not None and tuple(autoattack_attacks) != AUTOATTACK_STANDARD:
+                # the standard settings (restarts, target classes, queries), fewer attacks
+                adversary.attacks_to_run = [a for a in AUTOATTACK_STANDARD if a in autoattack_attacks]
+                adversary.version = "custom"
+                result.autoattack_version = "custom:" + ",".join(adversary.attacks_to_run)
 
             def run_aa(xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
                 x_adv, _ = adversary.run_standard_evaluation(xb, yb, batch_size=len(xb))

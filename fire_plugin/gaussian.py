@@ -7,8 +7,9 @@ accuracy-robustness trade-off can be studied exactly, and the empirical risk min
 TRADES (KL) and Hellinger regularization can be placed against the exact Pareto front.
 
 Weights: ``lam`` multiplies the paper's regularizer as written, i.e. ``d^2`` with the Fisher-Rao distance
-``d = 2 * arccos(BC)`` of Theorem 1 / eq (15), ``KL(q(.|x) || q(.|x'))`` of eq (6), and ``H^2 = 2 (1 - BC)`` of
-eq (46). The authors' public code uses ``beta * arccos(BC)^2``, i.e. ``beta = 4 * lam`` for Fisher-Rao.
+``d = 2 * arccos(BC)`` of Theorem 1 / eq (15), ``KL(q(.|x) || q(.|x'))`` of eq (6), and
+``H^2 = 2 (1 - BC)`` of eq (46). The authors' public code uses ``beta * arccos(BC)^2``, i.e.
+``beta = 4 * lam`` for Fisher-Rao.
 
 This module uses numpy and scipy only.
 
@@ -26,11 +27,12 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeAlias
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 from scipy import optimize, special, stats
+from tqdm.auto import tqdm
 
 __all__ = [
     "REGULARIZERS",
@@ -53,16 +55,19 @@ __all__ = [
 
 _logger = logging.getLogger(__name__)
 
+FloatOrArray: TypeAlias = "float | NDArray[np.float64]"
+"""A float for one ``theta`` of shape ``(n,)``, an array for a batch of shape ``(..., n)``."""
+
 REGULARIZERS: tuple[str, ...] = ("fisher_rao", "kl", "hellinger")
-"""Regularizer names accepted by :func:`erm_sweep`: Fisher-Rao ``d^2`` (FIRE), KL (TRADES), ``H^2`` (Hellinger)."""
+"""Regularizers of :func:`erm_sweep`: Fisher-Rao ``d^2`` (FIRE), KL (TRADES), ``H^2`` (Hellinger)."""
 
 ADVERSARIES: tuple[str, ...] = ("ce", "divergence")
 """Adversaries for the regularizer in :func:`erm_sweep`.
 
 ``"ce"``: eq (19), ``x' = x - eps y theta/||theta||`` (label-dependent, what the issue and section 4.1 name).
-``"divergence"``: the maximizer of the divergence itself over the L2 ball, as the inner max of eqs (5), (7), (48)
-literally reads; for a linear model it is ``x' = x - eps sign(theta^T x) theta/||theta||`` for all three
-divergences. The two differ only on misclassified samples.
+``"divergence"``: the maximizer of the divergence itself over the L2 ball, as the inner max of eqs (5),
+(7), (48) literally reads; for a linear model it is ``x' = x - eps sign(theta^T x) theta/||theta||``
+for all three divergences. The two differ only on misclassified samples.
 """
 
 DEFAULT_LAMBDAS: tuple[float, ...] = (0.0, *(float(v) for v in np.logspace(-2, 3, 61)))
@@ -289,7 +294,7 @@ class GaussianModel:
         std = np.sqrt(np.einsum("...i,ij,...j->...", t, self.sigma, t))
         return mean, std
 
-    def natural_error(self, theta: ArrayLike) -> Any:
+    def natural_error(self, theta: ArrayLike) -> FloatOrArray:
         """Eq (20): ``Pe(theta) = Phi(-theta^T mu / sqrt(theta^T Sigma theta))``.
 
         ``theta`` has shape ``(n,)`` (returns a float) or ``(..., n)`` (returns an array).
@@ -301,7 +306,7 @@ class GaussianModel:
         mean, std = self._margins(t)
         return _scalar_or_array(stats.norm.cdf(-mean / std))
 
-    def adversarial_error(self, theta: ArrayLike) -> Any:
+    def adversarial_error(self, theta: ArrayLike) -> FloatOrArray:
         """Eq (21): ``Pe'(theta) = Phi((eps ||theta|| - theta^T mu) / sqrt(theta^T Sigma theta))``.
 
         >>> round(paper_setting().adversarial_error([-0.9364, 0.3509]), 3)
@@ -311,10 +316,11 @@ class GaussianModel:
         mean, std = self._margins(t)
         return _scalar_or_array(stats.norm.cdf((self.eps * np.linalg.norm(t, axis=-1) - mean) / std))
 
-    def prop2_bounds(self, theta: ArrayLike) -> tuple[Any, Any]:
+    def prop2_bounds(self, theta: ArrayLike) -> tuple[FloatOrArray, FloatOrArray]:
         """Proposition 2 (eqs 22, 23): ``(lower, upper)`` bounds on ``Pe'(theta)`` from ``Pe(theta)``.
 
-        ``lower = Phi(eps / sqrt(lambda_max) + Phi^-1(Pe))``, ``upper = Phi(eps / sqrt(lambda_min) + Phi^-1(Pe))``.
+        ``lower = Phi(eps / sqrt(lambda_max) + Phi^-1(Pe))``,
+        ``upper = Phi(eps / sqrt(lambda_min) + Phi^-1(Pe))``, with the eigenvalues of ``Sigma``.
 
         >>> m = paper_setting()
         >>> lo, hi = m.prop2_bounds([1.0, 1.0])
@@ -328,7 +334,7 @@ class GaussianModel:
         upper = stats.norm.cdf(self.eps / math.sqrt(self._eig[0]) + z)
         return _scalar_or_array(lower), _scalar_or_array(upper)
 
-    def accuracies(self, theta: ArrayLike) -> tuple[Any, Any]:
+    def accuracies(self, theta: ArrayLike) -> tuple[FloatOrArray, FloatOrArray]:
         """``(1 - Pe(theta), 1 - Pe'(theta))``.
 
         >>> nat, adv = paper_setting().accuracies([0.0, 1.0])
@@ -342,14 +348,14 @@ class GaussianModel:
         return _scalar_or_array(nat), _scalar_or_array(adv)
 
     def bayes_theta(self) -> NDArray[np.float64]:
-        """Population cross-entropy minimizer ``2 Sigma^-1 mu``: the true posterior is logistic with this theta.
+        """Population cross-entropy minimizer ``2 Sigma^-1 mu`` (the true posterior is logistic with it).
 
         For the paper setting this is Fig. 2a's ``theta = [-6.4290, 25.7487]``.
 
         >>> np.round(paper_setting().bayes_theta(), 2).tolist()
         [-6.43, 25.75]
         """
-        return 2.0 * np.linalg.solve(self.sigma, self.mu)
+        return np.asarray(2.0 * np.linalg.solve(self.sigma, self.mu), dtype=np.float64)
 
     def natural_optimum(self) -> OperatingPoint:
         """Maximizer of ``1 - Pe``: ``theta = Sigma^-1 mu / ||Sigma^-1 mu||`` (footnote 3), in closed form.
@@ -382,14 +388,14 @@ class GaussianModel:
         return self._point(_unit(alpha)).average_accuracy, alpha
 
     def accuracy_curve(self, n_angles: int = 3600) -> AccuracyCurve:
-        """All points ``(1 - Pe, 1 - Pe')`` for ``theta = (cos alpha, sin alpha)``, ``alpha`` on a uniform grid.
+        """All points ``(1 - Pe, 1 - Pe')`` of ``theta = (cos alpha, sin alpha)``, uniform ``alpha`` grid.
 
         >>> paper_setting().accuracy_curve(360).alpha.size
         360
         """
         self._need_2d("accuracy_curve")
         n = _check_int("n_angles", n_angles, minimum=4)
-        alpha = np.arange(n) * (_TWO_PI / n)
+        alpha = np.arange(n, dtype=np.float64) * (_TWO_PI / n)
         nat, adv = self.accuracies(_unit(alpha))
         return AccuracyCurve(alpha=alpha, natural=np.asarray(nat), adversarial=np.asarray(adv))
 
@@ -408,12 +414,13 @@ class GaussianModel:
         alpha = np.concatenate([curve.alpha, extra])
         nat, adv = self.accuracies(_unit(alpha))
         keep = _non_dominated(np.asarray(nat), np.asarray(adv))
-        return AccuracyCurve(alpha=alpha[keep], natural=np.asarray(nat)[keep], adversarial=np.asarray(adv)[keep])
+        nat_a, adv_a = np.asarray(nat), np.asarray(adv)
+        return AccuracyCurve(alpha=alpha[keep], natural=nat_a[keep], adversarial=adv_a[keep])
 
     # -- data ----------------------------------------------------------------------------------------------
 
     def sample(self, n_per_class: int, *, seed: int = 0) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
-        """Draw ``n_per_class`` samples of each class: ``x`` of shape ``(2 n, dim)`` and ``y`` in ``{-1, +1}``.
+        """Draw ``n_per_class`` samples per class: ``x`` of shape ``(2 n, dim)``, ``y`` in ``{-1, +1}``.
 
         >>> x, y = paper_setting().sample(5, seed=1)
         >>> x.shape, sorted(set(y.tolist()))
@@ -430,7 +437,7 @@ class GaussianModel:
 
     def _need_2d(self, what: str) -> None:
         if self.dim != 2:
-            raise ValueError(f"{what} sweeps theta = (cos a, sin a) and needs dim 2, got mu of size {self.dim}")
+            raise ValueError(f"{what} sweeps theta = (cos a, sin a): needs dim 2, got mu of size {self.dim}")
 
     def _point(self, theta: NDArray[np.float64]) -> OperatingPoint:
         nat, adv = self.accuracies(theta)
@@ -479,7 +486,8 @@ def _log_cosh(x: NDArray[np.float64]) -> NDArray[np.float64]:
 
 
 def _fr_signed(h_a: NDArray[np.float64], h_b: NDArray[np.float64]) -> NDArray[np.float64]:
-    """``g(h_b) - g(h_a)`` with ``g(h) = 2 arctan(exp(h/2))``, as ``2 arctan(sinh((h_b-h_a)/4) / cosh((h_b+h_a)/4))``.
+    """``g(h_b) - g(h_a)`` with ``g(h) = 2 arctan(exp(h/2))``, computed as
+    ``2 arctan(sinh((h_b - h_a)/4) / cosh((h_b + h_a)/4))``.
 
     The identity follows from ``g(h) = gd(h/2) + pi/2`` (gd: Gudermannian) and the subtraction formula of
     arctan; it has no cancellation and no overflow.
@@ -496,8 +504,8 @@ def _g_prime(h: NDArray[np.float64]) -> NDArray[np.float64]:
 
 def fisher_rao_binary(h_a: ArrayLike, h_b: ArrayLike) -> NDArray[np.float64]:
     """Theorem 1: ``d = 2 |arctan(exp(h_b/2)) - arctan(exp(h_a/2))|`` between ``q(.|x)`` and ``q(.|x')`` with
-    latent codes ``h_a = h(x)``, ``h_b = h(x')`` of the model ``q(y|x) = 1/(1 + exp(-y h(x)))``. Float64 numpy;
-    exact for any finite codes (no cancellation, no overflow). Values lie in ``[0, pi]``.
+    latent codes ``h_a = h(x)``, ``h_b = h(x')`` of the model ``q(y|x) = 1/(1 + exp(-y h(x)))``.
+    Float64 numpy; exact for any finite codes (no cancellation, no overflow). Values lie in ``[0, pi]``.
 
     >>> round(float(fisher_rao_binary(0.0, 1e9)), 6) == round(math.pi / 2, 6)
     True
@@ -521,7 +529,8 @@ def _divergence_and_grads(
         dd = np.sin(0.5 * d)
         return 4.0 * s * s, -dd * _g_prime(h), dd * _g_prime(hp)
     if name == "kl":
-        # KL(q(.|x) || q(.|x')) = softplus(h') - softplus(h) - sigmoid(h) (h' - h): the Bregman divergence of softplus
+        # KL(q(.|x) || q(.|x')) = softplus(h') - softplus(h) - sigmoid(h) (h' - h),
+        # the Bregman divergence of softplus
         p = special.expit(h)
         delta = hp - h
         kl = np.logaddexp(0.0, hp) - np.logaddexp(0.0, h) - p * delta
@@ -566,9 +575,10 @@ def erm_objective(
 ) -> tuple[float, NDArray[np.float64]]:
     """Empirical risk ``mean[-log q(y|x) + lam * r(q(.|x), q(.|x'))]`` and its gradient in ``theta``.
 
-    ``x' = x - eps * s * theta / ||theta||`` with ``s = y`` (eq 19, ``adversary="ce"``) or ``s = sign(theta^T x)``
-    (``adversary="divergence"``); ``r`` is a :data:`REGULARIZERS` entry, ``lam`` multiplies it as written
-    (Fisher-Rao: ``lam * d^2``, i.e. ``beta = 4 * lam`` in the authors' ``beta * arccos(BC)^2`` convention).
+    ``x' = x - eps * s * theta / ||theta||`` with ``s = y`` (eq 19, ``adversary="ce"``) or
+    ``s = sign(theta^T x)`` (``adversary="divergence"``); ``r`` is a :data:`REGULARIZERS` entry, ``lam``
+    multiplies it as written (Fisher-Rao: ``lam * d^2``, i.e. ``beta = 4 * lam`` in the authors'
+    ``beta * arccos(BC)^2`` convention).
     At ``theta = 0`` the gradient is well defined (the regularizer is second order in ``||theta||``).
 
     >>> x, y = paper_setting().sample(100)
@@ -670,16 +680,16 @@ def erm_sweep(
     gtol: float = 1e-7,
     verbose: bool = False,
 ) -> SweepResult:
-    """Minimize the empirical regularized risk for each ``lam`` and place the minimizers against the exact curve.
+    """Minimize the empirical regularized risk for each ``lam``; place the minimizers against the exact curve.
 
     The data are ``n_per_class`` samples of each class drawn with ``seed`` (the same data for every lambda).
-    The risk is ``mean[-log q(y|x) + lam * r(q(.|x), q(.|x'))]`` (see :func:`erm_objective`; ``lam`` multiplies
-    ``d^2`` for Fisher-Rao, so ``beta = 4 * lam`` in the authors' code convention). Local solver (default):
-    BFGS from ``theta = 0`` for every lambda, as in footnote 4. ``global_minimizer=True``: also evaluate the risk
-    on a polar grid ``r (cos a, sin a)`` (``n_grid_angles`` angles times ``n_grid_radii`` radii log-spaced over
-    ``[1e-4, 10^2.5] / rms(||x||)``), take the best radius per angle, refine the ``n_refine`` lowest local minima
-    over angles with BFGS, and keep the lowest risk among these and the local solution. The polar grid needs
-    ``dim == 2``.
+    The risk is ``mean[-log q(y|x) + lam * r(q(.|x), q(.|x'))]`` (see :func:`erm_objective`; ``lam``
+    multiplies ``d^2`` for Fisher-Rao, so ``beta = 4 * lam`` in the authors' code convention).
+    Local solver (default): BFGS from ``theta = 0`` for every lambda, as in footnote 4.
+    ``global_minimizer=True``: also evaluate the risk on a polar grid ``r (cos a, sin a)`` (``n_grid_angles``
+    angles times ``n_grid_radii`` radii log-spaced over ``[1e-4, 10^2.5] / rms(||x||)``), take the best
+    radius per angle, refine the ``n_refine`` lowest local minima over angles with BFGS, and keep the lowest
+    risk among these and the local solution. The polar grid needs ``dim == 2``.
 
     Args:
         regularizer: ``"fisher_rao"`` (FIRE), ``"kl"`` (TRADES) or ``"hellinger"``.
@@ -711,12 +721,10 @@ def erm_sweep(
     if global_minimizer:
         m._need_2d("erm_sweep(global_minimizer=True)")
     x, y = m.sample(n_per_class, seed=seed)
-    angles = np.arange(n_grid_angles) * (_TWO_PI / n_grid_angles)
+    angles = np.arange(n_grid_angles, dtype=np.float64) * (_TWO_PI / n_grid_angles)
     scale = 1.0 / math.sqrt(float(np.mean(np.sum(x * x, axis=1))))  # |theta^T x| ~ 1 at r = scale
     radii = scale * np.logspace(-4.0, 2.5, n_grid_radii)
     solver = "bfgs-global-polar" if global_minimizer else "bfgs-local"
-
-    from tqdm.auto import tqdm
 
     k = lam_arr.size
     thetas = np.zeros((k, m.dim))
@@ -758,7 +766,8 @@ def erm_sweep(
         if m.dim == 2:
             alpha[nonzero] = np.arctan2(thetas[nonzero, 1], thetas[nonzero, 0]) % _TWO_PI
     if not np.all(nonzero):
-        _logger.warning("%s: theta = 0 for lambdas %s (no decision rule)", regularizer, lam_arr[~nonzero].tolist())
+        zero_lams = lam_arr[~nonzero].tolist()
+        _logger.warning("%s: theta = 0 for lambdas %s (no decision rule)", regularizer, zero_lams)
     return SweepResult(
         regularizer=regularizer,
         solver=solver,
@@ -793,7 +802,7 @@ def sweep_coverage(
     Args:
         model: the setting the sweep was run on.
         sweep: an :func:`erm_sweep` result.
-        tol: distance in the (natural, adversarial) accuracy plane under which a Pareto point counts as reached.
+        tol: distance in the (natural, adversarial) accuracy plane under which a Pareto point is reached.
         n_angles: angle grid of the Pareto front.
 
     >>> m = paper_setting()
@@ -873,10 +882,11 @@ def run_report(
     ``mu``, ``sigma``, ``eps`` default to :func:`paper_setting` (each one separately); ``lambdas`` defaults to
     :data:`DEFAULT_LAMBDAS`. For each regularizer the sweep runs with the local solver (BFGS from 0) and, with
     ``include_global``, the polar-grid global solver. Figures: ``gaussian_fig6.png`` (trade-off curve, Pareto
-    front, each sweep; Figs. 6 and 9), ``gaussian_fig2.png`` / ``gaussian_fig3.png`` (q(1|x) and the Fisher-Rao
-    distance over the eps-ball around 0 for the natural and adversarial optima), ``gaussian_fig4.png`` (FIRE
-    minimizers at the lambdas of Fig. 4), ``gaussian_fig5.png`` (Fisher-Rao vs Euclidean distance over latent
-    codes). Returns the report dictionary (also written as JSON), with the written paths under ``"files"``.
+    front, each sweep; Figs. 6 and 9), ``gaussian_fig2.png`` / ``gaussian_fig3.png`` (q(1|x) and the
+    Fisher-Rao distance over the eps-ball around 0 for the natural and adversarial optima),
+    ``gaussian_fig4.png`` (FIRE minimizers at the lambdas of Fig. 4), ``gaussian_fig5.png`` (Fisher-Rao vs
+    Euclidean distance over latent codes). Returns the report dictionary (also written as JSON), with the
+    written paths under ``"files"``.
 
     >>> report = run_report("/tmp/gaussian_lab", lambdas=[0.0, 1.0], n_per_class=500,
     ...                     include_global=False, verbose=False)  # doctest: +SKIP
@@ -887,7 +897,9 @@ def run_report(
 
     base = paper_setting()
     model = GaussianModel(
-        base.mu if mu is None else mu, base.sigma if sigma is None else sigma, base.eps if eps is None else eps
+        base.mu if mu is None else mu,
+        base.sigma if sigma is None else sigma,
+        base.eps if eps is None else eps,
     )
     lam = list(DEFAULT_LAMBDAS) if lambdas is None else [float(v) for v in lambdas]
     for r in regularizers:
@@ -948,7 +960,12 @@ def run_report(
             "sigma_eigenvalues": _floats(model._eig),
         }
         fig4 = erm_sweep(
-            "fisher_rao", list(FIG4_LAMBDAS), model=model, n_per_class=n_per_class, seed=seed, adversary=adversary
+            "fisher_rao",
+            list(FIG4_LAMBDAS),
+            model=model,
+            n_per_class=n_per_class,
+            seed=seed,
+            adversary=adversary,
         )
         report["fig4_thetas"] = {f"{v:g}": _floats(t) for v, t in zip(FIG4_LAMBDAS, fig4.thetas, strict=True)}
         curve, front = model.accuracy_curve(), model.pareto_front()
@@ -999,11 +1016,9 @@ def _circular_span(alpha: NDArray[np.float64]) -> tuple[float, float]:
     if a.size == 0:
         return float("nan"), float("nan")
     gaps = np.diff(np.concatenate([a, [a[0] + _TWO_PI]]))
-    j = int(np.argmax(gaps))  # the largest empty arc ends the span
+    j = int(np.argmax(gaps))  # the span is the circle minus the largest empty arc (a[j], a[j + 1])
     lo = a[(j + 1) % a.size]
-    hi = a[j] if j + 1 < a.size else a[j]
-    if hi < lo:
-        hi += _TWO_PI
+    hi = a[j] + (_TWO_PI if a[j] < lo else 0.0)
     return float(lo), float(hi)
 
 
@@ -1018,7 +1033,7 @@ def _check_choice(name: str, value: Any, allowed: tuple[str, ...]) -> None:
         raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
 
 
-def _scalar_or_array(v: Any) -> Any:
+def _scalar_or_array(v: Any) -> FloatOrArray:
     arr = np.asarray(v, dtype=np.float64)
     return float(arr) if arr.ndim == 0 else arr
 

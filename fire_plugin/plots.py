@@ -1,7 +1,7 @@
 """Matplotlib figures shared by the CLI and the benchmarks.
 
-A flat module of functions that build and return ``matplotlib.figure.Figure`` objects. No pyplot and no backend
-selection: save with ``fig.savefig("name.png")``, which needs no GUI backend.
+A flat module of functions that build and return ``matplotlib.figure.Figure`` objects. No pyplot and no
+backend selection: save with ``fig.savefig("name.png")``, which needs no GUI backend.
 
 >>> from fire_plugin.gaussian import paper_setting
 >>> fig = plot_fisher_rao_vs_euclidean(n_points=11)
@@ -12,7 +12,7 @@ selection: save with ``fig.savefig("name.png")``, which needs no GUI backend.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from matplotlib.figure import Figure
@@ -42,8 +42,8 @@ def plot_tradeoff(
     """Figs. 6 and 9: all ``(1 - Pe, 1 - Pe')`` points (blue), the Pareto front (red) and each sweep (black).
 
     One column for the curve and front, then one column per regularizer found in ``sweeps``; the second row
-    zooms on the Pareto front. Local-solver points are black dots, global-solver points orange crosses. ``maa = (value, alpha)`` marks the MAA point (needs
-    ``model`` to place it).
+    zooms on the Pareto front. Local-solver points are black dots, global-solver points hollow orange circles.
+    ``maa = (value, alpha)`` marks the MAA point (needs ``model`` to place it).
 
     >>> from fire_plugin.gaussian import paper_setting
     >>> m = paper_setting()
@@ -87,10 +87,11 @@ def plot_tradeoff(
                     ax.plot(
                         s.natural_accuracy,
                         s.adversarial_accuracy,
-                        "o" if local else "x",
-                        ms=4 if local else 6,
-                        mfc="none" if not local else "k",
+                        "o",
+                        ms=3 if local else 7,
+                        mfc="k" if local else "none",
                         color="k" if local else "tab:orange",
+                        zorder=4 if local else 3,
                         label=f"{s.solver}{lam_txt}",
                     )
             if row == 1:
@@ -151,8 +152,9 @@ def plot_fisher_rao_ball(
     center: ArrayLike = (0.0, 0.0),
     n_points: int = 61,
 ) -> Figure:
-    """Fig. 3: the Fisher-Rao distance between ``q(.|x)`` and ``q(.|x + delta)`` over ``delta`` in the L-inf ball
-    of radius ``eps`` around ``center`` (the paper uses ``x = 0`` and ``eps = 0.1``), one panel per theta.
+    """Fig. 3: the Fisher-Rao distance between ``q(.|x)`` and ``q(.|x + delta)`` over ``delta`` in the
+    L-inf ball of radius ``eps`` around ``center`` (the paper uses ``x = 0`` and ``eps = 0.1``), one panel
+    per theta.
 
     >>> fig = plot_fisher_rao_ball({"a": [1.0, 2.0]}, n_points=11)
     >>> len(fig.axes)
@@ -213,4 +215,29 @@ def plot_fisher_rao_vs_euclidean(*, h_max: float = 10.0, n_points: int = 81) -> 
         ax.set_xlabel("h(x)")
         ax.set_ylabel("h(x')")
         ax.set_title(title, fontsize=9)
+    return fig
+
+
+def plot_training_history(history: list[dict[str, Any]]) -> Figure:
+    """Loss and natural/adversarial accuracy per epoch of an engine/trainer history (one dict per epoch).
+
+    >>> fig = plot_training_history([{"epoch": 0, "loss": 1.0, "nat_acc": 0.5, "adv_acc": 0.2}])
+    >>> len(fig.axes)
+    2
+    """
+    fig = Figure(figsize=(9, 3.4), constrained_layout=True)
+    ax_loss, ax_acc = fig.subplots(1, 2)
+    epochs = [int(r["epoch"]) + 1 for r in history]
+    ax_loss.plot(epochs, [r["loss"] for r in history], marker="o", color="black")
+    ax_loss.set_xlabel("epoch")
+    ax_loss.set_ylabel("training loss")
+    for key, label, style in (("nat_acc", "train natural", "-"), ("adv_acc", "train adversarial", "-"),
+                              ("val_nat_acc", "val natural", "--"), ("val_adv_acc", "val adversarial", "--")):
+        values = [r.get(key) for r in history]
+        if any(v is not None for v in values):
+            ax_acc.plot(epochs, [float("nan") if v is None else v for v in values], style, marker="o", label=label)
+    ax_acc.set_xlabel("epoch")
+    ax_acc.set_ylabel("accuracy")
+    ax_acc.set_ylim(0, 1)
+    ax_acc.legend(fontsize=8)
     return fig

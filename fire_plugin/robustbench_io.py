@@ -460,6 +460,13 @@ def model_info_from_result(
     """
     if result.clean_acc is None:
         raise ValueError("result.clean_acc is None; evaluate with attacks including 'clean'")
+    version = getattr(result, "autoattack_version", None)
+    if result.autoattack_acc is not None and version not in (None, "standard"):
+        warnings.warn(
+            f"autoattack_acc comes from AutoAttack {version!r}, not 'standard': RobustBench does not accept it",
+            UserWarning,
+            stacklevel=2,
+        )
     return ModelInfo(
         link=link,
         name=name,
