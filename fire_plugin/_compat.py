@@ -17,6 +17,7 @@ import importlib
 import importlib.util
 import logging
 import sys
+import warnings
 from types import ModuleType
 
 __all__ = ["ensure_autoattack_alias", "import_robustbench"]
@@ -62,4 +63,10 @@ def import_robustbench(submodule: str = "") -> ModuleType:
     """
     ensure_autoattack_alias()
     name = "robustbench" + (f".{submodule}" if submodule else "")
-    return importlib.import_module(name)
+    with warnings.catch_warnings():
+        # robustbench's import chain warns about pkg_resources, timm.models.layers and torch.jit.interface:
+        # noise for our users, about code that is not theirs.
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
+        warnings.filterwarnings("ignore", category=FutureWarning)
+        warnings.filterwarnings("ignore", message=".*pkg_resources.*", category=UserWarning)
+        return importlib.import_module(name)

@@ -212,8 +212,8 @@ def run_demo(out: Path, *, epochs: int = 8, n_eval: int = 200, quiet: bool = Fal
         model.eval()
         result = evaluate(model, x_test[:n_eval], y_test[:n_eval], eps=eps,
                           attacks=("clean", "pgd", "frpgd", "autoattack"), verbose=not quiet)
+        adv = FRPGD(model, eps=eps, alpha=0.025, steps=10)(x_test[:n_eval], y_test[:n_eval])
         with torch.no_grad():
-            adv = FRPGD(model, eps=eps, alpha=0.025, steps=10)(x_test[:n_eval], y_test[:n_eval])
             frd = fisher_rao(model(x_test[:n_eval]), model(adv)).mean().item()
         info = model_info_from_result(result, dataset="digits", name=f"digits_cnn {method.upper()} (demo)",
                                       architecture="digits_cnn")

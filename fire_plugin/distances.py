@@ -8,21 +8,36 @@ Fisher-Rao Regularization" (TPAMI 2022):
 * Theorem 1 (binary, latent codes ``h``): ``d = 2 * |arctan(exp(h_b / 2)) - arctan(exp(h_a / 2))|``.
 * Theorem 4 / eq. (46): ``H^2 = 2 * (1 - BC) = 2 * (1 - cos(d / 2))``.
 
-Numerics. ``1 - BC`` is never formed by subtraction: with ``BC = 1 - ||sqrt p - sqrt q||^2 / 2`` we get
-``d = 4 * arcsin(||sqrt p - sqrt q|| / 2)``, and each ``sqrt p_y - sqrt q_y`` is formed from the difference of
-log-probabilities ``D_y = log p_y - log q_y``, itself computed without cancellation as
-``c_y - log1p(sum_y q_y expm1(c_y))`` with ``c = (a - b) - E_q[a - b]``. float16/bfloat16 inputs are computed in float32 and the result
-is cast back to the input dtype.
+Numerics. ``1 - BC`` is never formed by subtraction: with ``S = ||sqrt p - sqrt q||^2 = 2 * (1 - BC)`` we get
+``d = 4 * arcsin(sqrt(S) / 2)``, and each ``sqrt p_y - sqrt q_y`` is formed without cancellation. Let
+``c = (a - b) - E_q[a - b]`` be the log-ratio of the logits centred under ``q`` and ``g = expm1(c / 2)``. Then
+``A = E_q[e^c] = 1 + 2 E_q[g] + E_q[g^2]`` normalizes ``p = q e^c / A``, and
+``sqrt p_y - sqrt q_y = sqrt(q_y) * (g_y - (sqrt(A) - 1)) / sqrt(A)``: a difference of two numbers of the size of
+``c`` (the centring makes ``sqrt(A) - 1`` second order), so ``S`` keeps about 1e-7 relative accuracy in float32
+when the logits differ by 1e-4. ``expm1`` is evaluated with Kahan's trick ``(u - 1) * x / log(u)``,
+``u = fl(e^x)``, accurate to a few ulps (``torch.expm1`` is not vectorized in some CPU builds). Rows where
+``|c| / 2`` exceeds 40 (300 in float64), i.e. saturated logits with nearly disjoint ``p`` and ``q``, use
+``sqrt p - sqrt q`` from the two normalized square-root softmaxes instead; the choice is made per row with tensor
+ops, without a host synchronization. KL is computed the same way: ``KL = sum_y p_y (c_y - log A)`` with
+``log A = log1p(E_q[expm1(c)])``.
+
+Gradients are hand-derived (``torch.autograd.Function``): ``dS/da = sqrt(p) * gap - p * S / 2`` and
+``dS/db = -sqrt(q) * gap - q * S / 2`` with ``gap = sqrt p - sqrt q``, ``d(d^2)/dS = 2 d / sin(d / 2)``; for KL,
+``dKL/da = p * (log(p / q) - KL)`` and ``dKL/db = q - p``. They are exactly 0 when the logits are equal, finite at
+saturated logits, and reuse the forward's buffers. Double backward (gradients of gradients) is not supported and
+raises an error. float16/bfloat16 inputs are computed in float32 and the result is cast back to the input dtype.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
+from torch.autograd.function import once_differentiable
+from torch.linalg import vector_norm
 
 __all__ = [
     "DIVERGENCES",
@@ -35,15 +50,18 @@ __all__ = [
     "kl_divergence",
 ]
 
-# Beyond this |a - b| the log-sum-exp difference is taken directly (expm1 would overflow in float32).
-_SMALL_DELTA = 20.0
-# Below this value of S = ||sqrt p - sqrt q||^2 the arcsin is replaced by its Taylor series (error < 1e-15).
-_SERIES_S = 1e-4
+_LOG2E = 1.0 / math.log(2.0)  # exp(z) = exp2(z * _LOG2E); exp2 is the cheaper kernel
+_LN2 = math.log(2.0)
+# Bound on the centred half log-ratio c / 2 of the Fisher-Rao path (and on c for KL, twice this). Beyond it a row
+# takes the direct path; below it every intermediate stays finite: E_q[g^2] <= e^80 < float32 max.
+_HALF_LOG_RATIO_BOUND = {torch.float32: 40.0, torch.float64: 300.0}
 
 
 def _check_pair(a: Tensor, b: Tensor, dim: int, *, names: tuple[str, str] = ("logits_a", "logits_b")) -> None:
     if not isinstance(a, Tensor) or not isinstance(b, Tensor):
-        raise TypeError(f"{names[0]} and {names[1]} must be torch.Tensor, got {type(a).__name__} and {type(b).__name__}")
+        raise TypeError(
+            f"{names[0]} and {names[1]} must be torch.Tensor, got {type(a).__name__} and {type(b).__name__}"
+        )
     if a.shape != b.shape:
         raise ValueError(
             f"{names[0]} and {names[1]} must have the same shape, got {tuple(a.shape)} and {tuple(b.shape)}"
@@ -68,40 +86,149 @@ def _wide(a: Tensor, b: Tensor) -> tuple[Tensor, Tensor, torch.dtype]:
     return a.to(work), b.to(work), out_dtype
 
 
-def _log_ratio(a: Tensor, b: Tensor, dim: int) -> tuple[Tensor, Tensor]:
-    """Return ``(D, log q)`` with ``D = log_softmax(a) - log_softmax(b)`` computed without cancellation."""
-    log_q = F.log_softmax(b, dim=dim)
-    q = log_q.exp()
-    delta = a - b
-    # Center delta on its q-mean m: lse(a) - lse(b) = m + log1p(sum q * expm1(delta - m)). The sum is >= 0
-    # (expm1(x) >= x and sum q (delta - m) = 0), so log1p is well conditioned and tiny gaps keep full accuracy.
-    centered = delta - (q * delta).sum(dim=dim, keepdim=True)
-    small = centered.abs().amax(dim=dim, keepdim=True) < _SMALL_DELTA
-    safe = torch.where(small, centered, torch.zeros_like(centered))
-    d_small = safe - torch.log1p((q * torch.expm1(safe)).sum(dim=dim, keepdim=True))
-    # Large differences: the plain log-sum-exp difference (no cancellation to fear there).
-    d_large = delta - (torch.logsumexp(a, dim=dim, keepdim=True) - torch.logsumexp(b, dim=dim, keepdim=True))
-    return torch.where(small, d_small, d_large), log_q
+def _sqrt_gap(a: Tensor, b: Tensor, dim: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """``(S, hb, zb, gap)`` for float32/float64 logits; ``dim >= 0``, reductions keep it (size 1).
+
+    ``S = ||sqrt p - sqrt q||^2 = 2 (1 - BC)``, ``gap = sqrt p - sqrt q``, ``hb = zb * sqrt q`` (largest entry 1).
+    Three full-size buffers; ``hb`` and ``gap`` are the ones the backward needs.
+    """
+    half = 0.5 * _LOG2E  # exp(z / 2) = exp2(z * half)
+    bound = _HALF_LOG_RATIO_BOUND[a.dtype] * _LOG2E
+    hb = torch.add(b.amax(dim, keepdim=True).mul_(-half), b, alpha=half).exp2_()
+    zb = vector_norm(hb, dim=dim, keepdim=True)
+    zb2 = zb.square()
+    t = torch.sub(a, b)
+    u = torch.mul(hb, t).mul_(hb)
+    shift = u.sum(dim, keepdim=True).div_(zb2).mul_(-half)  # -E_q[a - b] / (2 ln 2)
+    x = torch.add(shift, t, alpha=half, out=t)  # c / (2 ln 2), so exp2(x) = exp(c / 2)
+    large = x.amax(dim, keepdim=True) > bound
+    x.clamp_(-bound, bound)
+    # g = expm1(c / 2) = (u - 1) * x / log2(u) with u = fl(2^x) (Kahan's trick; the limit x ln 2 where u == 1).
+    g = torch.exp2(x, out=u)
+    log2_u = torch.log2(g, out=t)
+    g.sub_(1.0).div_(log2_u).nan_to_num_(nan=_LN2)
+    x = torch.add(shift, torch.sub(a, b, out=t), alpha=half, out=t).clamp_(-bound, bound)  # bitwise the same x
+    g.mul_(x)
+    h = torch.mul(hb, g, out=t)  # zb sqrt(q) g
+    mean_g2 = vector_norm(h, dim=dim, keepdim=True).square_().div_(zb2)  # E_q[g^2]
+    mean_g = h.mul_(hb).sum(dim, keepdim=True).div_(zb2)  # E_q[g]
+    ha = torch.add(a.amax(dim, keepdim=True).mul_(-half), a, alpha=half, out=t).exp2_()  # za sqrt(p)
+    za = vector_norm(ha, dim=dim, keepdim=True)
+    # Per row: A - 1 = 2 E_q[g] + E_q[g^2] and gap = sqrt(q) (g - (sqrt(A) - 1)) / sqrt(A), or, in large rows,
+    # gap = ha / za - hb / zb. Both as gap = hb * (g * alpha + beta) + ha * gamma.
+    a_m1 = mean_g.mul_(2.0).add_(mean_g2)
+    sqrt_a = a_m1.add(1.0).sqrt_()
+    direct = large.to(a.dtype)
+    alpha = (zb * sqrt_a).reciprocal_().mul_(1.0 - direct)
+    beta = a_m1.div_(sqrt_a.add_(1.0)).mul_(alpha).add_(direct / zb).neg_()
+    gamma = direct.div_(za)
+    gap = g.mul_(alpha).add_(beta).mul_(hb).addcmul_(ha, gamma)
+    s = vector_norm(gap, dim=dim, keepdim=True).square_()
+    return s, hb, zb, gap
 
 
-def _sqrt_gap_sq(a: Tensor, b: Tensor, dim: int) -> Tensor:
-    """``S = ||sqrt p - sqrt q||^2 = 2 (1 - BC)`` per sample, without cancellation. Works in the given dtype."""
-    d_log, log_q = _log_ratio(a, b, dim)
-    # |sqrt p - sqrt q| = exp(max(log p, log q) / 2) * (1 - exp(-|D| / 2)), with both factors in [0, 1].
-    gap = torch.exp(0.5 * (log_q + d_log.clamp(min=0.0))) * torch.expm1(-0.5 * d_log.abs())
-    return gap.square().sum(dim=dim)
+def _from_s(s: Tensor, kind: str, slope: bool) -> tuple[Tensor, Tensor | None]:
+    """``f(S)`` and, if ``slope``, ``f'(S)`` for the quantities built on ``S = 2 (1 - BC)``."""
+    if kind == "hellinger":
+        return s, torch.ones_like(s) if slope else None
+    if kind == "bhattacharyya":
+        return 1.0 - 0.5 * s, torch.full_like(s, -0.5) if slope else None
+    w = s.sqrt().mul_(0.5).clamp_(max=1.0)  # sin(d / 4)
+    theta = torch.asin(w)  # d / 4
+    cos = (1.0 - w * w).sqrt_()
+    if kind == "fisher_rao_squared":
+        out = theta.square().mul_(16.0)
+        # d(d^2)/dS = 4 theta / (w cos theta) = 2 d / sin(d / 2), which tends to 4 at S = 0
+        return out, torch.where(w > 0, theta.div(w * cos).mul_(4.0), 4.0) if slope else None
+    # fisher_rao: dd/dS = 1 / (2 w cos theta), taken as 0 at S = 0 where d is not differentiable
+    return theta.mul(4.0), torch.where(w > 0, (2.0 * w * cos).reciprocal_(), 0.0) if slope else None
 
 
-def _arcsin_ratio_sq(s: Tensor) -> Tensor:
-    """``(arcsin(u) / u)^2`` with ``u = sqrt(s) / 2``, smooth at ``s = 0`` (finite gradient)."""
-    small = s < _SERIES_S
-    s_safe = torch.where(small, torch.ones_like(s), s)
-    u = 0.5 * torch.sqrt(s_safe)
-    exact = torch.square(torch.asin(u.clamp(max=1.0)) / u)
-    u2 = 0.25 * s
-    # (asin u / u)^2 = 1 + u^2/3 + 8 u^4/45 + O(u^6)
-    series = 1.0 + u2 / 3.0 + (8.0 / 45.0) * u2 * u2
-    return torch.where(small, series, exact)
+class _SqrtGapFunction(torch.autograd.Function):
+    """``f(S)`` of ``S = ||sqrt softmax(a) - sqrt softmax(b)||^2`` along ``dim``, with a hand-written backward."""
+
+    @staticmethod
+    def forward(ctx: Any, a: Tensor, b: Tensor, dim: int, kind: str) -> Tensor:  # type: ignore[override]
+        s, hb, zb, gap = _sqrt_gap(a, b, dim)
+        out, slope = _from_s(s, kind, slope=any(ctx.needs_input_grad[:2]))
+        if slope is not None:
+            ctx.save_for_backward(hb, zb, gap, s, slope)
+        ctx.dim = dim
+        return out.squeeze(dim)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: Any, grad_out: Tensor) -> tuple[Tensor | None, Tensor | None, None, None]:  # type: ignore[override]
+        hb, zb, gap, s, slope = ctx.saved_tensors
+        go = grad_out.unsqueeze(ctx.dim) * slope  # dL/dS per row
+        half_s, inv_zb = 0.5 * s, zb.reciprocal()
+        grad_a = grad_b = None
+        if ctx.needs_input_grad[0]:  # dS/da = sqrt(p) (gap - sqrt(p) S / 2)
+            sqrt_p = torch.mul(hb, inv_zb).add_(gap)
+            grad_a = torch.mul(sqrt_p, half_s).sub_(gap).mul_(sqrt_p).mul_(go.neg())
+        if ctx.needs_input_grad[1]:  # dS/db = -sqrt(q) (gap + sqrt(q) S / 2)
+            grad_b = torch.mul(hb, half_s * inv_zb).add_(gap).mul_(hb).mul_(go.mul(inv_zb).neg_())
+        return grad_a, grad_b, None, None
+
+
+def _sqrt_gap_op(logits_a: Tensor, logits_b: Tensor, dim: int, kind: str) -> Tensor:
+    _check_pair(logits_a, logits_b, dim)
+    a, b, out_dtype = _wide(logits_a, logits_b)
+    out = _SqrtGapFunction.apply(a, b, dim % a.dim(), kind)
+    return out.to(out_dtype)
+
+
+def _kl_terms(a: Tensor, b: Tensor, dim: int) -> tuple[Tensor, ...]:
+    """``(KL, eb, sb, ea, sa, terms)``: ``q = eb / sb``, ``p = ea / sa``, ``terms = sa * p * log(p / q)``."""
+    bound = 2.0 * _HALF_LOG_RATIO_BOUND[a.dtype]
+    b_max, a_max = b.amax(dim, keepdim=True), a.amax(dim, keepdim=True)
+    eb = torch.add(b_max * -_LOG2E, b, alpha=_LOG2E).exp2_()
+    sb = eb.sum(dim, keepdim=True)
+    ea = torch.add(a_max * -_LOG2E, a, alpha=_LOG2E).exp2_()
+    sa = ea.sum(dim, keepdim=True)
+    t = torch.sub(a, b)
+    u = torch.mul(eb, t)
+    mean = u.sum(dim, keepdim=True).div_(sb)  # E_q[a - b]
+    c = t.sub_(mean)
+    large = c.amax(dim, keepdim=True) > bound
+    c.clamp_(min=-bound)  # above the bound only in large rows, which use the direct log A below
+    # expm1(c) ln 2 = (u - 1) * c / log2(u) with u = fl(2^(c / ln 2)) (Kahan's trick, limit c ln 2 where u == 1)
+    u = torch.mul(c, _LOG2E, out=u).exp2_()
+    log2_u = torch.log2(u, out=t)
+    u.sub_(1.0).div_(log2_u).nan_to_num_(nan=_LN2)
+    c = torch.sub(a, b, out=t).sub_(mean).clamp_(min=-bound)  # bitwise the same c
+    expm1_c = u.mul_(c).mul_(eb)  # sb * ln 2 * q * expm1(c)
+    log_a_small = torch.log1p(expm1_c.sum(dim, keepdim=True).div_(sb).mul_(_LOG2E))
+    log_a_large = (a_max + sa.log()).sub_(b_max + sb.log()).sub_(mean)  # lse(a) - lse(b) - E_q[a - b]
+    log_a = torch.where(large, log_a_large, log_a_small)
+    terms = c.sub_(log_a).mul_(ea)
+    kl = terms.sum(dim, keepdim=True).div_(sa).clamp_(min=0.0)
+    return kl, eb, sb, ea, sa, terms
+
+
+class _KLFunction(torch.autograd.Function):
+    """``KL(softmax(a) || softmax(b))`` along ``dim``, with a hand-written backward."""
+
+    @staticmethod
+    def forward(ctx: Any, a: Tensor, b: Tensor, dim: int) -> Tensor:  # type: ignore[override]
+        kl, eb, sb, ea, sa, terms = _kl_terms(a, b, dim)
+        if any(ctx.needs_input_grad[:2]):
+            ctx.save_for_backward(eb, sb, ea, sa, terms, kl)
+        ctx.dim = dim
+        return kl.squeeze(dim)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: Any, grad_out: Tensor) -> tuple[Tensor | None, Tensor | None, None]:  # type: ignore[override]
+        eb, sb, ea, sa, terms, kl = ctx.saved_tensors
+        go = grad_out.unsqueeze(ctx.dim)
+        go_p = go / sa
+        grad_a = grad_b = None
+        if ctx.needs_input_grad[0]:  # p (log(p / q) - KL)
+            grad_a = torch.mul(ea, kl).sub_(terms).mul_(go_p.neg())
+        if ctx.needs_input_grad[1]:  # q - p, exactly 0 when p and q are equal
+            grad_b = torch.mul(eb, go / sb).sub_(torch.mul(ea, go_p))
+        return grad_a, grad_b, None
 
 
 def fisher_rao_squared(logits_a: Tensor, logits_b: Tensor, dim: int = -1) -> Tensor:
@@ -123,11 +250,7 @@ def fisher_rao_squared(logits_a: Tensor, logits_b: Tensor, dim: int = -1) -> Ten
         >>> fisher_rao_squared(a, a)
         tensor([0.])
     """
-    _check_pair(logits_a, logits_b, dim)
-    a, b, out_dtype = _wide(logits_a, logits_b)
-    s = _sqrt_gap_sq(a, b, dim)
-    # d = 4 asin(sqrt(s)/2)  =>  d^2 = 4 s (asin(u)/u)^2 with u = sqrt(s)/2.
-    return (4.0 * s * _arcsin_ratio_sq(s)).to(out_dtype)
+    return _sqrt_gap_op(logits_a, logits_b, dim, "fisher_rao_squared")
 
 
 def fisher_rao(logits_a: Tensor, logits_b: Tensor, dim: int = -1) -> Tensor:
@@ -150,13 +273,7 @@ def fisher_rao(logits_a: Tensor, logits_b: Tensor, dim: int = -1) -> Tensor:
         >>> fisher_rao(torch.tensor([[10.0, -10.0]]), torch.tensor([[-10.0, 10.0]]))  # nearly disjoint
         tensor([3.1416])
     """
-    _check_pair(logits_a, logits_b, dim)
-    a, b, out_dtype = _wide(logits_a, logits_b)
-    s = _sqrt_gap_sq(a, b, dim)
-    zero = s == 0
-    norm = torch.sqrt(torch.where(zero, torch.ones_like(s), s))
-    norm = torch.where(zero, torch.zeros_like(s), norm)
-    return (4.0 * torch.asin((0.5 * norm).clamp(max=1.0))).to(out_dtype)
+    return _sqrt_gap_op(logits_a, logits_b, dim, "fisher_rao")
 
 
 def hellinger_squared(logits_a: Tensor, logits_b: Tensor, dim: int = -1) -> Tensor:
@@ -168,9 +285,7 @@ def hellinger_squared(logits_a: Tensor, logits_b: Tensor, dim: int = -1) -> Tens
         >>> hellinger_squared(torch.tensor([[30.0, 0.0]]), torch.tensor([[0.0, 30.0]]))
         tensor([2.])
     """
-    _check_pair(logits_a, logits_b, dim)
-    a, b, out_dtype = _wide(logits_a, logits_b)
-    return _sqrt_gap_sq(a, b, dim).to(out_dtype)
+    return _sqrt_gap_op(logits_a, logits_b, dim, "hellinger")
 
 
 def bhattacharyya(logits_a: Tensor, logits_b: Tensor, dim: int = -1) -> Tensor:
@@ -183,9 +298,7 @@ def bhattacharyya(logits_a: Tensor, logits_b: Tensor, dim: int = -1) -> Tensor:
         >>> bhattacharyya(a, a)
         tensor([1.])
     """
-    _check_pair(logits_a, logits_b, dim)
-    a, b, out_dtype = _wide(logits_a, logits_b)
-    return (1.0 - 0.5 * _sqrt_gap_sq(a, b, dim)).to(out_dtype)
+    return _sqrt_gap_op(logits_a, logits_b, dim, "bhattacharyya")
 
 
 def kl_divergence(logits_p: Tensor, logits_q: Tensor, dim: int = -1) -> Tensor:
@@ -198,9 +311,8 @@ def kl_divergence(logits_p: Tensor, logits_q: Tensor, dim: int = -1) -> Tensor:
     """
     _check_pair(logits_p, logits_q, dim, names=("logits_p", "logits_q"))
     a, b, out_dtype = _wide(logits_p, logits_q)
-    d_log, log_q = _log_ratio(a, b, dim)
-    p = torch.exp(log_q + d_log)
-    return (p * d_log).sum(dim=dim).clamp(min=0.0).to(out_dtype)
+    out = _KLFunction.apply(a, b, dim % a.dim())
+    return out.to(out_dtype)
 
 
 def fisher_rao_binary(h_a: Tensor, h_b: Tensor) -> Tensor:
@@ -244,7 +356,8 @@ DIVERGENCES: dict[str, Divergence] = {
     "kl": kl_divergence,
     "hellinger": hellinger_squared,
 }
-"""Per-sample regularizers ``f(logits_nat, logits_adv)``: fisher_rao -> d^2, kl -> KL(p_nat || p_adv), hellinger -> H^2."""
+"""Per-sample regularizers ``f(logits_nat, logits_adv)``: fisher_rao -> d^2, kl -> KL(p_nat || p_adv),
+hellinger -> H^2."""
 
 
 def get_divergence(name: str) -> Divergence:

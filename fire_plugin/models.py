@@ -665,8 +665,9 @@ def _load_zoo(name: str, dataset: str, threat_model: str, model_dir: Path) -> nn
     timm_name = f"{name.lower().replace('-', '_')}_{dataset}_{zoo_threat.lower()}"
     on_hub = timm.is_model(timm_name)
     missing = [p for p in expected if not p.is_file()]
-    folder_existed = folder.exists()
-    before = set(folder.iterdir()) if folder_existed else set()
+    # folders robustbench may create, deepest first, and what the target folder held before
+    new_dirs = [d for d in (folder, folder.parent, model_dir) if not d.exists()]
+    before = set(folder.iterdir()) if folder.exists() else set()
     captured = io.StringIO()
     try:
         with contextlib.redirect_stdout(captured), contextlib.redirect_stderr(captured):
@@ -680,9 +681,9 @@ def _load_zoo(name: str, dataset: str, threat_model: str, model_dir: Path) -> nn
             for path in set(folder.iterdir()) - before:
                 with contextlib.suppress(OSError):
                     path.unlink()
-            if not folder_existed:
-                with contextlib.suppress(OSError):
-                    folder.rmdir()
+        for directory in new_dirs:
+            with contextlib.suppress(OSError):
+                directory.rmdir()
         if on_hub:
             where = f"the Hugging Face Hub model timm/{timm_name} (cached under ~/.cache/huggingface)"
         else:

@@ -26,6 +26,7 @@ __all__ = [
     "plot_manifold_surfaces",
     "plot_fisher_rao_ball",
     "plot_fisher_rao_vs_euclidean",
+    "plot_training_history",
 ]
 
 _REG_TITLES = {"fisher_rao": "FIRE (Fisher-Rao d^2)", "kl": "TRADES (KL)", "hellinger": "Hellinger (H^2)"}

@@ -196,7 +196,7 @@ def format_eps(eps: float | str) -> str:
         return short
     for denominator in (255, *range(2, 1001)):
         numerator = round(eps * denominator)
-        if numerator > 0 and math.isclose(numerator / denominator, eps, rel_tol=1e-12, abs_tol=0.0):
+        if numerator > 0 and numerator / denominator == eps:  # exact: parse_eps gives eps back
             frac = Fraction(numerator, denominator)
             return f"{frac.numerator}/{frac.denominator}" if denominator != 255 else f"{numerator}/255"
     return repr(eps)
@@ -387,7 +387,8 @@ def write_model_info(
 
     A new file holds every field (None as ``null``) then :attr:`ModelInfo.extra`, written with
     ``json.dumps(..., indent=2)``. If the file exists, the new non-None values are merged into it and all other
-    existing keys are kept, like ``robustbench.utils.update_json``. The info is validated first; a dataset
+    existing keys are kept, like ``robustbench.utils.update_json``. The result is validated before anything is
+    written (so a partial ``info`` can update a complete file); a dataset
     RobustBench does not list (``mnist``, ``digits``) is written in the same schema with a warning that it
     cannot be submitted.
 
@@ -407,9 +408,26 @@ def write_model_info(
     'model_info/cifar10/Linf/Zhang2019Theoretically.json'
     """
     _check_path_component("model_id", model_id)
-    validate_model_info(info, threat_model=threat_model)
-    assert info.dataset is not None  # checked by validate_model_info
+    if not isinstance(info, ModelInfo):
+        raise ValueError(f"info of type {type(info).__name__} is not allowed; allowed: ModelInfo")
+    if info.dataset is None:
+        raise ValueError("info.dataset=None is not allowed; allowed: a dataset name such as 'cifar10'")
     path = model_info_path(root, model_id, dataset=info.dataset, threat_model=threat_model)
+    content = info.to_dict()
+    merging = path.exists()
+    if merging:
+        try:
+            existing = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"cannot merge into {path}: not valid JSON ({exc})") from exc
+        if not isinstance(existing, dict):
+            raise ValueError(f"cannot merge into {path}: it does not hold a JSON object")
+        existing.update({k: v for k, v in content.items() if v is not None})
+        content = existing
+    try:
+        validate_model_info(ModelInfo.from_dict(content), threat_model=threat_model)
+    except ValueError as exc:
+        raise ValueError(f"not writing {path}: {exc}") from None
     if info.dataset not in ROBUSTBENCH_DATASETS:
         warnings.warn(
             f"dataset={info.dataset!r} has no RobustBench leaderboard (allowed: {list(ROBUSTBENCH_DATASETS)}); "
@@ -417,20 +435,8 @@ def write_model_info(
             UserWarning,
             stacklevel=2,
         )
-    new = info.to_dict()
-    if path.exists():
-        try:
-            existing = json.loads(path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"cannot merge into {path}: not valid JSON ({exc})") from exc
-        if not isinstance(existing, dict):
-            raise ValueError(f"cannot merge into {path}: it does not hold a JSON object")
-        existing.update({k: v for k, v in new.items() if v is not None})
-        new = existing
-        _logger.info("merged model_info into %s", path)
-    else:
-        _logger.info("wrote model_info %s", path)
-    _write_atomic(path, json.dumps(new, indent=2))
+    _write_atomic(path, json.dumps(content, indent=2))
+    _logger.info("%s model_info %s", "merged into" if merging else "wrote", path)
     return path
 
 

@@ -146,7 +146,8 @@ def test_divergence_after_attack_exceeds_random_start(model, batch, divergence, 
 
 def test_presets(model):
     linf, l2 = FRPGD(model), FRPGDL2(model)
-    assert (linf.divergence, linf.norm, linf.eps, linf.alpha, linf.steps) == ("fisher_rao", "Linf", 8 / 255, 2 / 255, 10)
+    assert (linf.divergence, linf.norm, linf.eps, linf.alpha) == ("fisher_rao", "Linf", 8 / 255, 2 / 255)
+    assert linf.steps == 10
     assert (l2.divergence, l2.norm, l2.eps, l2.alpha, l2.steps) == ("fisher_rao", "L2", 0.5, 0.1, 10)
     assert isinstance(linf, torchattacks.attack.Attack) and linf.random_start and l2.random_start
 
@@ -293,6 +294,17 @@ def test_multiattack_with_pgd(model, batch):
     expected[rest[fooled2]] = second[fooled2]
     assert 0 < fooled.sum() < len(x)  # both attacks had work to do
     assert torch.equal(adv, expected)
+
+
+def test_works_under_no_grad(model, batch):
+    x, y = batch
+    atk = FRPGD(model, eps=EPS, alpha=ALPHA, steps=STEPS)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        adv = atk(x, y)
+    torch.manual_seed(0)
+    assert torch.equal(adv, atk(x, y))
+    assert atk.last_stuck == 0
 
 
 def test_deterministic_under_manual_seed(model, batch):

@@ -1,0 +1,129 @@
+"""Tests of fire_plugin.data: digits against sklearn, torchvision datasets offline."""
+
+from __future__ import annotations
+
+import struct
+from pathlib import Path
+from urllib.error import URLError
+
+import numpy as np
+import pytest
+import torch
+from sklearn.datasets import load_digits
+
+from fire_plugin.data import DATASETS, DatasetNotFoundError, dataset_to_tensors, load_dataset
+
+
+def test_digits_shapes_and_range(digits_train, digits_test):
+    for (x, y), n in ((digits_train, 1347), (digits_test, 450)):
+        assert x.shape == (n, 1, 8, 8) and x.dtype == torch.float32
+        assert y.shape == (n,) and y.dtype == torch.long
+        assert float(x.min()) == 0.0 and float(x.max()) == 1.0
+        assert set(y.tolist()) == set(range(10))
+
+
+def test_digits_match_sklearn(digits_train, digits_test):
+    bunch = load_digits()
+    reference = {
+        (tuple(np.round(img / 16.0, 6).flatten()), int(t)) for img, t in zip(bunch.images, bunch.target, strict=True)
+    }
+    seen = []
+    for x, y in (digits_train, digits_test):
+        for img, t in zip(x.numpy(), y.tolist(), strict=True):
+            seen.append((tuple(np.round(img.astype(np.float64), 6).flatten()), t))
+    assert len(seen) == len(bunch.images)
+    assert set(seen) <= reference
+
+
+def test_digits_split_disjoint_stratified_fixed(digits_train, digits_test):
+    (xtr, _), (xte, yte) = digits_train, digits_test
+    rows_train = {tuple(r) for r in xtr.flatten(1).tolist()}
+    rows_test = [tuple(r) for r in xte.flatten(1).tolist()]
+    # sklearn's digits contain a handful of duplicate images; the split is by index, so allow them
+    assert sum(r in rows_train for r in rows_test) <= 5
+    counts_all = np.bincount(load_digits().target, minlength=10)
+    counts_test = torch.bincount(yte, minlength=10).numpy()
+    assert np.all(np.abs(counts_test - 0.25 * counts_all) <= 1.0)  # stratified
+    again = load_dataset("digits", split="test").tensors  # type: ignore[attr-defined]
+    assert torch.equal(again[0], xte) and torch.equal(again[1], yte)
+
+
+def test_dataset_info_matches_digits(digits_train):
+    x, _ = digits_train
+    info = DATASETS["digits"]
+    assert (info.in_chans, info.image_size, info.num_classes) == (1, 8, 10)
+    assert abs(info.mean[0] - float(x.mean())) < 1e-3 and abs(info.std[0] - float(x.std())) < 1e-3
+
+
+def test_dataset_to_tensors():
+    ds = load_dataset("digits", split="test")
+    x, y = dataset_to_tensors(ds, n_examples=7, batch_size=3)
+    assert x.shape == (7, 1, 8, 8) and torch.equal(y, ds.tensors[1][:7])  # type: ignore[attr-defined]
+    x_all, _ = dataset_to_tensors(ds)
+    assert len(x_all) == 450
+    with pytest.raises(ValueError, match="n_examples=0"):
+        dataset_to_tensors(ds, n_examples=0)
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [({"name": "svhn"}, "name='svhn'"), ({"split": "val"}, "split='val'")])
+def test_invalid_arguments(kwargs, message):
+    args = {"name": "digits", "split": "train", **kwargs}
+    with pytest.raises(ValueError, match=message):
+        load_dataset(args.pop("name"), **args)
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [
+        ("mnist", "MNIST/raw/t10k-images-idx3-ubyte"),
+        ("cifar10", "cifar-10-batches-py"),
+        ("cifar100", "cifar-100-python"),
+    ],
+)
+def test_missing_torchvision_dataset_names_files(tmp_path, name, expected):
+    with pytest.raises(DatasetNotFoundError) as err:
+        load_dataset(name, split="test", data_dir=tmp_path, download=False)
+    assert str(tmp_path / expected) in str(err.value)
+    assert isinstance(err.value, FileNotFoundError)
+
+
+def test_failed_download_is_clear_and_leaves_nothing(tmp_path, monkeypatch):
+    import torchvision.datasets.cifar as cifar
+
+    def offline_download(url, download_root, filename=None, md5=None, **kwargs):
+        Path(download_root).mkdir(parents=True, exist_ok=True)  # as torchvision's download_url does
+        partial = Path(download_root) / (filename or "partial")
+        partial.write_bytes(b"half a tarball")
+        raise URLError("[Errno -2] Name or service not known")
+
+    monkeypatch.setattr(cifar, "download_and_extract_archive", offline_download)
+    data_dir = tmp_path / "data"
+    with pytest.raises(DatasetNotFoundError) as err:
+        load_dataset("cifar10", split="train", data_dir=data_dir)
+    message = str(err.value)
+    assert "could not be downloaded" in message and "Name or service not known" in message
+    assert str(data_dir / "cifar-10-batches-py" / "test_batch") in message
+    assert "Traceback" not in message
+    assert not data_dir.exists()  # no partial file (nor the folder the download created)
+
+
+def _write_idx(path: Path, array: np.ndarray) -> None:
+    dims = array.shape
+    header = struct.pack(">HBB", 0, 0x08, len(dims)) + b"".join(struct.pack(">I", d) for d in dims)
+    path.write_bytes(header + array.astype(np.uint8).tobytes())
+
+
+def test_mnist_from_local_files(tmp_path):
+    raw = tmp_path / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, size=(3, 28, 28))
+    labels = np.array([7, 0, 3])
+    for prefix in ("train", "t10k"):
+        _write_idx(raw / f"{prefix}-images-idx3-ubyte", images)
+        _write_idx(raw / f"{prefix}-labels-idx1-ubyte", labels)
+    ds = load_dataset("mnist", split="test", data_dir=tmp_path, download=False)
+    x, y = dataset_to_tensors(ds)
+    assert x.shape == (3, 1, 28, 28) and x.dtype == torch.float32
+    np.testing.assert_allclose(x[:, 0].numpy(), images / 255.0, rtol=0, atol=1e-6)
+    assert y.tolist() == [7, 0, 3]
