@@ -1,41 +1,73 @@
 """Forward+backward time of fisher_rao_squared relative to torch.nn.functional.kl_div (the TRADES KL term).
 
 Peer: ``F.kl_div(F.log_softmax(adv), F.softmax(nat), reduction="none").sum(-1)`` (per-sample KL, as TRADES computes
-it), timed with the same inputs and backward. Target: ratio <= 1.2. Run: ``python benchmarks/bench_distances.py``.
+it), timed with the same inputs and backward (gradient with respect to the adversarial logits). Target: ratio <= 1.2.
+The other divergences of ``DIVERGENCES`` are timed against the same peer for information.
+
+Timing: callables alternate over ``--rounds`` rounds (the median of ``--repeats`` calls per round, the median over
+rounds reported), so drift on a shared machine hits both sides alike. By default torch uses one thread and the clock
+is the process CPU time, which does not count the time other jobs hold the core; ``--threads 0 --clock wall`` times
+torch's default threading on the wall clock instead.
+
+Run: ``python benchmarks/bench_distances.py``.
 """
 
 from __future__ import annotations
 
+import argparse
 import sys
+import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from torch import Tensor
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _timing import interleaved_times  # noqa: E402
 
-from fire_plugin.distances import fisher_rao_squared  # noqa: E402
+from fire_plugin.distances import fisher_rao_squared, hellinger_squared, kl_divergence  # noqa: E402
+
+
+def trades_kl(nat: Tensor, adv: Tensor) -> Tensor:
+    """The peer: TRADES' per-sample KL(p_nat || p_adv)."""
+    return F.kl_div(F.log_softmax(adv, dim=-1), F.softmax(nat, dim=-1), reduction="none").sum(-1)
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, default=15)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch CPU threads (default 1: steadier on a shared machine; 0 keeps torch's default)")
+    parser.add_argument("--clock", choices=["auto", "wall", "cpu"], default="auto",
+                        help="cpu: process CPU time (steady on a shared CPU with one thread); auto: cpu on a CPU with "
+                        "one thread, wall otherwise")
+    args = parser.parse_args()
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
     device = "cuda" if torch.cuda.is_available() else "cpu"
+    cpu_clock = args.clock == "cpu" or (args.clock == "auto" and device == "cpu" and torch.get_num_threads() == 1)
+    clock = time.process_time if cpu_clock else time.perf_counter
+    print(f"device={device} threads={torch.get_num_threads()} clock={'process CPU' if cpu_clock else 'wall'} "
+          f"(median of {args.rounds} interleaved rounds of {args.repeats} calls)")
+
     torch.manual_seed(0)
-    print(f"device={device} threads={torch.get_num_threads()}")
     for shape in [(4096, 10), (4096, 100)]:
         nat = torch.randn(*shape, device=device)
         adv = (nat + 0.5 * torch.randn(*shape, device=device)).requires_grad_(True)
-
-        def ours() -> None:
-            fisher_rao_squared(nat, adv).sum().backward()
-
-        def peer() -> None:
-            F.kl_div(F.log_softmax(adv, dim=-1), F.softmax(nat, dim=-1), reduction="none").sum(-1).sum().backward()
-
-        t = interleaved_times({"fisher_rao_squared": ours, "kl_div": peer}, device=device)
-        ratio = t["fisher_rao_squared"] / t["kl_div"]
-        print(f"{shape}: fisher_rao_squared {t['fisher_rao_squared'] * 1e3:.3f} ms, kl_div {t['kl_div'] * 1e3:.3f} ms, "
+        fns = {
+            name: (lambda fn=fn, nat=nat, adv=adv: fn(nat, adv).sum().backward())
+            for name, fn in [("kl_div", trades_kl), ("fisher_rao_squared", fisher_rao_squared),
+                             ("kl_divergence", kl_divergence), ("hellinger_squared", hellinger_squared)]
+        }
+        t = interleaved_times(fns, rounds=args.rounds, repeats=args.repeats, device=device, clock=clock)
+        peer = t["kl_div"]
+        ratio = t["fisher_rao_squared"] / peer
+        print(f"{shape}: fisher_rao_squared {t['fisher_rao_squared'] * 1e3:.3f} ms, kl_div {peer * 1e3:.3f} ms, "
               f"ratio {ratio:.2f} (target <= 1.2)")
+        print(f"{shape}:   also kl_divergence {t['kl_divergence'] / peer:.2f}, "
+              f"hellinger_squared {t['hellinger_squared'] / peer:.2f} (x kl_div)")
 
 
 if __name__ == "__main__":

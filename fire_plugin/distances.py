@@ -86,11 +86,11 @@ def _wide(a: Tensor, b: Tensor) -> tuple[Tensor, Tensor, torch.dtype]:
     return a.to(work), b.to(work), out_dtype
 
 
-def _sqrt_gap(a: Tensor, b: Tensor, dim: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """``(S, hb, zb, gap)`` for float32/float64 logits; ``dim >= 0``, reductions keep it (size 1).
+def _sqrt_gap(a: Tensor, b: Tensor, dim: int) -> tuple[Tensor, Tensor, Tensor]:
+    """``(gap, hb, zb)`` for float32/float64 logits with ``dim >= 0``: ``gap = sqrt p - sqrt q`` without
+    cancellation and ``hb = zb * sqrt q`` (largest entry 1, ``zb`` keeps ``dim`` with size 1).
 
-    ``S = ||sqrt p - sqrt q||^2 = 2 (1 - BC)``, ``gap = sqrt p - sqrt q``, ``hb = zb * sqrt q`` (largest entry 1).
-    Three full-size buffers; ``hb`` and ``gap`` are the ones the backward needs.
+    Three full-size buffers; ``gap`` and ``hb`` are the ones the backward needs.
     """
     half = 0.5 * _LOG2E  # exp(z / 2) = exp2(z * half)
     bound = _HALF_LOG_RATIO_BOUND[a.dtype] * _LOG2E
@@ -111,20 +111,21 @@ def _sqrt_gap(a: Tensor, b: Tensor, dim: int) -> tuple[Tensor, Tensor, Tensor, T
     g.mul_(x)
     h = torch.mul(hb, g, out=t)  # zb sqrt(q) g
     mean_g2 = vector_norm(h, dim=dim, keepdim=True).square_().div_(zb2)  # E_q[g^2]
-    mean_g = h.mul_(hb).sum(dim, keepdim=True).div_(zb2)  # E_q[g]
-    ha = torch.add(a.amax(dim, keepdim=True).mul_(-half), a, alpha=half, out=t).exp2_()  # za sqrt(p)
-    za = vector_norm(ha, dim=dim, keepdim=True)
-    # Per row: A - 1 = 2 E_q[g] + E_q[g^2] and gap = sqrt(q) (g - (sqrt(A) - 1)) / sqrt(A), or, in large rows,
-    # gap = ha / za - hb / zb. Both as gap = hb * (g * alpha + beta) + ha * gamma.
+    mean_g = torch.mul(h, hb, out=u).sum(dim, keepdim=True).div_(zb2)  # E_q[g]
+    # Per row, A - 1 = 2 E_q[g] + E_q[g^2] and gap = sqrt(q) (g - (sqrt(A) - 1)) / sqrt(A) = h * alpha + hb * beta.
     a_m1 = mean_g.mul_(2.0).add_(mean_g2)
     sqrt_a = a_m1.add(1.0).sqrt_()
+    alpha = (zb * sqrt_a).reciprocal_()
+    beta = a_m1.div_(sqrt_a.add_(1.0)).mul_(alpha).neg_()  # -(sqrt(A) - 1) * alpha
+    if a.device.type == "cpu" and not bool(large.any()):  # a CPU flag is read without any synchronization
+        return h.mul_(alpha).addcmul_(hb, beta), hb, zb
+    # Rows with a clamped x: gap = ha / za - hb / zb from the square-root softmax of a, blended in by row weights.
+    ha = torch.add(a.amax(dim, keepdim=True).mul_(-half), a, alpha=half, out=u).exp2_()  # za sqrt(p)
     direct = large.to(a.dtype)
-    alpha = (zb * sqrt_a).reciprocal_().mul_(1.0 - direct)
-    beta = a_m1.div_(sqrt_a.add_(1.0)).mul_(alpha).add_(direct / zb).neg_()
-    gamma = direct.div_(za)
-    gap = g.mul_(alpha).add_(beta).mul_(hb).addcmul_(ha, gamma)
-    s = vector_norm(gap, dim=dim, keepdim=True).square_()
-    return s, hb, zb, gap
+    keep = 1.0 - direct
+    gamma = direct / vector_norm(ha, dim=dim, keepdim=True)
+    beta.mul_(keep).sub_(direct / zb)
+    return h.mul_(alpha.mul_(keep)).addcmul_(hb, beta).addcmul_(ha, gamma), hb, zb
 
 
 def _from_s(s: Tensor, kind: str, slope: bool) -> tuple[Tensor, Tensor | None]:
@@ -149,25 +150,26 @@ class _SqrtGapFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx: Any, a: Tensor, b: Tensor, dim: int, kind: str) -> Tensor:  # type: ignore[override]
-        s, hb, zb, gap = _sqrt_gap(a, b, dim)
+        gap, hb, zb = _sqrt_gap(a, b, dim)
+        s = vector_norm(gap, dim=dim).square_()  # S = 2 (1 - BC)
         out, slope = _from_s(s, kind, slope=any(ctx.needs_input_grad[:2]))
-        if slope is not None:
-            ctx.save_for_backward(hb, zb, gap, s, slope)
+        if slope is not None:  # (not the output: callers may modify it in place)
+            ctx.save_for_backward(hb, zb, gap, s.mul(0.5).unsqueeze_(dim), slope.unsqueeze_(dim))
         ctx.dim = dim
-        return out.squeeze(dim)
+        return out
 
     @staticmethod
     @once_differentiable
     def backward(ctx: Any, grad_out: Tensor) -> tuple[Tensor | None, Tensor | None, None, None]:  # type: ignore[override]
-        hb, zb, gap, s, slope = ctx.saved_tensors
+        hb, zb, gap, half_s, slope = ctx.saved_tensors
         go = grad_out.unsqueeze(ctx.dim) * slope  # dL/dS per row
-        half_s, inv_zb = 0.5 * s, zb.reciprocal()
+        inv_zb = zb.reciprocal()
         grad_a = grad_b = None
         if ctx.needs_input_grad[0]:  # dS/da = sqrt(p) (gap - sqrt(p) S / 2)
-            sqrt_p = torch.mul(hb, inv_zb).add_(gap)
-            grad_a = torch.mul(sqrt_p, half_s).sub_(gap).mul_(sqrt_p).mul_(go.neg())
+            sqrt_p = torch.addcmul(gap, hb, inv_zb)
+            grad_a = torch.addcmul(gap, sqrt_p, half_s.neg()).mul_(sqrt_p).mul_(go)
         if ctx.needs_input_grad[1]:  # dS/db = -sqrt(q) (gap + sqrt(q) S / 2)
-            grad_b = torch.mul(hb, half_s * inv_zb).add_(gap).mul_(hb).mul_(go.mul(inv_zb).neg_())
+            grad_b = torch.addcmul(gap, hb, half_s * inv_zb).mul_(hb).mul_(go.mul(inv_zb).neg_())
         return grad_a, grad_b, None, None
 
 
@@ -178,13 +180,16 @@ def _sqrt_gap_op(logits_a: Tensor, logits_b: Tensor, dim: int, kind: str) -> Ten
     return out.to(out_dtype)
 
 
-def _kl_terms(a: Tensor, b: Tensor, dim: int) -> tuple[Tensor, ...]:
-    """``(KL, eb, sb, ea, sa, terms)``: ``q = eb / sb``, ``p = ea / sa``, ``terms = sa * p * log(p / q)``."""
+def _kl_terms(a: Tensor, b: Tensor, dim: int, p_minus_q: bool) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor | None]:
+    """``(KL, ea, sa, terms, p - q)`` with ``p = ea / sa``, ``terms = sa * p * log(p / q)``; ``dim >= 0``.
+
+    ``KL`` has ``dim`` removed, the others keep it; ``p - q`` (formed without cancellation) is None unless asked for.
+    """
     bound = 2.0 * _HALF_LOG_RATIO_BOUND[a.dtype]
     b_max, a_max = b.amax(dim, keepdim=True), a.amax(dim, keepdim=True)
-    eb = torch.add(b_max * -_LOG2E, b, alpha=_LOG2E).exp2_()
+    eb = torch.add(b_max * -_LOG2E, b, alpha=_LOG2E).exp2_()  # sb * q
     sb = eb.sum(dim, keepdim=True)
-    ea = torch.add(a_max * -_LOG2E, a, alpha=_LOG2E).exp2_()
+    ea = torch.add(a_max * -_LOG2E, a, alpha=_LOG2E).exp2_()  # sa * p
     sa = ea.sum(dim, keepdim=True)
     t = torch.sub(a, b)
     u = torch.mul(eb, t)
@@ -197,13 +202,21 @@ def _kl_terms(a: Tensor, b: Tensor, dim: int) -> tuple[Tensor, ...]:
     log2_u = torch.log2(u, out=t)
     u.sub_(1.0).div_(log2_u).nan_to_num_(nan=_LN2)
     c = torch.sub(a, b, out=t).sub_(mean).clamp_(min=-bound)  # bitwise the same c
-    expm1_c = u.mul_(c).mul_(eb)  # sb * ln 2 * q * expm1(c)
-    log_a_small = torch.log1p(expm1_c.sum(dim, keepdim=True).div_(sb).mul_(_LOG2E))
-    log_a_large = (a_max + sa.log()).sub_(b_max + sb.log()).sub_(mean)  # lse(a) - lse(b) - E_q[a - b]
-    log_a = torch.where(large, log_a_large, log_a_small)
+    expm1_c = u.mul_(c).mul_(eb)  # sb ln 2 q expm1(c)
+    a_m1 = expm1_c.sum(dim, keepdim=True).div_(sb).mul_(_LOG2E)  # A - 1 = E_q[e^c] - 1 (p = q e^c / A)
+    log_a = torch.where(large, (a_max + sa.log()).sub_(b_max + sb.log()).sub_(mean), torch.log1p(a_m1))
     terms = c.sub_(log_a).mul_(ea)
-    kl = terms.sum(dim, keepdim=True).div_(sa).clamp_(min=0.0)
-    return kl, eb, sb, ea, sa, terms
+    kl = terms.sum(dim).div_(sa.squeeze(dim)).clamp_(min=0.0)
+    if not p_minus_q:
+        return kl, ea, sa, terms, None
+    # p - q = q (expm1(c) - (A - 1)) / A, or ea / sa - eb / sb in large rows
+    scale = torch.where(large, 0.0, (sb * (a_m1 + 1.0)).reciprocal_())
+    if a.device.type == "cpu" and not bool(large.any()):  # a CPU flag is read without any synchronization
+        return kl, ea, sa, terms, expm1_c.mul_(scale * _LOG2E).addcmul_(eb, scale.mul_(a_m1), value=-1.0)
+    direct = large.to(a.dtype)
+    beta = torch.where(large, 0.0, scale * a_m1).add_(direct / sb).neg_()
+    pmq = expm1_c.mul_(scale * _LOG2E).addcmul_(eb, beta).addcmul_(ea, direct.div_(sa))
+    return kl, ea, sa, terms, pmq
 
 
 class _KLFunction(torch.autograd.Function):
@@ -211,23 +224,22 @@ class _KLFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx: Any, a: Tensor, b: Tensor, dim: int) -> Tensor:  # type: ignore[override]
-        kl, eb, sb, ea, sa, terms = _kl_terms(a, b, dim)
-        if any(ctx.needs_input_grad[:2]):
-            ctx.save_for_backward(eb, sb, ea, sa, terms, kl)
+        kl, ea, sa, terms, pmq = _kl_terms(a, b, dim, p_minus_q=ctx.needs_input_grad[1])
+        if any(ctx.needs_input_grad[:2]):  # (not the output: callers may modify it in place)
+            ctx.save_for_backward(ea, sa, terms, kl.unsqueeze(dim).clone(), pmq)
         ctx.dim = dim
-        return kl.squeeze(dim)
+        return kl
 
     @staticmethod
     @once_differentiable
     def backward(ctx: Any, grad_out: Tensor) -> tuple[Tensor | None, Tensor | None, None]:  # type: ignore[override]
-        eb, sb, ea, sa, terms, kl = ctx.saved_tensors
+        ea, sa, terms, kl, pmq = ctx.saved_tensors
         go = grad_out.unsqueeze(ctx.dim)
-        go_p = go / sa
         grad_a = grad_b = None
         if ctx.needs_input_grad[0]:  # p (log(p / q) - KL)
-            grad_a = torch.mul(ea, kl).sub_(terms).mul_(go_p.neg())
-        if ctx.needs_input_grad[1]:  # q - p, exactly 0 when p and q are equal
-            grad_b = torch.mul(eb, go / sb).sub_(torch.mul(ea, go_p))
+            grad_a = torch.mul(ea, kl).sub_(terms).mul_(go.div(sa).neg_())
+        if ctx.needs_input_grad[1]:  # q - p
+            grad_b = torch.mul(pmq, go.neg())
         return grad_a, grad_b, None
 
 

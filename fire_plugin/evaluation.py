@@ -82,6 +82,9 @@ class EvalResult:
     autoattack_version: str | None = None
 
     def __post_init__(self) -> None:
+        self._update_avg()
+
+    def _update_avg(self) -> None:
         if self.clean_acc is not None and self.autoattack_acc is not None:
             self.avg_acc = (self.clean_acc + self.autoattack_acc) / 2.0
 
@@ -282,10 +285,10 @@ def evaluate(
         start = time.perf_counter()
         clean_correct = _predict(model, x, device, batch_size) == labels
         result.times["clean"] = time.perf_counter() - start
-        result.clean_acc = clean_correct.float().mean().item()
+        n = len(x)
+        result.clean_acc = clean_correct.sum().item() / n
         idx = clean_correct.nonzero().flatten()  # only correctly classified examples are attacked
         x_ok, y_ok = x[idx], labels[idx]
-        n = len(x)
 
         if "pgd" in attacks:
             start = time.perf_counter()
@@ -325,7 +328,7 @@ def evaluate(
             result.times["autoattack"] = time.perf_counter() - start
     finally:
         model.train(was_training)
-    result.__post_init__()
+    result._update_avg()
     _logger.info(
         "evaluated %d examples (%s, eps=%.4g): clean=%s pgd=%s frpgd=%s autoattack=%s avg=%s times=%s",
         n,

@@ -100,6 +100,7 @@ class ModelInfo:
         unreliable: whether the evaluation is flagged unreliable.
 
     Fields of a file that are none of these are kept in :attr:`extra` (in file order) and written back.
+    Equality compares the named fields only; ``dataclasses.replace`` drops :attr:`extra`.
 
     >>> info = ModelInfo.from_dict({"dataset": "cifar10", "clean_acc": "90.00", "external": "50.00"})
     >>> info.dataset, info.extra

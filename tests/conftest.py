@@ -7,6 +7,9 @@ import torch
 
 from fire_plugin.data import load_dataset
 
+# The test models are tiny: one intra-op thread is as fast and does not stall when the 2 cores are busy.
+torch.set_num_threads(1)
+
 
 @pytest.fixture(scope="session")
 def digits_train() -> tuple[torch.Tensor, torch.Tensor]:

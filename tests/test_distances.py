@@ -238,6 +238,119 @@ def test_finite_gradients_at_equality_and_saturation(name, dtype):
         assert torch.isfinite(a2.grad).all()
 
 
+# The divergences, their naive float64 formulas (autograd reference, away from equality) and the functions built on S.
+NAIVE64 = {
+    "fisher_rao_squared": (fisher_rao_squared, lambda p, q, lp, lq: (2 * torch.acos((p * q).sqrt().sum(-1))) ** 2),
+    "fisher_rao": (fisher_rao, lambda p, q, lp, lq: 2 * torch.acos((p * q).sqrt().sum(-1))),
+    "hellinger_squared": (hellinger_squared, lambda p, q, lp, lq: 2 - 2 * (p * q).sqrt().sum(-1)),
+    "bhattacharyya": (bhattacharyya, lambda p, q, lp, lq: (p * q).sqrt().sum(-1)),
+    "kl_divergence": (kl_divergence, lambda p, q, lp, lq: (p * (lp - lq)).sum(-1)),
+}
+
+
+def naive64(name, a, b):
+    lp, lq = torch.log_softmax(a, -1), torch.log_softmax(b, -1)
+    return NAIVE64[name][1](lp.exp(), lq.exp(), lp, lq)
+
+
+def mixed_logits(dtype):
+    """Random rows plus rows whose centred log-ratio exceeds 80 (the direct path); finite in the float64 reference."""
+    g = torch.Generator().manual_seed(6)
+    a = torch.randn(6, 5, generator=g, dtype=torch.float64) * 3
+    b = torch.randn(6, 5, generator=g, dtype=torch.float64) * 3
+    a[1], b[1] = torch.tensor([50.0, -50.0, 0.0, 1.0, 2.0]), torch.tensor([-50.0, 50.0, 0.0, 1.0, 2.0])
+    a[4], b[4] = torch.tensor([0.0, 0.0, -60.0, 0.0, 0.0]), torch.tensor([0.0, 0.0, 60.0, 0.0, 0.0])
+    return a.to(dtype), b.to(dtype)
+
+
+@pytest.mark.parametrize("name", sorted(NAIVE64))
+@pytest.mark.parametrize("dtype, rtol", [(torch.float64, 1e-9), (torch.float32, 1e-4)])
+def test_custom_backward_matches_float64_autograd_reference(name, dtype, rtol):
+    """The hand-written backward against autograd through the naive float64 formula, random and saturated rows."""
+    fn = NAIVE64[name][0]
+    a, b = mixed_logits(dtype)
+    w = torch.linspace(-1.0, 2.0, a.shape[0], dtype=torch.float64)
+    ta, tb = a.clone().requires_grad_(True), b.clone().requires_grad_(True)
+    (fn(ta, tb).double() * w).sum().backward()
+    ra, rb = a.double().clone().requires_grad_(True), b.double().clone().requires_grad_(True)
+    (naive64(name, ra, rb) * w).sum().backward()
+    for got, ref in ((ta.grad, ra.grad), (tb.grad, rb.grad)):
+        assert got.dtype == dtype
+        assert (got.double() - ref).abs().max() <= rtol * ref.abs().max()
+    np.testing.assert_allclose(fn(a, b).double().numpy(), naive64(name, a.double(), b.double()).detach().numpy(),
+                               rtol=rtol, atol=1e-12 if dtype == torch.float64 else 1e-7)  # BC = 1 - S / 2 near 0
+
+
+@pytest.mark.parametrize("name", sorted(NAIVE64))
+def test_float32_gradient_near_equality_matches_float64(name):
+    """Logits differing by 1e-4: the float32 gradient agrees with the float64 one (itself gradchecked)."""
+    fn = NAIVE64[name][0]
+    g = torch.Generator().manual_seed(7)
+    a = torch.randn(64, 10, generator=g, dtype=torch.float64) * 2
+    b = a + 1e-4 * torch.randn(64, 10, generator=g, dtype=torch.float64)
+    a, b = a.float().double(), b.float().double()  # the same numbers in both precisions
+    grads = {}
+    for dtype in (torch.float32, torch.float64):
+        ta, tb = a.to(dtype).requires_grad_(True), b.to(dtype).requires_grad_(True)
+        fn(ta, tb).sum().backward()
+        grads[dtype] = (ta.grad.double(), tb.grad.double())
+    for got, ref in zip(grads[torch.float32], grads[torch.float64], strict=True):
+        assert (got - ref).abs().max() <= 1e-4 * ref.abs().max()
+
+
+@pytest.mark.parametrize("name", sorted(NAIVE64))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_gradients_of_both_arguments_vanish_at_equality(name, dtype):
+    fn = NAIVE64[name][0]
+    for base in (torch.randn(4, 10), torch.zeros(4, 10), 1e4 * torch.randn(4, 10)):
+        a = base.to(dtype).clone().requires_grad_(True)
+        b = base.to(dtype).clone().requires_grad_(True)
+        out = fn(a, b)
+        if name != "bhattacharyya":
+            assert torch.equal(out, torch.zeros_like(out))
+        out.sum().backward()
+        assert a.grad.abs().max() == 0 and b.grad.abs().max() == 0
+
+
+@pytest.mark.parametrize("name", sorted(NAIVE64))
+def test_direct_rows_do_not_change_other_rows(name):
+    """With saturated rows the batch takes the blended path (always taken on accelerators); other rows are unchanged."""
+    fn = NAIVE64[name][0]
+    a, b = mixed_logits(torch.float32)
+    ordinary = [0, 2, 3, 5]
+    ta, tb = a.clone().requires_grad_(True), b.clone().requires_grad_(True)
+    fn(ta, tb).sum().backward()
+    oa, ob = a[ordinary].clone().requires_grad_(True), b[ordinary].clone().requires_grad_(True)
+    fn(oa, ob).sum().backward()
+    assert torch.equal(fn(a, b)[ordinary], fn(a[ordinary], b[ordinary]))
+    assert torch.equal(ta.grad[ordinary], oa.grad) and torch.equal(tb.grad[ordinary], ob.grad)
+
+
+@pytest.mark.parametrize("name", sorted(NAIVE64))
+def test_values_without_grad_and_with_other_class_dim(name):
+    fn = NAIVE64[name][0]
+    g = torch.Generator().manual_seed(8)
+    a = torch.randn(3, 7, 4, generator=g, dtype=torch.float64)
+    b = torch.randn(3, 7, 4, generator=g, dtype=torch.float64)
+    ta, tb = a.clone().requires_grad_(True), b.clone().requires_grad_(True)
+    out = fn(ta, tb, dim=1)
+    assert torch.equal(out.detach(), fn(a, b, dim=1))
+    torch.testing.assert_close(out.detach(), fn(a.transpose(1, 2), b.transpose(1, 2)), rtol=1e-12, atol=1e-14)
+    assert torch.autograd.gradcheck(lambda x, y: fn(x, y, dim=1), (ta, tb))
+
+
+def test_output_may_be_modified_in_place_and_double_backward_raises():
+    a = torch.randn(4, 10, requires_grad=True)
+    b = torch.randn(4, 10, requires_grad=True)
+    for fn in DIVERGENCES.values():
+        out = fn(a, b)
+        out.mul_(2.0)  # the output is not among the tensors saved for backward
+        out.sum().backward()
+        (ga,) = torch.autograd.grad(fn(a, b).sum(), (a,), create_graph=True)
+        with pytest.raises(RuntimeError):
+            ga.sum().backward()  # gradients of gradients are not supported (documented)
+
+
 # ---------------------------------------------------------------- errors
 
 

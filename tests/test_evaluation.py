@@ -15,6 +15,16 @@ EPS = 0.1
 QUICK_AA = ("apgd-ce", "apgd-t")  # standard settings, two attacks: seconds instead of a minute
 
 
+@pytest.fixture(scope="module", autouse=True)
+def single_thread():
+    """AutoAttack on a tiny CNN is dominated by per-step overhead; on a busy 2-core machine two intra-op threads
+    make it up to 10x slower than one."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 @pytest.fixture(scope="module")
 def digits_model(digits_train) -> DigitsCNN:
     x, y = digits_train

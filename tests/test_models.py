@@ -202,6 +202,14 @@ def test_missing_zoo_checkpoint_clear_error(tmp_path, monkeypatch, tiny_zoo_entr
     assert not model_dir.exists()  # no partial file, no empty folders
 
 
+def test_missing_real_zoo_checkpoint(tmp_path, monkeypatch):
+    monkeypatch.setattr(import_robustbench("utils"), "download_gdrive_new", _offline_download)
+    with pytest.raises(CheckpointNotFoundError) as err:
+        load_pretrained("Zhang2019Theoretically", model_dir=tmp_path / "models")
+    assert str(tmp_path / "models" / "cifar10" / "Linf" / "Zhang2019Theoretically.pt") in str(err.value)
+    assert not (tmp_path / "models").exists()
+
+
 def test_missing_zoo_checkpoint_keeps_existing_files(tmp_path, monkeypatch, tiny_zoo_entry):
     monkeypatch.setattr(import_robustbench("utils"), "download_gdrive_new", _offline_download)
     folder = tmp_path / "cifar10" / "Linf"
