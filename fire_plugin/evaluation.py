@@ -312,7 +312,7 @@ def evaluate(
             start = time.perf_counter()
             adversary = AutoAttack(model, norm=norm, eps=eps, version="standard", device=device, seed=seed)
             result.autoattack_version = "standard"
-            if autoattack_attacks is not None and tuple(autoattack_attacks) != AUTOATTACK_STANDARD:
+            if autoattack_attacks is not None and set(autoattack_attacks) != set(AUTOATTACK_STANDARD):
                 # the standard settings (restarts, target classes, queries), fewer attacks
                 adversary.attacks_to_run = [a for a in AUTOATTACK_STANDARD if a in autoattack_attacks]
                 adversary.version = "custom"
