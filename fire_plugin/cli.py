@@ -175,7 +175,7 @@ def evaluate_model(args: argparse.Namespace) -> dict[str, Any]:
 # --------------------------------------------------------------------------------------------------- demo
 
 
-def run_demo(out: Path, *, epochs: int = 8, n_eval: int = 200, quiet: bool = False) -> dict[str, Any]:
+def run_demo(out: Path, *, epochs: int = 8, n_eval: int = 100, quiet: bool = False) -> dict[str, Any]:
     """The main job on sklearn's embedded digits: CE and FIRE training, evaluation, model_info JSON, figures.
 
     Resumable: rerunning continues from the checkpoints under ``out``.
@@ -222,6 +222,10 @@ def run_demo(out: Path, *, epochs: int = 8, n_eval: int = 200, quiet: bool = Fal
         report["models"][method] = {"eval": dataclasses.asdict(result), "mean_frd_under_frpgd": frd,
                                     "model_info": str(json_path), "history": history}
     (out / "demo_report.json").write_text(json.dumps(report, indent=2))
+    from fire_plugin.plots import plot_accuracy_bars
+
+    bars = {m: entry["eval"] for m, entry in report["models"].items()}
+    plot_accuracy_bars(bars).savefig(out / "accuracy.png", dpi=120)
     return report
 
 
@@ -290,7 +294,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help=SUBCOMMANDS["demo"])
     p.add_argument("--out", default="runs/demo")
     p.add_argument("--epochs", type=_positive_int, default=8)
-    p.add_argument("--n-eval", type=_positive_int, default=200)
+    p.add_argument("--n-eval", type=_positive_int, default=100)
     p.add_argument("--quiet", action="store_true")
     return parser
 

@@ -27,6 +27,7 @@ __all__ = [
     "plot_fisher_rao_ball",
     "plot_fisher_rao_vs_euclidean",
     "plot_training_history",
+    "plot_accuracy_bars",
 ]
 
 _REG_TITLES = {"fisher_rao": "FIRE (Fisher-Rao d^2)", "kl": "TRADES (KL)", "hellinger": "Hellinger (H^2)"}
@@ -241,4 +242,28 @@ def plot_training_history(history: list[dict[str, Any]]) -> Figure:
     ax_acc.set_ylabel("accuracy")
     ax_acc.set_ylim(0, 1)
     ax_acc.legend(fontsize=8)
+    return fig
+
+
+def plot_accuracy_bars(results: Mapping[str, Mapping[str, float | None]]) -> Figure:
+    """Grouped bars of clean / PGD / FRPGD / AutoAttack accuracy, one group per model (e.g. CE vs FIRE).
+
+    >>> fig = plot_accuracy_bars({"ce": {"clean_acc": 0.98, "pgd_acc": 0.5}, "fire": {"clean_acc": 0.93}})
+    >>> len(fig.axes)
+    1
+    """
+    keys = [("clean_acc", "clean"), ("pgd_acc", "PGD-20"), ("frpgd_acc", "FRPGD"), ("autoattack_acc", "AutoAttack")]
+    fig = Figure(figsize=(6.5, 3.6), constrained_layout=True)
+    ax = fig.subplots()
+    width = 0.8 / max(len(results), 1)
+    for i, (model, metrics) in enumerate(results.items()):
+        xs = np.arange(len(keys)) + (i - (len(results) - 1) / 2) * width
+        values = [metrics.get(k) for k, _ in keys]
+        heights = [float("nan") if v is None else float(v) for v in values]
+        bars = ax.bar(xs, heights, width, label=model)
+        ax.bar_label(bars, labels=["" if v is None else f"{v:.2f}" for v in values], fontsize=7)
+    ax.set_xticks(np.arange(len(keys)), [label for _, label in keys])
+    ax.set_ylim(0, 1.05)
+    ax.set_ylabel("accuracy")
+    ax.legend()
     return fig
