@@ -4,6 +4,7 @@ Importing the package registers its architectures with timm (``timm.create_model
 """
 
 from fire_plugin.attacks import FRPGD, FRPGDL2, DivergencePGD
+from fire_plugin.data import load_dataset
 from fire_plugin.distances import (
     DIVERGENCES,
     bhattacharyya,
@@ -14,8 +15,12 @@ from fire_plugin.distances import (
     kl_divergence,
 )
 from fire_plugin.engine import EpochStats, NonFiniteLossError, SelfAdaptiveTargets, adversarial_step, fit, train_epoch
+from fire_plugin.evaluation import EvalResult, evaluate
+from fire_plugin.gaussian import GaussianModel, paper_setting
 from fire_plugin.losses import ACELoss, DivergenceRegularizedLoss, FIRELoss, HellingerLoss, MARTLoss, TRADESLoss
 from fire_plugin.models import MODEL_NAMES, load_pretrained
+from fire_plugin.robustbench_io import ModelInfo, read_model_info, write_model_info
+from fire_plugin.trainers import FIRETrainer, HellingerTrainer, TRADESTrainer
 
 __version__ = "0.1.0"
 
@@ -28,6 +33,17 @@ __all__ = [
     "DivergencePGD",
     "DivergenceRegularizedLoss",
     "EpochStats",
+    "EvalResult",
+    "FIRETrainer",
+    "GaussianModel",
+    "HellingerTrainer",
+    "ModelInfo",
+    "TRADESTrainer",
+    "evaluate",
+    "load_dataset",
+    "paper_setting",
+    "read_model_info",
+    "write_model_info",
     "FIRELoss",
     "HellingerLoss",
     "MARTLoss",
