@@ -86,32 +86,37 @@ def _wide(a: Tensor, b: Tensor) -> tuple[Tensor, Tensor, torch.dtype]:
     return a.to(work), b.to(work), out_dtype
 
 
+def _exp2_shifted(z: Tensor, dim: int, scale: float, z_max: Tensor | None = None, out: Tensor | None = None) -> Tensor:
+    """``exp((z - max z) * scale * ln 2)``: at most 1, and exactly 1 at the maximum (no fused multiply-add there)."""
+    if z_max is None:
+        z_max = z.amax(dim, keepdim=True)
+    return torch.sub(z, z_max, out=out).mul_(scale).exp2_()
+
+
 def _sqrt_gap(a: Tensor, b: Tensor, dim: int) -> tuple[Tensor, Tensor, Tensor]:
     """``(gap, hb, zb)`` for float32/float64 logits with ``dim >= 0``: ``gap = sqrt p - sqrt q`` without
     cancellation and ``hb = zb * sqrt q`` (largest entry 1, ``zb`` keeps ``dim`` with size 1).
 
-    Three full-size buffers; ``gap`` and ``hb`` are the ones the backward needs.
+    Four full-size buffers; ``gap`` and ``hb`` are the ones the backward needs.
     """
     half = 0.5 * _LOG2E  # exp(z / 2) = exp2(z * half)
     bound = _HALF_LOG_RATIO_BOUND[a.dtype] * _LOG2E
-    hb = torch.add(b.amax(dim, keepdim=True).mul_(-half), b, alpha=half).exp2_()
+    hb = _exp2_shifted(b, dim, half)
     zb = vector_norm(hb, dim=dim, keepdim=True)
     zb2 = zb.square()
     t = torch.sub(a, b)
     u = torch.mul(hb, t).mul_(hb)
-    shift = u.sum(dim, keepdim=True).div_(zb2).mul_(-half)  # -E_q[a - b] / (2 ln 2)
-    x = torch.add(shift, t, alpha=half, out=t)  # c / (2 ln 2), so exp2(x) = exp(c / 2)
+    # x = c / (2 ln 2), so exp2(x) = exp(c / 2); a - b - E_q[a - b] is exact where q concentrates on one class
+    x = t.sub_(u.sum(dim, keepdim=True).div_(zb2)).mul_(half)
     large = x.amax(dim, keepdim=True) > bound
     x.clamp_(-bound, bound)
     # g = expm1(c / 2) = (u - 1) * x / log2(u) with u = fl(2^x) (Kahan's trick; the limit x ln 2 where u == 1).
     g = torch.exp2(x, out=u)
-    log2_u = torch.log2(g, out=t)
-    g.sub_(1.0).div_(log2_u).nan_to_num_(nan=_LN2)
-    x = torch.add(shift, torch.sub(a, b, out=t), alpha=half, out=t).clamp_(-bound, bound)  # bitwise the same x
-    g.mul_(x)
+    v = torch.log2(g)
+    g.sub_(1.0).div_(v).nan_to_num_(nan=_LN2).mul_(x)
     h = torch.mul(hb, g, out=t)  # zb sqrt(q) g
     mean_g2 = vector_norm(h, dim=dim, keepdim=True).square_().div_(zb2)  # E_q[g^2]
-    mean_g = torch.mul(h, hb, out=u).sum(dim, keepdim=True).div_(zb2)  # E_q[g]
+    mean_g = torch.mul(h, hb, out=v).sum(dim, keepdim=True).div_(zb2)  # E_q[g]
     # Per row, A - 1 = 2 E_q[g] + E_q[g^2] and gap = sqrt(q) (g - (sqrt(A) - 1)) / sqrt(A) = h * alpha + hb * beta.
     a_m1 = mean_g.mul_(2.0).add_(mean_g2)
     sqrt_a = a_m1.add(1.0).sqrt_()
@@ -120,7 +125,7 @@ def _sqrt_gap(a: Tensor, b: Tensor, dim: int) -> tuple[Tensor, Tensor, Tensor]:
     if a.device.type == "cpu" and not bool(large.any()):  # a CPU flag is read without any synchronization
         return h.mul_(alpha).addcmul_(hb, beta), hb, zb
     # Rows with a clamped x: gap = ha / za - hb / zb from the square-root softmax of a, blended in by row weights.
-    ha = torch.add(a.amax(dim, keepdim=True).mul_(-half), a, alpha=half, out=u).exp2_()  # za sqrt(p)
+    ha = _exp2_shifted(a, dim, half, out=v)  # za sqrt(p)
     direct = large.to(a.dtype)
     keep = 1.0 - direct
     gamma = direct / vector_norm(ha, dim=dim, keepdim=True)
@@ -129,20 +134,19 @@ def _sqrt_gap(a: Tensor, b: Tensor, dim: int) -> tuple[Tensor, Tensor, Tensor]:
 
 
 def _from_s(s: Tensor, kind: str, slope: bool) -> tuple[Tensor, Tensor | None]:
-    """``f(S)`` and, if ``slope``, ``f'(S)`` for the quantities built on ``S = 2 (1 - BC)``."""
+    """``f(S)`` and, if ``slope``, ``f'(S)`` for the quantities built on ``S = 2 (1 - BC)`` (which is <= 2)."""
     if kind == "hellinger":
         return s, torch.ones_like(s) if slope else None
     if kind == "bhattacharyya":
         return 1.0 - 0.5 * s, torch.full_like(s, -0.5) if slope else None
-    w = s.sqrt().mul_(0.5).clamp_(max=1.0)  # sin(d / 4)
-    theta = torch.asin(w)  # d / 4
-    cos = (1.0 - w * w).sqrt_()
+    theta = s.sqrt().mul_(0.5).asin_()  # d / 4
     if kind == "fisher_rao_squared":
+        # d(d^2)/dS = 8 theta / sin(2 theta) = 2 d / sin(d / 2), which tends to 4 at S = 0
         out = theta.square().mul_(16.0)
-        # d(d^2)/dS = 4 theta / (w cos theta) = 2 d / sin(d / 2), which tends to 4 at S = 0
-        return out, torch.where(w > 0, theta.div(w * cos).mul_(4.0), 4.0) if slope else None
-    # fisher_rao: dd/dS = 1 / (2 w cos theta), taken as 0 at S = 0 where d is not differentiable
-    return theta.mul(4.0), torch.where(w > 0, (2.0 * w * cos).reciprocal_(), 0.0) if slope else None
+        return out, theta.mul(8.0).div_(theta.mul(2.0).sin_()).nan_to_num_(nan=4.0) if slope else None
+    # fisher_rao: dd/dS = 1 / sin(2 theta), taken as 0 at S = 0 where d is not differentiable
+    out = theta.mul(4.0)
+    return out, theta.mul_(2.0).sin_().reciprocal_().nan_to_num_(nan=0.0, posinf=0.0) if slope else None
 
 
 class _SqrtGapFunction(torch.autograd.Function):
@@ -186,11 +190,9 @@ def _kl_terms(a: Tensor, b: Tensor, dim: int, p_minus_q: bool) -> tuple[Tensor, 
     ``KL`` has ``dim`` removed, the others keep it; ``p - q`` (formed without cancellation) is None unless asked for.
     """
     bound = 2.0 * _HALF_LOG_RATIO_BOUND[a.dtype]
-    b_max, a_max = b.amax(dim, keepdim=True), a.amax(dim, keepdim=True)
-    eb = torch.add(b_max * -_LOG2E, b, alpha=_LOG2E).exp2_()  # sb * q
+    b_max = b.amax(dim, keepdim=True)
+    eb = _exp2_shifted(b, dim, _LOG2E, b_max)  # sb * q
     sb = eb.sum(dim, keepdim=True)
-    ea = torch.add(a_max * -_LOG2E, a, alpha=_LOG2E).exp2_()  # sa * p
-    sa = ea.sum(dim, keepdim=True)
     t = torch.sub(a, b)
     u = torch.mul(eb, t)
     mean = u.sum(dim, keepdim=True).div_(sb)  # E_q[a - b]
@@ -199,11 +201,12 @@ def _kl_terms(a: Tensor, b: Tensor, dim: int, p_minus_q: bool) -> tuple[Tensor, 
     c.clamp_(min=-bound)  # above the bound only in large rows, which use the direct log A below
     # expm1(c) ln 2 = (u - 1) * c / log2(u) with u = fl(2^(c / ln 2)) (Kahan's trick, limit c ln 2 where u == 1)
     u = torch.mul(c, _LOG2E, out=u).exp2_()
-    log2_u = torch.log2(u, out=t)
-    u.sub_(1.0).div_(log2_u).nan_to_num_(nan=_LN2)
-    c = torch.sub(a, b, out=t).sub_(mean).clamp_(min=-bound)  # bitwise the same c
-    expm1_c = u.mul_(c).mul_(eb)  # sb ln 2 q expm1(c)
+    v = torch.log2(u)
+    expm1_c = u.sub_(1.0).div_(v).nan_to_num_(nan=_LN2).mul_(c).mul_(eb)  # sb ln 2 q expm1(c)
     a_m1 = expm1_c.sum(dim, keepdim=True).div_(sb).mul_(_LOG2E)  # A - 1 = E_q[e^c] - 1 (p = q e^c / A)
+    a_max = a.amax(dim, keepdim=True)
+    ea = _exp2_shifted(a, dim, _LOG2E, a_max, out=v)  # sa * p
+    sa = ea.sum(dim, keepdim=True)
     log_a = torch.where(large, (a_max + sa.log()).sub_(b_max + sb.log()).sub_(mean), torch.log1p(a_m1))
     terms = c.sub_(log_a).mul_(ea)
     kl = terms.sum(dim).div_(sa.squeeze(dim)).clamp_(min=0.0)

@@ -26,7 +26,7 @@ from fire_plugin.robustbench_io import (
     write_model_info,
 )
 
-TESTDATA = Path(__file__).resolve().parents[2] / "shared" / "testdata" / "robustbench_model_info"
+TESTDATA = Path(__file__).resolve().parent / "data" / "robustbench_model_info"
 REAL_FILES = sorted(TESTDATA.glob("*/*/*.json"))
 
 # The model_info fields named by RobustBench's leaderboard files and the issue, in order.
