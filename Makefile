@@ -16,10 +16,10 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 test: $(STAMP)
-	$(PY) -m pytest -m "not slow" -q
+	$(PY) -m pytest -m "not slow" -q tests fire_plugin --doctest-modules
 
 test-all: $(STAMP)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q tests fire_plugin --doctest-modules
 
 demo: $(STAMP)
 	$(VENV)/bin/fire-plugin demo --out runs/demo

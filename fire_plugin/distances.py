@@ -15,17 +15,19 @@ Numerics. ``1 - BC`` is never formed by subtraction: with ``S = ||sqrt p - sqrt 
 ``sqrt p_y - sqrt q_y = sqrt(q_y) * (g_y - (sqrt(A) - 1)) / sqrt(A)``: a difference of two numbers of the size of
 ``c`` (the centring makes ``sqrt(A) - 1`` second order), so ``S`` keeps about 1e-7 relative accuracy in float32
 when the logits differ by 1e-4. ``expm1`` is evaluated with Kahan's trick ``(u - 1) * x / log(u)``,
-``u = fl(e^x)``, accurate to a few ulps (``torch.expm1`` is not vectorized in some CPU builds). Rows where
-``|c| / 2`` exceeds 40 (300 in float64), i.e. saturated logits with nearly disjoint ``p`` and ``q``, use
-``sqrt p - sqrt q`` from the two normalized square-root softmaxes instead; the choice is made per row with tensor
-ops, without a host synchronization. KL is computed the same way: ``KL = sum_y p_y (c_y - log A)`` with
-``log A = log1p(E_q[expm1(c)])``.
+``u = fl(e^x)``, accurate to a few ulps for every ``x`` (``torch.expm1`` is not vectorized in some CPU builds).
+KL is computed the same way, ``KL = sum_y p_y (c_y - log A)`` with ``A - 1 = E_q[expm1(c)]``.
+Rows where ``c`` exceeds 80 (600 in float64), i.e. saturated logits with nearly disjoint ``p`` and ``q``, would
+overflow there; they use the two square-root softmaxes (the log-sum-exps for KL) directly instead. The choice is
+made per row with tensor ops, so there is no host synchronization; on CPU, where reading a flag is free, the direct
+path is computed only when some row needs it.
 
 Gradients are hand-derived (``torch.autograd.Function``): ``dS/da = sqrt(p) * gap - p * S / 2`` and
 ``dS/db = -sqrt(q) * gap - q * S / 2`` with ``gap = sqrt p - sqrt q``, ``d(d^2)/dS = 2 d / sin(d / 2)``; for KL,
-``dKL/da = p * (log(p / q) - KL)`` and ``dKL/db = q - p``. They are exactly 0 when the logits are equal, finite at
-saturated logits, and reuse the forward's buffers. Double backward (gradients of gradients) is not supported and
-raises an error. float16/bfloat16 inputs are computed in float32 and the result is cast back to the input dtype.
+``dKL/da = p * (log(p / q) - KL)`` and ``dKL/db = q - p = -q * (expm1(c) - (A - 1)) / A``. They are exactly 0 when
+the logits are equal, finite at saturated logits, keep the relative accuracy of the values near equality, and
+reuse the forward's buffers. Double backward (gradients of gradients) is not supported and raises an error.
+float16/bfloat16 inputs are computed in float32 and the result is cast back to the input dtype.
 """
 
 from __future__ import annotations
@@ -52,8 +54,8 @@ __all__ = [
 
 _LOG2E = 1.0 / math.log(2.0)  # exp(z) = exp2(z * _LOG2E); exp2 is the cheaper kernel
 _LN2 = math.log(2.0)
-# Bound on the centred half log-ratio c / 2 of the Fisher-Rao path (and on c for KL, twice this). Beyond it a row
-# takes the direct path; below it every intermediate stays finite: E_q[g^2] <= e^80 < float32 max.
+# Bound on the centred half log-ratio c / 2 (on c for KL, twice this). Beyond it a row takes the direct path; below
+# it every intermediate stays finite: E_q[g^2] <= e^80 < float32 max.
 _HALF_LOG_RATIO_BOUND = {torch.float32: 40.0, torch.float64: 300.0}
 
 
@@ -84,6 +86,14 @@ def _wide(a: Tensor, b: Tensor) -> tuple[Tensor, Tensor, torch.dtype]:
     out_dtype = torch.promote_types(a.dtype, b.dtype)
     work = torch.promote_types(out_dtype, torch.float32)
     return a.to(work), b.to(work), out_dtype
+
+
+def _no_direct_rows(large: Tensor) -> bool:
+    """True if no row needs the direct path and this is known without a host synchronization, i.e. on CPU.
+
+    Elsewhere both paths are computed and blended per row (the results are the same, bit for bit).
+    """
+    return large.device.type == "cpu" and not bool(large.any())
 
 
 def _exp2_shifted(z: Tensor, dim: int, scale: float, z_max: Tensor | None = None, out: Tensor | None = None) -> Tensor:
@@ -122,7 +132,7 @@ def _sqrt_gap(a: Tensor, b: Tensor, dim: int) -> tuple[Tensor, Tensor, Tensor]:
     sqrt_a = a_m1.add(1.0).sqrt_()
     alpha = (zb * sqrt_a).reciprocal_()
     beta = a_m1.div_(sqrt_a.add_(1.0)).mul_(alpha).neg_()  # -(sqrt(A) - 1) * alpha
-    if a.device.type == "cpu" and not bool(large.any()):  # a CPU flag is read without any synchronization
+    if _no_direct_rows(large):
         return h.mul_(alpha).addcmul_(hb, beta), hb, zb
     # Rows with a clamped x: gap = ha / za - hb / zb from the square-root softmax of a, blended in by row weights.
     ha = _exp2_shifted(a, dim, half, out=v)  # za sqrt(p)
@@ -214,7 +224,7 @@ def _kl_terms(a: Tensor, b: Tensor, dim: int, p_minus_q: bool) -> tuple[Tensor, 
         return kl, ea, sa, terms, None
     # p - q = q (expm1(c) - (A - 1)) / A, or ea / sa - eb / sb in large rows
     scale = torch.where(large, 0.0, (sb * (a_m1 + 1.0)).reciprocal_())
-    if a.device.type == "cpu" and not bool(large.any()):  # a CPU flag is read without any synchronization
+    if _no_direct_rows(large):
         return kl, ea, sa, terms, expm1_c.mul_(scale * _LOG2E).addcmul_(eb, scale.mul_(a_m1), value=-1.0)
     direct = large.to(a.dtype)
     beta = torch.where(large, 0.0, scale * a_m1).add_(direct / sb).neg_()
@@ -285,7 +295,7 @@ def fisher_rao(logits_a: Tensor, logits_b: Tensor, dim: int = -1) -> Tensor:
         Per-sample distances in ``[0, pi]``, in the input dtype.
 
     Example:
-        >>> fisher_rao(torch.tensor([[10.0, -10.0]]), torch.tensor([[-10.0, 10.0]]))  # nearly disjoint
+        >>> fisher_rao(torch.tensor([[30.0, -30.0]]), torch.tensor([[-30.0, 30.0]]))  # nearly disjoint
         tensor([3.1416])
     """
     return _sqrt_gap_op(logits_a, logits_b, dim, "fisher_rao")
@@ -297,8 +307,8 @@ def hellinger_squared(logits_a: Tensor, logits_b: Tensor, dim: int = -1) -> Tens
     Theorem 4: ``H^2 = 2 * (1 - cos(d / 2))`` with ``d`` the Fisher-Rao distance.
 
     Example:
-        >>> hellinger_squared(torch.tensor([[30.0, 0.0]]), torch.tensor([[0.0, 30.0]]))
-        tensor([2.])
+        >>> round(float(hellinger_squared(torch.tensor([[100.0, 0.0]]), torch.tensor([[0.0, 100.0]]))), 6)
+        2.0
     """
     return _sqrt_gap_op(logits_a, logits_b, dim, "hellinger")
 

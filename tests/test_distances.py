@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
+from fire_plugin import distances
 from fire_plugin.distances import (
     DIVERGENCES,
     bhattacharyya,
@@ -291,7 +292,7 @@ def test_float32_gradient_near_equality_matches_float64(name):
     a, b = a.float().double(), b.float().double()  # the same numbers in both precisions
     grads = {}
     for dtype in (torch.float32, torch.float64):
-        ta, tb = a.to(dtype).requires_grad_(True), b.to(dtype).requires_grad_(True)
+        ta, tb = a.to(dtype).clone().requires_grad_(True), b.to(dtype).clone().requires_grad_(True)
         fn(ta, tb).sum().backward()
         grads[dtype] = (ta.grad.double(), tb.grad.double())
     for got, ref in zip(grads[torch.float32], grads[torch.float64], strict=True):
@@ -324,6 +325,25 @@ def test_direct_rows_do_not_change_other_rows(name):
     fn(oa, ob).sum().backward()
     assert torch.equal(fn(a, b)[ordinary], fn(a[ordinary], b[ordinary]))
     assert torch.equal(ta.grad[ordinary], oa.grad) and torch.equal(tb.grad[ordinary], ob.grad)
+
+
+@pytest.mark.parametrize("name", sorted(NAIVE64))
+def test_blended_path_equals_cpu_shortcut(name, monkeypatch):
+    """Accelerators always compute the direct path and blend it in; without saturated rows that changes nothing."""
+    fn = NAIVE64[name][0]
+    g = torch.Generator().manual_seed(9)
+    a = torch.randn(32, 10, generator=g)
+    b = a + 0.3 * torch.randn(32, 10, generator=g)
+    results = []
+    for blended in (False, True):
+        if blended:
+            monkeypatch.setattr(distances, "_no_direct_rows", lambda large: False)
+        ta, tb = a.clone().requires_grad_(True), b.clone().requires_grad_(True)
+        out = fn(ta, tb)
+        out.sum().backward()
+        results.append((out.detach(), ta.grad, tb.grad))
+    for x, y in zip(*results, strict=True):
+        assert torch.equal(x, y)
 
 
 @pytest.mark.parametrize("name", sorted(NAIVE64))
