@@ -70,6 +70,8 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=512)
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--step-rounds", type=int, default=16, help="rounds of the (c) step comparison")
+    parser.add_argument("--skip-epochs", action="store_true", help="run only the (c) step comparison")
     parser.add_argument("--threads", type=int, default=1, help="torch threads on CPU (1: CPU-time clock is exact)")
     parser.add_argument("--clock", choices=["auto", "wall", "cpu"], default="auto",
                         help="auto: process CPU time on a 1-thread CPU run (immune to other jobs), else wall time")
@@ -82,7 +84,17 @@ def main() -> None:
     eps, eps_step, steps, bs = 0.3, 0.75 / args.steps, args.steps, args.batch_size
     x, y = digits28(args.samples)
     print(f"SmallCNN 1x28x28, {len(x)} samples, batch {bs}, eps {eps}, {steps} steps, "
-          f"threads {torch.get_num_threads()}, device {'cuda' if torch.cuda.is_available() else 'cpu'}")
+          f"threads {torch.get_num_threads()}, device {'cuda' if torch.cuda.is_available() else 'cpu'}, "
+          f"clock: {'process CPU time' if use_cpu else 'wall time'}")
+
+    if not args.skip_epochs:
+        compare_epochs(args, x, y, eps, eps_step, steps, bs)
+    compare_steps(args, x, y, eps, eps_step, steps, bs)
+
+
+def compare_epochs(args: argparse.Namespace, x: np.ndarray, y: np.ndarray, eps: float, eps_step: float, steps: int,
+                   bs: int) -> None:
+    """(a) and (b): one training epoch per contender, rounds interleaved."""
 
     def art_trades() -> None:
         clf = make_classifier()
@@ -105,14 +117,16 @@ def main() -> None:
         for name, fn in contenders.items():
             times[name].append(timed(fn))
     med = {k: statistics.median(v) for k, v in times.items()}
-    print(f"clock: {'process CPU time' if use_cpu else 'wall time'}")
     print(f"epoch seconds (median of {args.rounds}): " + ", ".join(f"{k} {v:.2f}" for k, v in med.items()))
     print(f"(a) FIRETrainer / ART AdversarialTrainerTRADESPyTorch = {med['fire'] / med['art_trades']:.3f} "
           "(target <= 0.75)")
     print(f"(b) FIRETrainer(fisher_rao) / FIRETrainer(kl)         = {med['fire'] / med['fire_kl']:.3f} "
           "(target <= 1.02)")
 
-    # (c) one engine step vs a minimal hand-written step with the same passes and divergence
+
+def compare_steps(args: argparse.Namespace, x: np.ndarray, y: np.ndarray, eps: float, eps_step: float, steps: int,
+                  bs: int) -> None:
+    """(c): one engine step vs a minimal hand-written step with the same passes and divergence."""
     torch.manual_seed(0)
     model = timm.create_model("small_cnn", num_classes=10)
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
@@ -142,9 +156,10 @@ def main() -> None:
     for _ in range(2):
         engine_step()
         hand_step()
-    for _ in range(max(5, 3 * args.rounds)):
-        step_times["engine"].append(timed(engine_step))
-        step_times["hand"].append(timed(hand_step))
+    for i in range(args.step_rounds):  # ABBA order, so neither side always runs first
+        order = [("engine", engine_step), ("hand", hand_step)]
+        for name, fn in order if i % 2 == 0 else order[::-1]:
+            step_times[name].append(timed(fn))
     e, h = statistics.median(step_times["engine"]), statistics.median(step_times["hand"])
     print(f"(c) engine step / hand-written step = {e / h:.3f} (target <= 1.05; {e * 1e3:.1f} ms vs {h * 1e3:.1f} ms)")
 
