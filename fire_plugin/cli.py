@@ -216,7 +216,9 @@ def run_demo(out: Path, *, epochs: int = 8, n_eval: int = 100, quiet: bool = Fal
         with torch.no_grad():
             frd = fisher_rao(model(x_test[:n_eval]), model(adv)).mean().item()
         info = model_info_from_result(result, dataset="digits", name=f"digits_cnn {method.upper()} (demo)",
-                                      architecture="digits_cnn")
+                                      architecture="digits_cnn", venue="fire_plugin demo",
+                                      link="https://arxiv.org/abs/2106.06685",
+                                      footnote=f"Evaluated on the first {n_eval} digits test images.")
         json_path = write_model_info(out, f"Demo2026{method.capitalize()}", info, threat_model="Linf")
         _save_history_plot(history, out / method / "training.png")
         report["models"][method] = {"eval": dataclasses.asdict(result), "mean_frd_under_frpgd": frd,
