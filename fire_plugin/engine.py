@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import logging
 import math
 import os
@@ -241,7 +242,7 @@ def adversarial_step(
     attack: AttackFn,
     optimizer: torch.optim.Optimizer,
     scaler: torch.amp.GradScaler | None = None,
-    targets: Tensor | None = None,
+    targets_fn: Callable[[Tensor], Tensor] | None = None,
     amp: bool = False,
 ) -> StepResult:
     """One adversarial training step: attack (the attack sets eval mode), then one optimizer step in train mode.
@@ -257,8 +258,13 @@ def adversarial_step(
         attack: ``attack(x, y) -> x_adv`` (e.g. :class:`fire_plugin.attacks.DivergencePGD` built on the raw model).
         optimizer: the optimizer of ``model``'s parameters.
         scaler: a GradScaler for mixed precision on CUDA (optional).
-        targets: soft targets replacing ``y`` in the loss (self-adaptive training).
+        targets_fn: ``targets_fn(logits_nat) -> targets`` replacing ``y`` in the loss, computed from this very
+            forward pass (self-adaptive training: no extra pass).
         amp: run the forward passes under CUDA autocast.
+
+    Raises:
+        NonFiniteLossError: the loss is NaN/inf; it is checked before backward, so the weights are not touched
+            (one host sync per step).
     """
     device = x.device
     x_adv = attack(x, y)
@@ -267,7 +273,9 @@ def adversarial_step(
     with autocast_context(device, amp):
         logits_nat = model(x)
         logits_adv = model(x_adv)
-        value = loss(logits_nat, logits_adv, y if targets is None else targets)
+        value = loss(logits_nat, logits_adv, y if targets_fn is None else targets_fn(logits_nat))
+    if not torch.isfinite(value).item():
+        raise NonFiniteLossError(f"non-finite training loss ({value.item()}); the weights were not updated with it")
     if scaler is not None:
         scaler.scale(value).backward()
         scaler.step(optimizer)
@@ -314,10 +322,16 @@ def train_epoch(
         y = y.to(device, non_blocking=True)
         if self_adaptive is not None and index is None:
             raise ValueError("self-adaptive training needs batches of (x, y, index)")
-        result = _checked_step(
-            model, x, y, loss, attack, optimizer, scaler, amp, epoch, batch_idx,
-            self_adaptive=self_adaptive, index=index,
-        )
+        targets_fn = None
+        if self_adaptive is not None and index is not None:  # soft targets from this step's natural logits
+            targets_fn = functools.partial(self_adaptive.update, index, y, epoch=epoch)
+        try:
+            result = adversarial_step(model, x, y, loss=loss, attack=attack, optimizer=optimizer, scaler=scaler,
+                                      targets_fn=targets_fn, amp=amp)
+        except NonFiniteLossError as err:
+            raise NonFiniteLossError(
+                f"{err} (epoch {epoch + 1}, batch {batch_idx}); no checkpoint was written for this epoch"
+            ) from err
         loss_sum += result.loss.double() * result.batch_size
         nat_sum += result.nat_correct
         adv_sum += result.adv_correct
@@ -340,37 +354,6 @@ def train_epoch(
         seconds=seconds,
         lr=float(optimizer.param_groups[0]["lr"]),
     )
-
-
-def _checked_step(
-    model: nn.Module,
-    x: Tensor,
-    y: Tensor,
-    loss: LossFn,
-    attack: AttackFn,
-    optimizer: torch.optim.Optimizer,
-    scaler: torch.amp.GradScaler | None,
-    amp: bool,
-    epoch: int,
-    batch_idx: int,
-    *,
-    self_adaptive: SelfAdaptiveTargets | None = None,
-    index: Tensor | None = None,
-) -> StepResult:
-    def guarded(logits_nat: Tensor, logits_adv: Tensor, labels: Tensor) -> Tensor:
-        if self_adaptive is not None and index is not None:
-            # soft targets from this very forward pass (no extra pass): EMA of the natural predictions
-            labels = self_adaptive.update(index, labels, logits_nat, epoch=epoch)
-        value = loss(logits_nat, logits_adv, labels)
-        # Checked before backward/step, so a NaN never reaches the weights (one host sync per batch).
-        if not torch.isfinite(value).item():
-            raise NonFiniteLossError(
-                f"non-finite training loss ({value.item()}) at epoch {epoch + 1}, batch {batch_idx}; "
-                "the weights were not updated with it and no checkpoint was written for this epoch"
-            )
-        return value
-
-    return adversarial_step(model, x, y, loss=guarded, attack=attack, optimizer=optimizer, scaler=scaler, amp=amp)
 
 
 def evaluate_accuracy(
