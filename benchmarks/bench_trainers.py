@@ -69,7 +69,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--samples", type=int, default=512)
     parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--step-rounds", type=int, default=16, help="rounds of the (c) step comparison")
     parser.add_argument("--skip-epochs", action="store_true", help="run only the (c) step comparison")
     parser.add_argument("--threads", type=int, default=1, help="torch threads on CPU (1: CPU-time clock is exact)")
