@@ -87,8 +87,8 @@ def main() -> None:
           f"threads {torch.get_num_threads()}, device {'cuda' if torch.cuda.is_available() else 'cpu'}, "
           f"clock: {'process CPU time' if use_cpu else 'wall time'}")
 
-    # (c) runs first: after the ART epochs the allocator state of the process shifts the step timings by up to 9%
-    # in either direction (seen here), so both step contenders are measured in the same fresh state.
+    # (c) runs first: after the ART epochs, the state of the process (allocator, caches) moved this ratio from
+    # about 1.00 to as much as 1.09 here, so both step contenders are measured in the same fresh state.
     compare_steps(args, x, y, eps, eps_step, steps, bs)
     if not args.skip_epochs:
         compare_epochs(args, x, y, eps, eps_step, steps, bs)
