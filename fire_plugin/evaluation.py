@@ -290,23 +290,20 @@ def evaluate(
         idx = clean_correct.nonzero().flatten()  # only correctly classified examples are attacked
         x_ok, y_ok = x[idx], labels[idx]
 
-        if "pgd" in attacks:
+        # PGD (cross-entropy) and FRPGD (Fisher-Rao) share budget, steps, step size and random-start seed
+        pgd_like = {
+            "pgd": ("PGD", torchattacks.PGD if norm == "Linf" else torchattacks.PGDL2),
+            "frpgd": ("FRPGD", FRPGD if norm == "Linf" else FRPGDL2),
+        }
+        for name, (label, attack_cls) in pgd_like.items():
+            if name not in attacks:
+                continue
             start = time.perf_counter()
-            pgd_cls = torchattacks.PGD if norm == "Linf" else torchattacks.PGDL2
-            pgd = pgd_cls(model, eps=eps, alpha=alpha, steps=pgd_steps, random_start=True)
+            attack = attack_cls(model, eps=eps, alpha=alpha, steps=pgd_steps, random_start=True)
             with _seeded(seed, device):
-                ok = _attack_correct(pgd, model, x_ok, y_ok, device, batch_size, "PGD", verbose)
-            result.pgd_acc = ok.sum().item() / n
-            result.times["pgd"] = time.perf_counter() - start
-
-        if "frpgd" in attacks:
-            start = time.perf_counter()
-            fr_cls = FRPGD if norm == "Linf" else FRPGDL2
-            frpgd = fr_cls(model, eps=eps, alpha=alpha, steps=pgd_steps, random_start=True)
-            with _seeded(seed, device):
-                ok = _attack_correct(frpgd, model, x_ok, y_ok, device, batch_size, "FRPGD", verbose)
-            result.frpgd_acc = ok.sum().item() / n
-            result.times["frpgd"] = time.perf_counter() - start
+                ok = _attack_correct(attack, model, x_ok, y_ok, device, batch_size, label, verbose)
+            setattr(result, f"{name}_acc", ok.sum().item() / n)
+            result.times[name] = time.perf_counter() - start
 
         if "autoattack" in attacks:
             start = time.perf_counter()

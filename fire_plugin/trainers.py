@@ -215,12 +215,6 @@ class FIRETrainer(Trainer):
             dataset = IndexedDataset(dataset)
         return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle)
 
-    def _check_scheduler(self, scheduler: Any) -> None:
-        if scheduler is not None and not isinstance(scheduler, torch.optim.lr_scheduler.LRScheduler):
-            raise ValueError(
-                f"scheduler must be a torch.optim.lr_scheduler.LRScheduler, got {type(scheduler).__name__}"
-            )
-
     # ------------------------------------------------------------------------------------------ training
 
     def fit(  # type: ignore[override]
@@ -244,7 +238,6 @@ class FIRETrainer(Trainer):
             scheduler: any ``torch.optim.lr_scheduler.LRScheduler`` on the classifier's optimizer, stepped per epoch.
             **kwargs: passed to :func:`fire_plugin.engine.fit` (``checkpoint_dir``, ``resume``, ``amp``, ...).
         """
-        self._check_scheduler(scheduler)
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
         loader = self._loader(x, y, batch_size, shuffle=True, index=self.self_adaptive)
@@ -268,7 +261,6 @@ class FIRETrainer(Trainer):
 
         Self-adaptive training needs sample indices and is only available through :meth:`fit`.
         """
-        self._check_scheduler(scheduler)
         if self.self_adaptive:
             raise ValueError("self_adaptive=True needs sample indices; use fit(x, y) instead of fit_generator")
         for attr in ("get_batch", "size", "batch_size"):
