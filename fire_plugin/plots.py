@@ -267,3 +267,48 @@ def plot_accuracy_bars(results: Mapping[str, Mapping[str, float | None]]) -> Fig
     ax.set_ylabel("accuracy")
     ax.legend()
     return fig
+
+
+if TYPE_CHECKING:
+    from fire_plugin.leaderboard import Placement
+
+__all__ += ["plot_leaderboard"]
+
+
+def plot_leaderboard(placement: Placement, *, label_neighbours: bool = True) -> Figure:
+    """Clean vs robust accuracy of every leaderboard entry, the placed model highlighted (red star).
+
+    Robust accuracy is the leaderboard's ranking key (``external`` where RobustBench lists it, else AutoAttack).
+    Entries flagged unreliable are hollow; with ``label_neighbours`` the entries just above and below are named.
+
+    >>> from fire_plugin.leaderboard import place_info
+    >>> from fire_plugin.robustbench_io import ModelInfo
+    >>> p = place_info(ModelInfo(dataset="cifar10", eps="8/255", clean_acc="86.00", autoattack_acc="60.00"),
+    ...                threat_model="Linf")
+    >>> len(plot_leaderboard(p).axes)
+    1
+    """
+    fig = Figure(figsize=(6.5, 4.8), constrained_layout=True)
+    ax = fig.subplots()
+    reliable = [e for e in placement.entries if not e.unreliable]
+    flagged = [e for e in placement.entries if e.unreliable]
+    ax.scatter([e.clean_acc for e in reliable], [e.robust_acc for e in reliable], s=18, color="tab:blue",
+               alpha=0.7, label=f"RobustBench entries ({len(reliable)})")
+    if flagged:
+        ax.scatter([e.clean_acc for e in flagged], [e.robust_acc for e in flagged], s=18, facecolors="none",
+                   edgecolors="tab:blue", label=f"flagged unreliable ({len(flagged)})")
+    m = placement.model
+    ax.scatter([m.clean_acc], [m.robust_acc], s=160, marker="*", color="tab:red", edgecolors="black", zorder=5,
+               label=f"{m.model_id}: #{placement.rank} of {placement.n_entries + 1}")
+    if label_neighbours:
+        for group, offset, ha in ((placement.above[-1:], (-6, 8), "right"), (placement.tied[:1], (6, 2), "left"),
+                                  (placement.below[:1], (6, -12), "left")):
+            for e in group:
+                ax.annotate(f"#{e.rank} {e.model_id}", (e.clean_acc, e.robust_acc), fontsize=7, xytext=offset,
+                            textcoords="offset points", ha=ha, arrowprops={"arrowstyle": "-", "lw": 0.5})
+    ax.set_xlabel("clean accuracy (%)")
+    ax.set_ylabel("robust accuracy (%)")
+    ax.set_title(f"RobustBench {placement.dataset} {placement.threat_model}", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="upper left")
+    return fig
