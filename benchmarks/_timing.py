@@ -41,3 +41,58 @@ def interleaved_times(fns: dict[str, Callable[[], object]], *, rounds: int = 5, 
         for name, fn in fns.items():
             acc[name].append(median_time(fn, repeats=repeats, warmup=0, device=device, clock=clock))
     return {k: statistics.median(v) for k, v in acc.items()}
+
+
+# --------------------------------------------------------------------------------------------------
+# the perf-suite contract: every bench_*.py has ``run(quick: bool = False) -> list[dict]`` returning rows
+# {"name": str, "ratio": float, "target": str, "peer": str} (optional "detail": str); "" as target: information only
+
+_OPS = {"<=": float.__le__, ">=": float.__ge__, "<": float.__lt__, ">": float.__gt__}
+
+
+def choose_clock(clock: str = "auto", *, threads: int = 1, device: str = "cpu") -> tuple[Callable[[], float], str]:
+    """Set torch's CPU threads (``threads > 0``) and pick the clock: ``(clock function, label)``.
+
+    ``auto`` is the process CPU time on a CPU run with one torch thread (the time other jobs hold the core is not
+    counted) and the wall clock otherwise.
+    """
+    if clock not in ("auto", "wall", "cpu"):
+        raise ValueError(f"clock={clock!r} is not allowed; allowed: 'auto', 'wall', 'cpu'")
+    if threads > 0:
+        torch.set_num_threads(threads)
+    cpu = clock == "cpu" or (clock == "auto" and device == "cpu" and torch.get_num_threads() == 1)
+    return (time.process_time, "process CPU") if cpu else (time.perf_counter, "wall")
+
+
+def row(name: str, ratio: float, target: str, peer: str, detail: str = "") -> dict[str, object]:
+    """One result row of the perf-suite contract."""
+    target_met(ratio, target)  # validates the target string
+    return {"name": name, "ratio": float(ratio), "target": target, "peer": peer, "detail": detail}
+
+
+def target_met(ratio: float | None, target: str | None) -> bool | None:
+    """Whether ``ratio`` meets ``target`` (``"<= 1.2"``, ``">= 1"``, ``"< 2"``, ``"> 0.5"``); None without a target."""
+    if not target or ratio is None:
+        return None
+    text = target.strip()
+    for op in ("<=", ">=", "<", ">"):
+        if text.startswith(op):
+            try:
+                bound = float(text[len(op):])
+            except ValueError:
+                break
+            return bool(_OPS[op](float(ratio), bound))
+    raise ValueError(f"target={target!r} is not allowed; allowed: '<= x', '>= x', '< x', '> x' or ''")
+
+
+def format_table(rows: list[dict[str, object]]) -> str:
+    """A markdown table of result rows: benchmark, ratio, target, met, peer, detail or note."""
+    lines = ["| benchmark | ratio | target | met | peer | detail |", "|---|---:|---|---|---|---|"]
+    for r in rows:
+        ratio = r.get("ratio")
+        met = target_met(ratio, r.get("target"))  # type: ignore[arg-type]
+        cells = [str(r.get("name", "")), "-" if ratio is None else f"{ratio:.3f}", str(r.get("target") or "-"),
+                 {True: "yes", False: "NO", None: "-"}[met], str(r.get("peer", "")),
+                 str(r.get("note") or r.get("detail") or "")]
+        lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
+    return "\n".join(lines)

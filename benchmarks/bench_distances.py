@@ -9,14 +9,13 @@ rounds reported), so drift on a shared machine hits both sides alike. By default
 is the process CPU time, which does not count the time other jobs hold the core; ``--threads 0 --clock wall`` times
 torch's default threading on the wall clock instead.
 
-Run: ``python benchmarks/bench_distances.py``.
+Run: ``python benchmarks/bench_distances.py [--quick]``; ``run(quick)`` returns the rows (``benchmarks/perf.py``).
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -24,7 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _timing import interleaved_times  # noqa: E402
+from _timing import choose_clock, format_table, interleaved_times, row  # noqa: E402
 
 from fire_plugin.distances import fisher_rao_squared, hellinger_squared, kl_divergence  # noqa: E402
 
@@ -34,8 +33,39 @@ def trades_kl(nat: Tensor, adv: Tensor) -> Tensor:
     return F.kl_div(F.log_softmax(adv, dim=-1), F.softmax(nat, dim=-1), reduction="none").sum(-1)
 
 
+def run(quick: bool = False, *, rounds: int = 15, repeats: int = 5, threads: int = 1, clock: str = "auto",
+        shapes: tuple[tuple[int, int], ...] = ((4096, 10), (4096, 100))) -> list[dict[str, object]]:
+    """Rows of the perf-suite contract: each divergence's forward+backward time / the TRADES ``F.kl_div`` term.
+
+    ``quick``: 3 rounds of 3 calls (same shapes).
+    """
+    if quick:
+        rounds, repeats = 3, 3
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    clock_fn, clock_label = choose_clock(clock, threads=threads, device=device)
+    how = f"{device}, {torch.get_num_threads()} thread(s), {clock_label} clock, median of {rounds}x{repeats}"
+    rows = []
+    torch.manual_seed(0)
+    for shape in shapes:
+        nat = torch.randn(*shape, device=device)
+        adv = (nat + 0.5 * torch.randn(*shape, device=device)).requires_grad_(True)
+        fns = {
+            name: (lambda fn=fn, nat=nat, adv=adv: fn(nat, adv).sum().backward())
+            for name, fn in [("kl_div", trades_kl), ("fisher_rao_squared", fisher_rao_squared),
+                             ("kl_divergence", kl_divergence), ("hellinger_squared", hellinger_squared)]
+        }
+        t = interleaved_times(fns, rounds=rounds, repeats=repeats, device=device, clock=clock_fn)
+        peer = t["kl_div"]
+        for name, target in [("fisher_rao_squared", "<= 1.2"), ("kl_divergence", ""), ("hellinger_squared", "")]:
+            rows.append(row(f"{name} fwd+bwd, logits {tuple(shape)}", t[name] / peer, target,
+                            "TRADES per-sample F.kl_div term",
+                            f"{t[name] * 1e3:.3f} ms vs {peer * 1e3:.3f} ms; {how}"))
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="smoke run: 3 rounds of 3 calls")
     parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=1,
@@ -44,30 +74,8 @@ def main() -> None:
                         help="cpu: process CPU time (steady on a shared CPU with one thread); auto: cpu on a CPU with "
                         "one thread, wall otherwise")
     args = parser.parse_args()
-    if args.threads > 0:
-        torch.set_num_threads(args.threads)
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    cpu_clock = args.clock == "cpu" or (args.clock == "auto" and device == "cpu" and torch.get_num_threads() == 1)
-    clock = time.process_time if cpu_clock else time.perf_counter
-    print(f"device={device} threads={torch.get_num_threads()} clock={'process CPU' if cpu_clock else 'wall'} "
-          f"(median of {args.rounds} interleaved rounds of {args.repeats} calls)")
-
-    torch.manual_seed(0)
-    for shape in [(4096, 10), (4096, 100)]:
-        nat = torch.randn(*shape, device=device)
-        adv = (nat + 0.5 * torch.randn(*shape, device=device)).requires_grad_(True)
-        fns = {
-            name: (lambda fn=fn, nat=nat, adv=adv: fn(nat, adv).sum().backward())
-            for name, fn in [("kl_div", trades_kl), ("fisher_rao_squared", fisher_rao_squared),
-                             ("kl_divergence", kl_divergence), ("hellinger_squared", hellinger_squared)]
-        }
-        t = interleaved_times(fns, rounds=args.rounds, repeats=args.repeats, device=device, clock=clock)
-        peer = t["kl_div"]
-        ratio = t["fisher_rao_squared"] / peer
-        print(f"{shape}: fisher_rao_squared {t['fisher_rao_squared'] * 1e3:.3f} ms, kl_div {peer * 1e3:.3f} ms, "
-              f"ratio {ratio:.2f} (target <= 1.2)")
-        print(f"{shape}:   also kl_divergence {t['kl_divergence'] / peer:.2f}, "
-              f"hellinger_squared {t['hellinger_squared'] / peer:.2f} (x kl_div)")
+    print(format_table(run(args.quick, rounds=args.rounds, repeats=args.repeats, threads=args.threads,
+                           clock=args.clock)))
 
 
 if __name__ == "__main__":
