@@ -6,8 +6,16 @@ those files; accuracies are percent strings (``"84.92"``) and ``eps`` a string, 
 ``"8/255"`` when it is one. Fields that :class:`ModelInfo` does not name (``external``, ``corruptions_acc``,
 ...) are kept in :attr:`ModelInfo.extra` so that files read and written back lose nothing.
 
+Files are written the way RobustBench's own consumers (``generate_leaderboard``, ``get_leaderboard_latex``,
+``get_leaderboard_bibtex``) read them: the keys every RobustBench file has are always written, the optional ones
+(``autoattack_acc`` for corruptions, ``footnote``, ``unreliable``) are left out when unset instead of being
+written as ``null``, and validation refuses what those consumers cannot read (a missing venue, a ``null``
+``external``, NaN).
+
 >>> import tempfile
->>> info = ModelInfo(name="FIRE", dataset="cifar10", eps="8/255", clean_acc="84.92", autoattack_acc="53.08")
+>>> info = ModelInfo(link="https://arxiv.org/abs/2106.06685", name="FIRE", authors="M. Picot", additional_data=False,
+...                  number_forward_passes=1, dataset="cifar10", venue="TPAMI 2022", architecture="WideResNet-34-10",
+...                  eps="8/255", clean_acc="84.92", reported="53.08", autoattack_acc="53.08")
 >>> with tempfile.TemporaryDirectory() as root:
 ...     path = write_model_info(root, "Picot2022Adversarial", info)
 ...     read_model_info(path).clean_acc
@@ -21,7 +29,8 @@ import logging
 import math
 import os
 import re
-import tempfile
+import secrets
+import stat
 import warnings
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
@@ -73,10 +82,29 @@ class ThreatModel(str, Enum):
 ROBUSTBENCH_DATASETS: tuple[str, ...] = tuple(d.value for d in BenchmarkDataset)
 THREAT_MODELS: tuple[str, ...] = tuple(t.value for t in ThreatModel)
 
-_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+\-]*$")
-_PERCENT_PATTERN = re.compile(r"^\d{1,3}(\.\d+)?$")
+# Patterns are applied with fullmatch: with match and "$", "M\n" would pass ("$" matches before a final newline).
+_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+\-]*")
+_PERCENT_PATTERN = re.compile(r"\d{1,3}(\.\d+)?")
 _NOT_REPORTED = ("", "null")  # markers for "no reported accuracy" found in RobustBench's own files
 _STR_FIELDS = ("link", "name", "authors", "venue", "architecture", "footnote")
+# Fields every RobustBench file holds with a non-null value, and what to give (RobustBench's consumers read them:
+# get_leaderboard_bibtex splits venue and authors, get_leaderboard_latex reads architecture and additional_data).
+_REQUIRED_FIELDS: dict[str, str] = {
+    "link": "the paper's URL",
+    "name": "the paper's title",
+    "authors": "comma separated authors, or '' as RobustBench's 'Standard' entries",
+    "additional_data": "True or False",
+    "number_forward_passes": "1 for a plain model",
+    "venue": "such as 'ICML 2019', or 'N/A' for an unpublished model as RobustBench's 'Standard' entries",
+    "architecture": "such as 'WideResNet-34-10'",
+}
+# Optional fields that RobustBench's files leave out rather than hold as null (eps and reported are always there).
+_OMIT_WHEN_UNSET = ("autoattack_acc", "footnote", "unreliable")
+# ... except a "footnote": null read from a file (7 RobustBench files hold one): it is written back unchanged.
+_KEEP_NULL_FROM_FILE = ("footnote",)
+# Extras that RobustBench's leaderboard code converts with float(): percent strings when present.
+_PERCENT_EXTRAS = ("external", "corruptions_acc", "corruptions_acc_3d")
+_NUMBER_EXTRAS = ("corruptions_mce", "corruptions_mce_3d")
 
 
 @dataclass
@@ -100,7 +128,8 @@ class ModelInfo:
         unreliable: whether the evaluation is flagged unreliable.
 
     Fields of a file that are none of these are kept in :attr:`extra` (in file order) and written back.
-    Equality compares the named fields only; ``dataclasses.replace`` drops :attr:`extra`.
+    Equality compares the named fields only; ``dataclasses.replace`` drops :attr:`extra`. An unset (None)
+    ``autoattack_acc``, ``footnote`` or ``unreliable`` is left out of the file, as in RobustBench's files.
 
     >>> info = ModelInfo.from_dict({"dataset": "cifar10", "clean_acc": "90.00", "external": "50.00"})
     >>> info.dataset, info.extra
@@ -124,6 +153,7 @@ class ModelInfo:
 
     def __post_init__(self) -> None:
         self._extra: dict[str, Any] = {}
+        self._null_in_file: frozenset[str] = frozenset()
 
     @property
     def extra(self) -> dict[str, Any]:
@@ -142,6 +172,7 @@ class ModelInfo:
         known = {k: v for k, v in data.items() if k in MODEL_INFO_FIELDS}
         info = cls(**known)
         info._extra = {k: v for k, v in data.items() if k not in MODEL_INFO_FIELDS}
+        info._null_in_file = frozenset(k for k in _KEEP_NULL_FROM_FILE if k in data and data[k] is None)
         return info
 
     def to_dict(self) -> dict[str, Any]:
@@ -154,9 +185,29 @@ class ModelInfo:
         out.update(self._extra)
         return out
 
+    def to_file_dict(self) -> dict[str, Any]:
+        """What the file holds: :meth:`to_dict` without the unset optional keys.
+
+        ``autoattack_acc``, ``footnote`` and ``unreliable`` are left out when None, as RobustBench's own files
+        do (none of them holds ``"unreliable": null``; its leaderboard would show such a model as reliable).
+        A ``"footnote": null`` read by :meth:`from_dict` is kept, so RobustBench's files round-trip unchanged.
+
+        >>> "unreliable" in ModelInfo().to_file_dict(), "eps" in ModelInfo().to_file_dict()
+        (False, True)
+        """
+        return {
+            k: v
+            for k, v in self.to_dict().items()
+            if not (v is None and k in _OMIT_WHEN_UNSET and k not in self._null_in_file)
+        }
+
     def to_json(self) -> str:
-        """The file content: ``json.dumps(self.to_dict(), indent=2)``."""
-        return json.dumps(self.to_dict(), indent=2)
+        """The file content: ``json.dumps(self.to_file_dict(), indent=2)``; NaN and infinities are refused.
+
+        >>> print(ModelInfo(dataset="cifar10", unreliable=False).to_json().splitlines()[-2])
+          "unreliable": false
+        """
+        return _dumps(self.to_file_dict())
 
 
 MODEL_INFO_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(ModelInfo))
@@ -232,12 +283,33 @@ def parse_eps(eps: str) -> float:
 def _check_percent(name: str, value: Any, problems: list[str], *, allow_not_reported: bool = False) -> None:
     if allow_not_reported and value in _NOT_REPORTED:
         return
-    if not isinstance(value, str) or not _PERCENT_PATTERN.match(value) or float(value) > 100.0:
+    if not isinstance(value, str) or not _PERCENT_PATTERN.fullmatch(value) or float(value) > 100.0:
         problems.append(f"{name}={value!r} is not a percent string in [0, 100] such as '84.92'")
 
 
+def _non_finite(value: Any, name: str) -> list[str]:
+    """Names (``key.sub[0]``) of the NaN/infinite floats inside a JSON-like value."""
+    if isinstance(value, float):
+        return [] if math.isfinite(value) else [f"{name}={value!r}"]
+    if isinstance(value, Mapping):
+        return [hit for k, v in value.items() for hit in _non_finite(v, f"{name}.{k}")]
+    if isinstance(value, list | tuple):
+        return [hit for i, v in enumerate(value) for hit in _non_finite(v, f"{name}[{i}]")]
+    return []
+
+
+def _dumps(content: Mapping[str, Any]) -> str:
+    hits = [hit for k, v in content.items() for hit in _non_finite(v, k)]
+    if hits:
+        raise ValueError(
+            f"{', '.join(hits)} is not allowed; JSON has no NaN or Infinity (Python would write the non-JSON "
+            "tokens NaN/Infinity): store a finite number, a string, or leave the field out"
+        )
+    return json.dumps(content, indent=2, allow_nan=False)
+
+
 def _check_path_component(label: str, value: Any) -> None:
-    if not isinstance(value, str) or not _ID_PATTERN.match(value) or ".." in value:
+    if not isinstance(value, str) or not _ID_PATTERN.fullmatch(value) or ".." in value:
         raise ValueError(
             f"{label}={value!r} is not allowed; allowed: letters, digits and _ . + - (no path separators "
             "or '..'), like RobustBench's 'Zhang2019Theoretically'"
@@ -254,16 +326,26 @@ def _threat_model_value(threat_model: str | ThreatModel) -> str:
 def validate_model_info(info: ModelInfo, *, threat_model: str | ThreatModel | None = None) -> None:
     """Check types and formats; raise ValueError listing every problem.
 
-    Rules: text fields are strings; ``additional_data`` and ``unreliable`` booleans; ``number_forward_passes``
-    a positive int; ``dataset`` a name usable as a folder; ``clean_acc`` (required) and ``autoattack_acc`` percent
-    strings in [0, 100] (any number of decimals, as in RobustBench's files); ``reported`` a percent string or a
-    "not reported" marker (None, ``""``, ``"null"``); ``eps`` a positive number or fraction string. With
-    ``threat_model`` ``"Linf"``/``"L2"``, ``eps`` and ``autoattack_acc`` are required. ``external`` in
-    :attr:`ModelInfo.extra` must be a percent string too. A dataset RobustBench does not list is valid here;
+    The rules are what RobustBench's files hold and what its own consumers (``generate_leaderboard``,
+    ``get_leaderboard_latex``, ``get_leaderboard_bibtex``) can read. Required, as in every RobustBench file:
+    ``link``, ``name``, ``authors``, ``venue``, ``architecture`` (strings), ``additional_data`` (bool),
+    ``number_forward_passes`` (positive int), ``dataset`` (a name usable as a folder) and ``clean_acc``.
+    ``footnote`` is a string, ``unreliable`` a bool; ``clean_acc`` and ``autoattack_acc`` are percent strings in
+    [0, 100] (any number of decimals, as in RobustBench's files); ``reported`` a percent string or a "not
+    reported" marker (None, ``""``, ``"null"``); ``eps`` a positive finite number or fraction string. With
+    ``threat_model`` ``"Linf"``/``"L2"``, ``eps`` and ``autoattack_acc`` are required; with ``"corruptions"``
+    (``"corruptions_3d"``) :attr:`ModelInfo.extra` must hold ``corruptions_acc`` (and ``corruptions_acc_3d``), the
+    numbers the leaderboard sorts by. Extras ``external``, ``corruptions_acc``, ``corruptions_acc_3d`` are percent
+    strings when present (``null`` breaks the leaderboard's ``float()``), ``corruptions_mce*`` number strings, and
+    no extra holds NaN or an infinity. A dataset RobustBench does not list is valid here;
     :func:`write_model_info` warns about it.
 
-    >>> validate_model_info(ModelInfo(dataset="cifar10", clean_acc="90.00", eps="8/255"))
-    >>> validate_model_info(ModelInfo(dataset="cifar10", clean_acc="90 %"))
+    >>> info = ModelInfo(link="https://arxiv.org/abs/1901.08573", name="TRADES", authors="H. Zhang",
+    ...                  additional_data=False, number_forward_passes=1, dataset="cifar10", venue="ICML 2019",
+    ...                  architecture="WideResNet-34-10", eps="8/255", clean_acc="84.92", autoattack_acc="53.08")
+    >>> validate_model_info(info, threat_model="Linf")
+    >>> import dataclasses
+    >>> validate_model_info(dataclasses.replace(info, clean_acc="90 %"))
     Traceback (most recent call last):
     ...
     ValueError: invalid model_info: clean_acc='90 %' is not a percent string in [0, 100] such as '84.92'
@@ -271,6 +353,9 @@ def validate_model_info(info: ModelInfo, *, threat_model: str | ThreatModel | No
     if not isinstance(info, ModelInfo):
         raise ValueError(f"info of type {type(info).__name__} is not allowed; allowed: ModelInfo")
     problems: list[str] = []
+    for name, what in _REQUIRED_FIELDS.items():
+        if getattr(info, name) is None:
+            problems.append(f"{name} is missing (RobustBench's files and leaderboard code need it): give {what}")
     for name in _STR_FIELDS:
         value = getattr(info, name)
         if value is not None and not isinstance(value, str):
@@ -284,7 +369,7 @@ def validate_model_info(info: ModelInfo, *, threat_model: str | ThreatModel | No
         problems.append(f"number_forward_passes={passes!r} is not a positive int")
     if info.dataset is None:
         problems.append("dataset is missing")
-    elif not isinstance(info.dataset, str) or not _ID_PATTERN.match(info.dataset) or ".." in info.dataset:
+    elif not isinstance(info.dataset, str) or not _ID_PATTERN.fullmatch(info.dataset) or ".." in info.dataset:
         problems.append(f"dataset={info.dataset!r} is not a dataset name such as 'cifar10'")
     if info.clean_acc is None:
         problems.append("clean_acc is missing")
@@ -294,24 +379,50 @@ def validate_model_info(info: ModelInfo, *, threat_model: str | ThreatModel | No
         _check_percent("autoattack_acc", info.autoattack_acc, problems)
     if info.reported is not None:
         _check_percent("reported", info.reported, problems, allow_not_reported=True)
-    if "external" in info.extra and info.extra["external"] is not None:
-        _check_percent("external", info.extra["external"], problems)
+    for name in _PERCENT_EXTRAS:
+        if name in info.extra:
+            _check_percent(name, info.extra[name], problems)
+    for name in _NUMBER_EXTRAS:
+        if name in info.extra and not _is_number_string(info.extra[name]):
+            problems.append(f"{name}={info.extra[name]!r} is not a number string such as '62.13'")
+    problems.extend(
+        f"{hit} is not a finite number (JSON has no NaN or Infinity)"
+        for k, v in info.extra.items()
+        for hit in _non_finite(v, k)
+    )
     if info.eps is not None:
         try:
             parse_eps(info.eps)
         except ValueError as exc:
             problems.append(str(exc))
-    if threat_model is not None and _threat_model_value(threat_model) in ("Linf", "L2"):
+    threat = None if threat_model is None else _threat_model_value(threat_model)
+    if threat in ("Linf", "L2"):
         if info.eps is None:
             problems.append(f"eps is missing (required for threat_model={threat_model!r})")
         if info.autoattack_acc is None:
             problems.append(f"autoattack_acc is missing (required for threat_model={threat_model!r})")
+    elif threat in ("corruptions", "corruptions_3d"):
+        for name in ("corruptions_acc", "corruptions_acc_3d")[: 2 if threat == "corruptions_3d" else 1]:
+            if name not in info.extra:
+                problems.append(
+                    f"{name} is missing (required for threat_model={threat_model!r}; RobustBench's leaderboard "
+                    f"sorts by it): put a percent string in info.extra[{name!r}]"
+                )
     if problems:
         raise ValueError("invalid model_info: " + "; ".join(problems))
 
 
 # --------------------------------------------------------------------------------------------------
 # files
+
+
+def _is_number_string(value: Any) -> bool:
+    if not isinstance(value, str):
+        return False
+    try:
+        return math.isfinite(float(value))
+    except ValueError:
+        return False
 
 
 def model_info_path(
@@ -344,18 +455,13 @@ def read_model_info(path: str | os.PathLike[str], *, validate: bool = True) -> M
 
     >>> import tempfile
     >>> with tempfile.TemporaryDirectory() as root:
-    ...     p = write_model_info(root, "M", ModelInfo(dataset="cifar10", clean_acc="90.00"), threat_model="corruptions")
-    ...     read_model_info(p).dataset
+    ...     p = Path(root) / "M.json"
+    ...     _ = p.write_text('{"dataset": "cifar10", "clean_acc": "90.00"}')
+    ...     read_model_info(p, validate=False).dataset
     'cifar10'
     """
     path = Path(path)
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"path={str(path)!r} is not valid JSON: {exc}") from exc
-    if not isinstance(data, dict):
-        raise ValueError(f"path={str(path)!r} does not hold a JSON object")
-    info = ModelInfo.from_dict(data)
+    info = ModelInfo.from_dict(_read_json_object(path, "path"))
     if validate:
         folder = path.parent.name
         try:
@@ -365,15 +471,38 @@ def read_model_info(path: str | os.PathLike[str], *, validate: bool = True) -> M
     return info
 
 
+def _read_json_object(path: Path, label: str) -> dict[str, Any]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ValueError(
+            f"{label}={str(path)!r} is not UTF-8 text ({exc}); model_info files are UTF-8 JSON: re-save it as "
+            "UTF-8 or point to the right file"
+        ) from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{label}={str(path)!r} is not valid JSON: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ValueError(f"{label}={str(path)!r} does not hold a JSON object")
+    return data
+
+
 def _write_atomic(path: Path, text: str) -> None:
+    """Replace ``path`` by ``text`` atomically; a new file gets the umask's mode, an existing one keeps its mode."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    mode = stat.S_IMODE(path.stat().st_mode) if path.exists() else None
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
+    # 0o666 & ~umask, as open(path, "w") gives; tempfile.mkstemp would create 0o600.
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             handle.write(text)
+        if mode is not None:
+            os.chmod(tmp, mode)
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
 
 
@@ -386,12 +515,15 @@ def write_model_info(
 ) -> Path:
     """Write ``root/model_info/<info.dataset>/<threat_model>/<model_id>.json`` as RobustBench does.
 
-    A new file holds every field (None as ``null``) then :attr:`ModelInfo.extra`, written with
-    ``json.dumps(..., indent=2)``. If the file exists, the new non-None values are merged into it and all other
-    existing keys are kept, like ``robustbench.utils.update_json``. The result is validated before anything is
-    written (so a partial ``info`` can update a complete file); a dataset
-    RobustBench does not list (``mnist``, ``digits``) is written in the same schema with a warning that it
-    cannot be submitted.
+    A new file holds :meth:`ModelInfo.to_file_dict` (every field RobustBench's files always hold, None as
+    ``null``; unset ``autoattack_acc``/``footnote``/``unreliable`` left out) then :attr:`ModelInfo.extra`, written
+    with ``json.dumps(..., indent=2)``. If the file exists, the new non-None values are merged into it and all
+    other existing keys are kept, like ``robustbench.utils.update_json`` (a ``null`` ``unreliable`` or
+    ``autoattack_acc`` that an older version of this function wrote is dropped). The result is validated with
+    :func:`validate_model_info` before anything is written (so a partial ``info`` can update a complete file);
+    a dataset RobustBench does not list (``mnist``, ``digits``) is written in the same schema with a warning that
+    it cannot be submitted. The file is replaced atomically; a new file gets the mode the umask gives (as any
+    ``open(path, "w")``), an existing file keeps its mode.
 
     Args:
         root: output folder (the parent of ``model_info``).
@@ -403,7 +535,9 @@ def write_model_info(
         The path written.
 
     >>> import tempfile
-    >>> info = ModelInfo(dataset="cifar10", eps="8/255", clean_acc="84.92", autoattack_acc="53.08")
+    >>> info = ModelInfo(link="https://arxiv.org/abs/1901.08573", name="TRADES", authors="H. Zhang",
+    ...                  additional_data=False, number_forward_passes=1, dataset="cifar10", venue="ICML 2019",
+    ...                  architecture="WideResNet-34-10", eps="8/255", clean_acc="84.92", autoattack_acc="53.08")
     >>> with tempfile.TemporaryDirectory() as root:
     ...     write_model_info(root, "Zhang2019Theoretically", info).relative_to(root).as_posix()
     'model_info/cifar10/Linf/Zhang2019Theoretically.json'
@@ -414,19 +548,18 @@ def write_model_info(
     if info.dataset is None:
         raise ValueError("info.dataset=None is not allowed; allowed: a dataset name such as 'cifar10'")
     path = model_info_path(root, model_id, dataset=info.dataset, threat_model=threat_model)
-    content = info.to_dict()
+    content = info.to_file_dict()
     merging = path.exists()
     if merging:
         try:
-            existing = json.loads(path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"cannot merge into {path}: not valid JSON ({exc})") from exc
-        if not isinstance(existing, dict):
-            raise ValueError(f"cannot merge into {path}: it does not hold a JSON object")
+            existing = _read_json_object(path, "existing file")
+        except ValueError as exc:
+            raise ValueError(f"cannot merge into {path}: {exc}") from exc
         existing.update({k: v for k, v in content.items() if v is not None})
-        content = existing
+        content = {k: v for k, v in existing.items() if not (v is None and k in ("autoattack_acc", "unreliable"))}
     try:
         validate_model_info(ModelInfo.from_dict(content), threat_model=threat_model)
+        text = _dumps(content)
     except ValueError as exc:
         raise ValueError(f"not writing {path}: {exc}") from None
     if info.dataset not in ROBUSTBENCH_DATASETS:
@@ -436,7 +569,7 @@ def write_model_info(
             UserWarning,
             stacklevel=2,
         )
-    _write_atomic(path, json.dumps(content, indent=2))
+    _write_atomic(path, text)
     _logger.info("%s model_info %s", "merged into" if merging else "wrote", path)
     return path
 
@@ -445,11 +578,11 @@ def model_info_from_result(
     result: EvalResult,
     *,
     dataset: str,
-    name: str | None = None,
-    link: str | None = None,
-    authors: str | None = None,
-    venue: str | None = None,
-    architecture: str | None = None,
+    name: str,
+    architecture: str,
+    link: str = "",
+    authors: str = "",
+    venue: str = "N/A",
     additional_data: bool = False,
     number_forward_passes: int = 1,
     reported: str | None = None,
@@ -458,13 +591,23 @@ def model_info_from_result(
     """A :class:`ModelInfo` from an :class:`~fire_plugin.evaluation.EvalResult` (clean and AutoAttack accuracy).
 
     Accuracies become percent strings with two decimals and ``eps`` a fraction string when it is k/255.
+    ``name`` (the paper's title or the model's description) and ``architecture`` are required, as in every
+    RobustBench file; ``link``, ``authors`` and ``venue`` default to the markers RobustBench's own "Standard"
+    entries use for "none" (``""``, ``""`` and ``"N/A"``; ``get_leaderboard_bibtex`` skips a venue of ``"N/A"``).
 
     >>> from fire_plugin.evaluation import EvalResult
     >>> r = EvalResult(n_examples=100, eps=8 / 255, norm="Linf", clean_acc=0.9, autoattack_acc=0.5)
-    >>> info = model_info_from_result(r, dataset="cifar10")
-    >>> info.eps, info.clean_acc, info.autoattack_acc
-    ('8/255', '90.00', '50.00')
+    >>> info = model_info_from_result(r, dataset="cifar10", name="FIRE", architecture="WideResNet-34-10")
+    >>> info.eps, info.clean_acc, info.autoattack_acc, info.venue
+    ('8/255', '90.00', '50.00', 'N/A')
     """
+    given = {"name": name, "architecture": architecture, "link": link, "authors": authors, "venue": venue}
+    for label, value in given.items():
+        if not isinstance(value, str):
+            raise ValueError(
+                f"{label}={value!r} is not allowed; allowed: a string ({_REQUIRED_FIELDS[label]}); RobustBench's "
+                "leaderboard code cannot read a null there"
+            )
     if result.clean_acc is None:
         raise ValueError("result.clean_acc is None; evaluate with attacks including 'clean'")
     version = getattr(result, "autoattack_version", None)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import stat
 import warnings
 from pathlib import Path
 
@@ -46,6 +48,8 @@ ISSUE_FIELDS = (
     "footnote",
     "unreliable",
 )
+# What full_info() writes: its footnote is None, and an unset footnote is left out as in RobustBench's files.
+WRITTEN_FIELDS = tuple(f for f in ISSUE_FIELDS if f != "footnote")
 
 
 def full_info(**overrides: object) -> ModelInfo:
@@ -101,8 +105,8 @@ def test_round_trip_all_fields(tmp_path):
     path = write_model_info(tmp_path, "Picot2022Adversarial", info)
     assert path == tmp_path / "model_info" / "cifar10" / "Linf" / "Picot2022Adversarial.json"
     on_disk = json.loads(path.read_text())
-    assert list(on_disk) == list(ISSUE_FIELDS)
-    assert on_disk == dataclasses.asdict(info)
+    assert list(on_disk) == list(WRITTEN_FIELDS)
+    assert on_disk == {k: v for k, v in dataclasses.asdict(info).items() if k in WRITTEN_FIELDS}
     back = read_model_info(path)
     assert back == info
     assert back.extra == {}
@@ -111,7 +115,8 @@ def test_round_trip_all_fields(tmp_path):
 def test_written_like_robustbench(tmp_path):
     info = full_info()
     path = write_model_info(tmp_path, "M", info)
-    assert path.read_text() == json.dumps(dataclasses.asdict(info), indent=2)
+    expected = {k: v for k, v in dataclasses.asdict(info).items() if k in WRITTEN_FIELDS}
+    assert path.read_text() == json.dumps(expected, indent=2) == info.to_json()
 
 
 # ----------------------------------------------------------------------------------------------- real files
@@ -133,9 +138,10 @@ def test_real_file_reads_validates_and_writes_back(path, tmp_path):
         out = write_model_info(tmp_path, path.stem, info, threat_model=threat_model)
     assert out.name == path.name
     written = json.loads(out.read_text())
-    # nothing lost, nothing changed; only fields absent from the original may be added, as null
-    assert {k: written[k] for k in original} == original
-    assert all(written[k] is None for k in set(written) - set(original))
+    # nothing lost, nothing changed, nothing added (a "footnote": null stays; an absent footnote stays absent)
+    assert written == original and list(written) == [k for k in MODEL_INFO_FIELDS if k in original] + [
+        k for k in original if k not in MODEL_INFO_FIELDS
+    ]
     assert read_model_info(out) == info
     assert read_model_info(out).extra == info.extra
 
@@ -241,7 +247,9 @@ def test_validation_lists_every_problem():
 def test_not_reported_markers_and_corruptions_are_valid():
     validate_model_info(full_info(reported=""), threat_model="Linf")
     validate_model_info(full_info(reported=None), threat_model="Linf")
-    validate_model_info(full_info(eps=None, autoattack_acc=None), threat_model="corruptions")
+    corruptions = full_info(eps=None, autoattack_acc=None)
+    corruptions.extra["corruptions_acc"] = "80.10"
+    validate_model_info(corruptions, threat_model="corruptions")
 
 
 def test_invalid_info_is_not_written(tmp_path):
@@ -264,6 +272,7 @@ def test_bad_threat_model_rejected(tmp_path):
 
 def test_corruptions_3d_goes_to_corruptions_folder(tmp_path):
     info = full_info(eps=None, autoattack_acc=None)
+    info.extra.update(corruptions_acc="80.10", corruptions_acc_3d="78.20")
     path = write_model_info(tmp_path, "M", info, threat_model="corruptions_3d")
     assert path.parent.name == "corruptions"
 
@@ -274,7 +283,7 @@ def test_unlisted_dataset_written_with_warning(tmp_path, dataset):
     with pytest.warns(UserWarning, match="cannot be submitted"):
         path = write_model_info(tmp_path, "M", info)
     assert path == tmp_path / "model_info" / dataset / "Linf" / "M.json"
-    assert list(json.loads(path.read_text())) == list(ISSUE_FIELDS)
+    assert list(json.loads(path.read_text())) == list(WRITTEN_FIELDS)
 
 
 # ----------------------------------------------------------------------------------------------- formats
@@ -328,4 +337,177 @@ def test_model_info_from_result():
     custom = EvalResult(n_examples=2, eps=0.1, norm="Linf", clean_acc=1.0, autoattack_acc=0.5)
     custom.autoattack_version = "custom:apgd-ce"
     with pytest.warns(UserWarning, match="not 'standard'"):
-        model_info_from_result(custom, dataset="digits")
+        model_info_from_result(custom, dataset="digits", name="custom", architecture="digits_cnn")
+
+
+# ------------------------------------------------------------------------------------- files RobustBench reads
+
+
+def _real_key_sets(threat_model: str) -> set[frozenset[str]]:
+    return {frozenset(json.loads(p.read_text())) for p in REAL_FILES if p.parent.name == threat_model}
+
+
+@pytest.mark.parametrize("footnote", [None, "Evaluated on 1000 images."])
+@pytest.mark.parametrize("unreliable", [None, False, True])
+@pytest.mark.parametrize("threat_model", ["Linf", "L2"])
+def test_written_key_set_is_one_of_the_real_files(tmp_path, footnote, unreliable, threat_model):
+    # Before: every field was written, None as null ("unreliable": null, which no real file holds and
+    # RobustBench's leaderboard shows as reliable); that key set is none of the real files'.
+    path = write_model_info(
+        tmp_path, "M", full_info(footnote=footnote, unreliable=unreliable), threat_model=threat_model
+    )
+    written = json.loads(path.read_text())
+    assert frozenset(written) in _real_key_sets(threat_model)
+    assert all(written[k] is not None for k in ("autoattack_acc", "footnote", "unreliable") if k in written)
+
+
+def test_written_corruptions_key_set_is_one_of_the_real_files(tmp_path):
+    info = full_info(eps=None, autoattack_acc=None, reported="", unreliable=None)
+    info.extra["corruptions_acc"] = "80.10"
+    written = json.loads(write_model_info(tmp_path, "M", info, threat_model="corruptions").read_text())
+    assert frozenset(written) in _real_key_sets("corruptions")
+
+
+def test_merge_drops_null_unreliable_of_older_files(tmp_path):
+    path = model_info_path(tmp_path, "M", dataset="cifar10")
+    path.parent.mkdir(parents=True)
+    old = {**dataclasses.asdict(full_info()), "unreliable": None}  # what the previous writer produced
+    path.write_text(json.dumps(old))
+    write_model_info(tmp_path, "M", ModelInfo(dataset="cifar10", clean_acc="91.00"))
+    merged = json.loads(path.read_text())
+    assert "unreliable" not in merged and merged["clean_acc"] == "91.00"
+    assert "footnote" in merged and merged["footnote"] is None  # null footnotes exist in real files: kept
+
+
+@pytest.mark.parametrize(
+    "field", ["link", "name", "authors", "venue", "architecture", "additional_data", "number_forward_passes"]
+)
+def test_fields_robustbench_reads_are_required(tmp_path, field):
+    with pytest.raises(ValueError, match=rf"{field} is missing .*give ") as err:
+        write_model_info(tmp_path, "M", full_info(**{field: None}))
+    assert "not writing" in str(err.value)
+    assert not any(tmp_path.rglob("*.json"))
+
+
+@pytest.mark.parametrize(("value", "message"), [(None, "external=None"), ("", "external=''"), (55.1, "external=55.1")])
+def test_external_must_be_a_percent_string(tmp_path, value, message):
+    info = full_info()
+    info.extra["external"] = value
+    with pytest.raises(ValueError, match=message):
+        write_model_info(tmp_path, "M", info)
+    assert not any(tmp_path.rglob("*.json"))
+
+
+def test_corruptions_need_corruptions_acc(tmp_path):
+    with pytest.raises(ValueError, match=r"corruptions_acc is missing .*info.extra\['corruptions_acc'\]"):
+        write_model_info(tmp_path, "M", full_info(eps=None, autoattack_acc=None), threat_model="corruptions")
+    info = full_info(eps=None, autoattack_acc=None)
+    info.extra.update(corruptions_acc="80.10", corruptions_mce="not a number")
+    with pytest.raises(ValueError, match="corruptions_mce='not a number'"):
+        validate_model_info(info, threat_model="corruptions")
+
+
+def test_model_info_from_result_defaults_are_readable():
+    # Before: link/venue/authors defaulted to None (null in the file), which get_leaderboard_bibtex cannot read.
+    result = EvalResult(n_examples=10, eps=8 / 255, norm="Linf", clean_acc=0.9, autoattack_acc=0.5)
+    info = model_info_from_result(result, dataset="cifar10", name="FIRE", architecture="WideResNet-34-10")
+    assert (info.link, info.authors, info.venue) == ("", "", "N/A")  # the markers of RobustBench's Standard entries
+    validate_model_info(info, threat_model="Linf")
+    with pytest.raises(ValueError, match="name=None"):
+        model_info_from_result(result, dataset="cifar10", name=None, architecture="x")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="architecture"):
+        model_info_from_result(result, dataset="cifar10", name="FIRE")  # type: ignore[call-arg]
+
+
+# ----------------------------------------------------------------------------------------------- strictness
+
+
+@pytest.mark.parametrize("model_id", ["M\n", "Zhang2019Theoretically\n", "M\r", " M", "M "])
+def test_model_id_with_trailing_newline_or_space_rejected(tmp_path, model_id):
+    # Before: "M\n" passed: re.match with "$" matches before a final newline.
+    with pytest.raises(ValueError, match="model_id="):
+        write_model_info(tmp_path, model_id, full_info())
+    with pytest.raises(ValueError, match="model_id="):
+        model_info_path(tmp_path, model_id, dataset="cifar10")
+    assert not any(tmp_path.rglob("*"))
+
+
+def test_dataset_and_percent_with_trailing_newline_rejected():
+    with pytest.raises(ValueError, match=r"dataset='cifar10\\n'"):
+        validate_model_info(full_info(dataset="cifar10\n"))
+    for field in ("clean_acc", "autoattack_acc", "reported"):
+        with pytest.raises(ValueError, match=rf"{field}='84.92\\n'"):
+            validate_model_info(full_info(**{field: "84.92\n"}))
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        ({"note": float("nan")}, "note=nan"),
+        ({"eps_float": float("inf")}, "eps_float=inf"),
+        ({"settings": {"steps": [10, float("-inf")]}}, r"settings.steps\[1\]=-inf"),
+    ],
+)
+def test_non_finite_numbers_refused(tmp_path, extra, message):
+    # Before: written as the bare tokens NaN / Infinity, which are not JSON (json.loads(strict JSON) fails).
+    info = full_info()
+    info.extra.update(extra)
+    with pytest.raises(ValueError, match=message):
+        write_model_info(tmp_path, "M", info)
+    with pytest.raises(ValueError, match=message):
+        info.to_json()
+    assert not any(tmp_path.rglob("*.json"))
+
+
+def test_eps_infinite_refused():
+    with pytest.raises(ValueError, match="eps='inf'"):
+        validate_model_info(full_info(eps="inf"))
+    with pytest.raises(ValueError, match="eps=inf"):
+        validate_model_info(full_info(eps=float("inf")))  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="eps=inf"):
+        format_eps(float("inf"))
+
+
+@pytest.fixture
+def umask():
+    previous = os.umask(0o022)
+    try:
+        yield
+    finally:
+        os.umask(previous)
+
+
+@pytest.mark.usefixtures("umask")
+def test_new_file_mode_follows_umask_and_existing_mode_is_kept(tmp_path):
+    # Before: new files were 0600 (tempfile.mkstemp) and a rewrite turned a 0644 file into 0600.
+    path = write_model_info(tmp_path, "M", full_info())
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644  # 0o666 & ~0o022, what open(path, "w") gives
+    os.umask(0o077)
+    assert stat.S_IMODE(write_model_info(tmp_path, "N", full_info()).stat().st_mode) == 0o600
+    path.chmod(0o664)
+    write_model_info(tmp_path, "M", ModelInfo(dataset="cifar10", clean_acc="91.00"))
+    assert stat.S_IMODE(path.stat().st_mode) == 0o664
+    assert json.loads(path.read_text())["clean_acc"] == "91.00"
+    assert sorted(p.name for p in path.parent.iterdir()) == ["M.json", "N.json"]  # no temp file left
+
+
+def test_non_utf8_file_error_names_path(tmp_path):
+    path = tmp_path / "model_info" / "cifar10" / "Linf" / "M.json"
+    path.parent.mkdir(parents=True)
+    path.write_bytes(
+        json.dumps(dataclasses.asdict(full_info(name="Caf\u00e9"))).encode("latin-1").replace(b"\\u00e9", b"\xe9")
+    )
+    with pytest.raises(ValueError, match="not UTF-8") as err:
+        read_model_info(path)
+    assert str(path) in str(err.value)
+    with pytest.raises(ValueError, match="not UTF-8") as err:
+        write_model_info(tmp_path, "M", full_info())
+    assert str(path) in str(err.value)
+
+
+def test_output_root_may_contain_dotdot(tmp_path):
+    # The output folder is the user's choice: runs/../runs/e is fine (ids from data stay strict).
+    root = tmp_path / "runs" / ".." / "runs" / "e"
+    path = write_model_info(root, "M", full_info())
+    assert path.resolve() == (tmp_path / "runs" / "e" / "model_info" / "cifar10" / "Linf" / "M.json").resolve()
+    assert read_model_info(path) == full_info()
