@@ -8,14 +8,14 @@ upsampled to 28x28 (a random-weight network makes the distance comparison meanin
 Fisher-Rao distance ``2 * arccos(sum sqrt(p * q))`` between the clean and the adversarial predictions on held-out
 digits; FRPGD maximizes it, PGD maximizes the cross-entropy of the label, TPGD the KL divergence.
 
-Run: ``python benchmarks/bench_attacks.py`` (about 2 to 3 minutes on 2 CPU cores; ``--quick`` for a smoke run).
+Run: ``python benchmarks/bench_attacks.py`` (about 2 to 3 minutes on 2 CPU cores; ``--quick`` for a smoke run);
+``run(quick)`` returns the rows (``benchmarks/perf.py``).
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
-import time
 from collections import OrderedDict
 from pathlib import Path
 
@@ -25,7 +25,7 @@ import torchattacks
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _timing import interleaved_times  # noqa: E402
+from _timing import choose_clock, format_table, interleaved_times, row  # noqa: E402
 
 from fire_plugin.attacks import FRPGD  # noqa: E402
 from fire_plugin.distances import fisher_rao  # noqa: E402
@@ -74,6 +74,77 @@ def train(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, steps: int, bat
     model.eval()
 
 
+def run(quick: bool = False, *, eps: float = 0.3, alpha: float = 0.01, steps: int = 40, batch_size: int = 128,
+        train_steps: int = 300, n_eval: int = 256, rounds: int = 5, repeats: int = 1, threads: int = 1,
+        clock: str = "auto") -> list[dict[str, object]]:
+    """Rows of the perf-suite contract: FRPGD time / torchattacks.PGD (and TPGD), and the FRD each reaches.
+
+    ``quick``: 5 attack steps, 50 training steps, 128 held-out images, 2 rounds.
+    """
+    if quick:
+        steps, train_steps, n_eval, rounds, repeats = 5, 50, 128, 2, 1
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    clock_fn, clock_label = choose_clock(clock, threads=threads, device=device.type)
+    torch.manual_seed(0)
+    x, y = digits_28(device)
+    x_train, y_train = x[:1297], y[:1297]
+    x_test, y_test = x[1297 : 1297 + n_eval], y[1297 : 1297 + n_eval]
+    model = small_cnn().to(device)
+    train(model, x_train, y_train, steps=train_steps)
+    with torch.no_grad():
+        clean_acc = (model(x_test).argmax(1) == y_test).float().mean().item()
+    setting = f"SmallCNN, batch {batch_size}, eps {eps}, alpha {alpha}, {steps} steps"
+    how = (f"{device.type}, {torch.get_num_threads()} thread(s), {clock_label} clock, median of {rounds} rounds; "
+           f"SmallCNN trained {train_steps} steps, held-out clean accuracy {clean_acc:.3f}")
+
+    kw = {"eps": eps, "alpha": alpha, "steps": steps}
+    attacks = OrderedDict(
+        [
+            ("FRPGD", FRPGD(model, **kw)),
+            ("PGD", torchattacks.PGD(model, **kw)),
+            ("TPGD", torchattacks.TPGD(model, **kw)),
+        ]
+    )
+
+    # --- time, FRPGD relative to PGD (and TPGD), interleaved rounds
+    xb, yb = x_test[:batch_size], y_test[:batch_size]
+    fns = {name: (lambda atk=atk: atk(xb, yb)) for name, atk in attacks.items()}
+    times = interleaved_times(fns, rounds=rounds, repeats=repeats, device=str(device), clock=clock_fn)
+    rows = [
+        row(f"FRPGD attack time, {setting}", times["FRPGD"] / times["PGD"], "<= 1.05", "torchattacks.PGD",
+            f"{times['FRPGD'] * 1e3:.0f} ms vs {times['PGD'] * 1e3:.0f} ms per batch; {how}"),
+        row(f"FRPGD attack time, {setting}", times["FRPGD"] / times["TPGD"], "", "torchattacks.TPGD",
+            f"{times['FRPGD'] * 1e3:.0f} ms vs {times['TPGD'] * 1e3:.0f} ms per batch; {how}"),
+    ]
+
+    # --- Fisher-Rao distance reached on the held-out digits
+    with torch.no_grad():
+        logits_nat = model(x_test)
+        pred = logits_nat.argmax(1, keepdim=True)
+        p_pred = logits_nat.softmax(1).gather(1, pred).squeeze(1)
+    frd: dict[str, float] = {}
+    robust: dict[str, float] = {}
+    surer: dict[str, float] = {}
+    for name, atk in attacks.items():
+        torch.manual_seed(0)
+        adv = torch.cat([atk(x_test[i : i + batch_size], y_test[i : i + batch_size])
+                         for i in range(0, len(x_test), batch_size)])
+        with torch.no_grad():
+            logits_adv = model(adv)
+        frd[name] = fisher_rao(logits_nat, logits_adv).mean().item()
+        robust[name] = (logits_adv.argmax(1) == y_test).float().mean().item()
+        # samples driven to a larger probability of the clean prediction: a label-free ascent from a tiny random
+        # start goes either way along the most sensitive direction, and "more confident" saturates quickly
+        surer[name] = (logits_adv.softmax(1).gather(1, pred).squeeze(1) > p_pred).float().mean().item()
+    for peer in ("PGD", "TPGD"):
+        rows.append(row(
+            f"mean Fisher-Rao distance reached by FRPGD, {len(x_test)} held-out digits, {steps} steps",
+            frd["FRPGD"] / frd[peer], "", f"torchattacks.{peer}",
+            f"FRD {frd['FRPGD']:.3f} vs {frd[peer]:.3f}; robust accuracy {robust['FRPGD']:.3f} vs {robust[peer]:.3f}; "
+            f"more confident than clean {surer['FRPGD']:.3f} vs {surer[peer]:.3f}"))
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--eps", type=float, default=0.3)
@@ -91,69 +162,10 @@ def main() -> None:
                         "one thread, wall otherwise")
     parser.add_argument("--quick", action="store_true", help="smoke run: 5 steps, 50 training steps, 2 rounds")
     args = parser.parse_args()
-    if args.quick:
-        args.steps, args.train_steps, args.n_eval, args.rounds, args.repeats = 5, 50, 128, 2, 1
-
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if args.threads > 0 and device.type == "cpu":
-        torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
-    x, y = digits_28(device)
-    x_train, y_train = x[:1297], y[:1297]
-    x_test, y_test = x[1297 : 1297 + args.n_eval], y[1297 : 1297 + args.n_eval]
-    model = small_cnn().to(device)
-    train(model, x_train, y_train, steps=args.train_steps)
-    with torch.no_grad():
-        clean_acc = (model(x_test).argmax(1) == y_test).float().mean().item()
-    print(f"device={device} threads={torch.get_num_threads()} model=SmallCNN (trained {args.train_steps} steps on "
-          f"digits upsampled to 28x28, held-out clean accuracy {clean_acc:.3f})")
-    print(f"eps={args.eps} alpha={args.alpha} steps={args.steps} batch={args.batch_size}")
-
-    kw = {"eps": args.eps, "alpha": args.alpha, "steps": args.steps}
-    attacks = OrderedDict(
-        [
-            ("FRPGD", FRPGD(model, **kw)),
-            ("PGD", torchattacks.PGD(model, **kw)),
-            ("TPGD", torchattacks.TPGD(model, **kw)),
-        ]
-    )
-
-    # --- time, FRPGD relative to PGD (and TPGD), interleaved rounds
-    xb, yb = x_test[: args.batch_size], y_test[: args.batch_size]
-    fns = {name: (lambda atk=atk: atk(xb, yb)) for name, atk in attacks.items()}
-    cpu_clock = args.clock == "cpu" or (args.clock == "auto" and device.type == "cpu" and torch.get_num_threads() == 1)
-    clock = time.process_time if cpu_clock else time.perf_counter
-    times = interleaved_times(fns, rounds=args.rounds, repeats=args.repeats, device=str(device), clock=clock)
-    ratio = times["FRPGD"] / times["PGD"]
-    print(f"time ({'process CPU' if cpu_clock else 'wall'} clock, median of {args.rounds} interleaved rounds)")
-    print(f"time  FRPGD / PGD  = {ratio:.3f}  (target <= 1.05; PGD {times['PGD'] * 1e3:.0f} ms per batch)")
-    print(f"time  FRPGD / TPGD = {times['FRPGD'] / times['TPGD']:.3f}")
-
-    # --- Fisher-Rao distance reached on the held-out digits
-    with torch.no_grad():
-        logits_nat = model(x_test)
-        pred = logits_nat.argmax(1, keepdim=True)
-        p_pred = logits_nat.softmax(1).gather(1, pred).squeeze(1)
-    frd: dict[str, float] = {}
-    robust: dict[str, float] = {}
-    surer: dict[str, float] = {}
-    for name, atk in attacks.items():
-        torch.manual_seed(0)
-        adv = torch.cat([atk(x_test[i : i + args.batch_size], y_test[i : i + args.batch_size])
-                         for i in range(0, len(x_test), args.batch_size)])
-        with torch.no_grad():
-            logits_adv = model(adv)
-        frd[name] = fisher_rao(logits_nat, logits_adv).mean().item()
-        robust[name] = (logits_adv.argmax(1) == y_test).float().mean().item()
-        # samples driven to a larger probability of the clean prediction: a label-free ascent from a tiny random
-        # start goes either way along the most sensitive direction, and "more confident" saturates quickly
-        surer[name] = (logits_adv.softmax(1).gather(1, pred).squeeze(1) > p_pred).float().mean().item()
-    print(f"FRD on {len(x_test)} held-out images (mean Fisher-Rao distance clean -> adversarial, max pi):")
-    for name in attacks:
-        print(f"  {name:6s} FRD {frd[name]:.3f}  FRD / FRD(FRPGD) {frd[name] / frd['FRPGD']:.3f}  "
-              f"robust accuracy {robust[name]:.3f}  more confident than clean {surer[name]:.3f}")
-    best = max(frd, key=frd.__getitem__)
-    print(f"largest FRD: {best}" + ("" if best == "FRPGD" else "  (FRPGD is not the largest)"))
+    rows = run(args.quick, eps=args.eps, alpha=args.alpha, steps=args.steps, batch_size=args.batch_size,
+               train_steps=args.train_steps, n_eval=args.n_eval, rounds=args.rounds, repeats=args.repeats,
+               threads=args.threads, clock=args.clock)
+    print(format_table(rows))
 
 
 if __name__ == "__main__":
