@@ -1,6 +1,9 @@
-"""Framework-free adversarial training core: one step, one epoch, checkpoints with exact resume, and DDP.
+"""Framework-free training core: objectives, one step, one epoch, checkpoints with exact resume, and DDP.
 
-Nothing here imports ART; :mod:`fire_plugin.trainers` wraps it for ART users, the CLI and benchmarks call it
+There is one training loop (:func:`fit`); a method is an :class:`Objective` (``objective(model, x, y)`` returns the
+loss and the logits the bookkeeping reads): :class:`AdversarialObjective` (attack + loss: FIRE, TRADES, Hellinger,
+ACE, MART), :class:`CrossEntropyObjective` (natural training), and the partial-isometry objective of
+:mod:`fire_plugin.isometry`. Nothing here imports ART; :mod:`fire_plugin.trainers` wraps it for ART users, the CLI and benchmarks call it
 directly. Launched by ``torchrun`` (``WORLD_SIZE > 1``), :func:`fit` initializes the process group (nccl on CUDA,
 gloo on CPU), wraps the model in ``DistributedDataParallel``, shards the data with ``DistributedSampler``, and
 only rank 0 logs, shows progress and writes checkpoints.
@@ -26,9 +29,12 @@ import functools
 import logging
 import math
 import os
+import pickle
 import random
 import tempfile
 import time
+import types
+import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,9 +50,14 @@ from tqdm.auto import tqdm
 
 __all__ = [
     "CHECKPOINT_NAME",
+    "AdversarialObjective",
+    "ConfigMismatchError",
+    "CrossEntropyObjective",
     "EpochStats",
     "IndexedDataset",
     "NonFiniteLossError",
+    "Objective",
+    "ObjectiveOutput",
     "SelfAdaptiveTargets",
     "StepResult",
     "adversarial_step",
@@ -55,9 +66,11 @@ __all__ = [
     "evaluate_accuracy",
     "fit",
     "load_checkpoint",
+    "lr_scheduler",
     "save_checkpoint",
     "setup_distributed",
     "train_epoch",
+    "training_step",
     "unwrap_model",
 ]
 
@@ -65,11 +78,16 @@ _logger = logging.getLogger(__name__)
 
 CHECKPOINT_NAME = "last.pt"
 LossFn = Callable[[Tensor, Tensor, Tensor], Tensor]
+LossTerm = Callable[[Tensor, Tensor], Tensor]
 AttackFn = Callable[[Tensor, Tensor], Tensor]
 
 
 class NonFiniteLossError(FloatingPointError):
     """Raised when the training loss becomes NaN or infinite; names the epoch and the batch."""
+
+
+class ConfigMismatchError(ValueError):
+    """Raised when a run would resume from a checkpoint written with another configuration."""
 
 
 @dataclass
@@ -78,7 +96,7 @@ class StepResult:
 
     loss: Tensor  # scalar, detached
     nat_correct: Tensor  # scalar count
-    adv_correct: Tensor  # scalar count
+    adv_correct: Tensor | None  # scalar count; None for objectives without an adversarial batch
     batch_size: int
 
 
@@ -89,12 +107,13 @@ class EpochStats:
     epoch: int
     loss: float
     nat_acc: float
-    adv_acc: float
+    adv_acc: float | None  # None when the objective has no adversarial batch (plain CE, partial isometry)
     samples_per_s: float
     seconds: float
     lr: float
     val_nat_acc: float | None = None
     val_adv_acc: float | None = None
+    diverged: bool = False  # set by fit when the loss blew up and the accuracy collapsed (see fit's docstring)
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -233,6 +252,196 @@ def _split_batch(batch: Any) -> tuple[Tensor, Tensor, Tensor | None]:
     raise ValueError("batches must be (x, y) or (x, y, index) tuples")
 
 
+@dataclass
+class ObjectiveOutput:
+    """What an :class:`Objective` returns for one batch.
+
+    ``loss`` is the scalar the optimizer minimizes (with its graph); ``logits_nat`` (and ``logits_adv`` when the
+    objective has an adversarial batch) are the training-mode logits the accuracy bookkeeping reads, so no forward
+    pass is spent on bookkeeping.
+    """
+
+    loss: Tensor  # scalar, with graph
+    logits_nat: Tensor  # (B, K)
+    logits_adv: Tensor | None = None  # (B, K) or None
+
+
+class Objective:
+    """A training objective: ``objective(model, x, y, targets_fn=None) -> ObjectiveOutput``.
+
+    The engine owns everything around it (optimizer step, non-finite check, AMP, DDP, self-adaptive targets,
+    progress, history, checkpoints); an objective only says what the loss of a batch is. It puts the model in
+    training mode itself before the forward passes the optimizer step uses (an attack may first run in eval mode).
+    Objectives may hold per-epoch state: :func:`fit` calls :meth:`set_epoch` before every epoch and saves
+    :meth:`state_dict` in the checkpoint, so that a resumed run is bit-identical.
+
+    Subclasses implement :meth:`__call__`; ``targets_fn(logits_nat) -> targets`` (self-adaptive training) replaces
+    ``y`` in the loss when given; an objective that cannot use soft targets raises ``ValueError``.
+
+    Example:
+        >>> class MSE(Objective):
+        ...     def __call__(self, model, x, y, *, targets_fn=None):
+        ...         model.train()
+        ...         logits = model(x)
+        ...         return ObjectiveOutput(((logits - F.one_hot(y, 10)) ** 2).mean(), logits)
+        >>> model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10))
+        >>> MSE()(model, torch.rand(2, 1, 8, 8), torch.tensor([0, 1])).logits_nat.shape
+        torch.Size([2, 10])
+    """
+
+    def __call__(
+        self, model: nn.Module, x: Tensor, y: Tensor, *, targets_fn: Callable[[Tensor], Tensor] | None = None
+    ) -> ObjectiveOutput:
+        raise NotImplementedError
+
+    def set_epoch(self, epoch: int, epochs: int) -> None:
+        """Called by :func:`fit` before epoch ``epoch`` (0-based) of ``epochs``; stateless objectives ignore it."""
+
+    def state_dict(self) -> dict[str, Any]:
+        """State that a resumed run needs (saved in the checkpoint under ``"objective"``)."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict`."""
+
+    def config(self) -> dict[str, Any]:
+        """Hyperparameters that define the run (compared on resume); JSON-friendly values."""
+        return {"objective": type(self).__name__}
+
+
+class CrossEntropyObjective(Objective):
+    """Natural training: ``loss = natural_loss(model(x), y)`` (cross-entropy by default); no adversarial batch.
+
+    Example:
+        >>> model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10))
+        >>> out = CrossEntropyObjective()(model, torch.rand(2, 1, 8, 8), torch.tensor([0, 1]))
+        >>> out.loss.shape, out.logits_adv is None
+        (torch.Size([]), True)
+    """
+
+    def __init__(self, natural_loss: LossTerm | None = None) -> None:
+        self.natural_loss = natural_loss
+
+    def __call__(
+        self, model: nn.Module, x: Tensor, y: Tensor, *, targets_fn: Callable[[Tensor], Tensor] | None = None
+    ) -> ObjectiveOutput:
+        from fire_plugin.losses import cross_entropy
+
+        model.train()
+        logits = model(x)
+        target = y if targets_fn is None else targets_fn(logits)
+        value = (self.natural_loss or cross_entropy)(logits, target)
+        return ObjectiveOutput(value, logits)
+
+
+class AdversarialObjective(Objective):
+    """Attack, then ``loss(logits_nat, logits_adv, y)``: FIRE, TRADES, Hellinger, ACE, MART in one objective.
+
+    Exactly two training-mode forward passes (natural and adversarial batch, as TRADES/FIRE need both). The attack
+    runs outside autocast unless ``attack_autocast=True`` (it then uses the same mixed precision as the training
+    forward passes).
+
+    Args:
+        loss: ``loss(logits_nat, logits_adv, labels_or_targets) -> scalar`` (e.g.
+            :class:`fire_plugin.losses.FIRELoss`).
+        attack: ``attack(x, y) -> x_adv`` built on the raw model (e.g. :class:`fire_plugin.attacks.FRPGD`).
+        attack_autocast: run the attack under the engine's autocast too.
+
+    Example:
+        >>> from fire_plugin.attacks import FRPGD
+        >>> from fire_plugin.losses import FIRELoss
+        >>> model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10))
+        >>> objective = AdversarialObjective(FIRELoss(lam=3.0), FRPGD(model, eps=0.1, alpha=0.02, steps=2))
+        >>> out = objective(model, torch.rand(2, 1, 8, 8), torch.tensor([0, 1]))
+        >>> out.logits_adv.shape
+        torch.Size([2, 10])
+    """
+
+    def __init__(self, loss: LossFn, attack: AttackFn, *, attack_autocast: bool = False) -> None:
+        if not callable(loss):
+            raise ValueError(f"loss must be callable as loss(logits_nat, logits_adv, y), got {type(loss).__name__}")
+        if not callable(attack):
+            raise ValueError(f"attack must be callable as attack(x, y) -> x_adv, got {type(attack).__name__}")
+        self.loss = loss
+        self.attack = attack
+        self.attack_autocast = attack_autocast
+
+    def __call__(
+        self, model: nn.Module, x: Tensor, y: Tensor, *, targets_fn: Callable[[Tensor], Tensor] | None = None
+    ) -> ObjectiveOutput:
+        if self.attack_autocast:
+            x_adv = self.attack(x, y)
+        else:
+            with torch.autocast(device_type=x.device.type, enabled=False):
+                x_adv = self.attack(x, y)
+        model.train()
+        logits_nat = model(x)
+        logits_adv = model(x_adv)
+        value = self.loss(logits_nat, logits_adv, y if targets_fn is None else targets_fn(logits_nat))
+        return ObjectiveOutput(value, logits_nat, logits_adv)
+
+    def config(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"objective": type(self).__name__}
+        for name, obj in (("loss", self.loss), ("attack", self.attack)):
+            if not isinstance(obj, (types.FunctionType, types.MethodType, functools.partial)):
+                out[name] = type(obj).__name__
+        for name in ("weight", "divergence_name", "beta"):
+            value = getattr(self.loss, name, None)
+            if isinstance(value, (int, float, str)):
+                out[f"loss.{name}"] = value
+        for name in ("eps", "alpha", "steps", "norm", "divergence"):
+            value = getattr(self.attack, name, None)
+            if isinstance(value, (int, float, str)):
+                out[f"attack.{name}"] = value
+        return out
+
+
+def training_step(
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    *,
+    objective: Objective,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler | None = None,
+    targets_fn: Callable[[Tensor], Tensor] | None = None,
+    amp: bool = False,
+) -> StepResult:
+    """One optimizer step of ``objective`` on the batch ``(x, y)``: loss, non-finite check, backward, step.
+
+    Args:
+        model: the (possibly DDP-wrapped) model, on the device of ``x``.
+        x: images in [0, 1], ``(B, C, H, W)``.
+        y: class indices ``(B,)``.
+        objective: an :class:`Objective`.
+        optimizer: the optimizer of ``model``'s parameters.
+        scaler: a GradScaler for float16 mixed precision on CUDA (optional).
+        targets_fn: ``targets_fn(logits_nat) -> targets`` replacing ``y`` in the loss (self-adaptive training).
+        amp: run the objective under CUDA autocast.
+
+    Raises:
+        NonFiniteLossError: the loss is NaN/inf; it is checked before backward, so the weights are not touched
+            (one host sync per step).
+    """
+    optimizer.zero_grad(set_to_none=True)
+    with autocast_context(x.device, amp):
+        out = objective(model, x, y, targets_fn=targets_fn)
+    value = out.loss
+    if not torch.isfinite(value).item():
+        raise NonFiniteLossError(f"non-finite training loss ({value.item()}); the weights were not updated with it")
+    if scaler is not None:
+        scaler.scale(value).backward()
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        value.backward()
+        optimizer.step()
+    with torch.no_grad():
+        nat_correct = (out.logits_nat.argmax(-1) == y).sum()
+        adv_correct = (out.logits_adv.argmax(-1) == y).sum() if out.logits_adv is not None else None
+    return StepResult(value.detach(), nat_correct, adv_correct, int(x.shape[0]))
+
+
 def adversarial_step(
     model: nn.Module,
     x: Tensor,
@@ -245,56 +454,33 @@ def adversarial_step(
     targets_fn: Callable[[Tensor], Tensor] | None = None,
     amp: bool = False,
 ) -> StepResult:
-    """One adversarial training step: attack (the attack sets eval mode), then one optimizer step in train mode.
+    """One adversarial training step: :func:`training_step` of ``AdversarialObjective(loss, attack)``.
 
-    Exactly two training-mode forward passes (natural and adversarial batch, as TRADES/FIRE need both) and one
-    backward; accuracies are read off those same logits, so no forward pass is spent on bookkeeping.
-
-    Args:
-        model: the (possibly DDP-wrapped) model, on the device of ``x``.
-        x: images in [0, 1], ``(B, C, H, W)``.
-        y: class indices ``(B,)``.
-        loss: ``loss(logits_nat, logits_adv, labels_or_targets) -> scalar``.
-        attack: ``attack(x, y) -> x_adv`` (e.g. :class:`fire_plugin.attacks.DivergencePGD` built on the raw model).
-        optimizer: the optimizer of ``model``'s parameters.
-        scaler: a GradScaler for mixed precision on CUDA (optional).
-        targets_fn: ``targets_fn(logits_nat) -> targets`` replacing ``y`` in the loss, computed from this very
-            forward pass (self-adaptive training: no extra pass).
-        amp: run the forward passes under CUDA autocast.
-
-    Raises:
-        NonFiniteLossError: the loss is NaN/inf; it is checked before backward, so the weights are not touched
-            (one host sync per step).
+    Kept for callers of the attack + loss form; see :class:`AdversarialObjective`.
     """
-    device = x.device
-    x_adv = attack(x, y)
-    model.train()
-    optimizer.zero_grad(set_to_none=True)
-    with autocast_context(device, amp):
-        logits_nat = model(x)
-        logits_adv = model(x_adv)
-        value = loss(logits_nat, logits_adv, y if targets_fn is None else targets_fn(logits_nat))
-    if not torch.isfinite(value).item():
-        raise NonFiniteLossError(f"non-finite training loss ({value.item()}); the weights were not updated with it")
-    if scaler is not None:
-        scaler.scale(value).backward()
-        scaler.step(optimizer)
-        scaler.update()
-    else:
-        value.backward()
-        optimizer.step()
-    with torch.no_grad():
-        nat_correct = (logits_nat.argmax(-1) == y).sum()
-        adv_correct = (logits_adv.argmax(-1) == y).sum()
-    return StepResult(value.detach(), nat_correct, adv_correct, int(x.shape[0]))
+    return training_step(model, x, y, objective=AdversarialObjective(loss, attack), optimizer=optimizer,
+                         scaler=scaler, targets_fn=targets_fn, amp=amp)
+
+
+def _resolve_objective(objective: Objective | None, loss: LossFn | None, attack: AttackFn | None) -> Objective:
+    if objective is not None:
+        if loss is not None or attack is not None:
+            raise ValueError("pass either objective=... or loss=... and attack=..., not both")
+        if not isinstance(objective, Objective):
+            raise ValueError(f"objective must be a fire_plugin.engine.Objective, got {type(objective).__name__}")
+        return objective
+    if loss is None or attack is None:
+        raise ValueError("pass objective=... (e.g. AdversarialObjective(loss, attack)) or both loss=... and attack=...")
+    return AdversarialObjective(loss, attack)
 
 
 def train_epoch(
     model: nn.Module,
     loader: Iterable[Any],
     *,
-    loss: LossFn,
-    attack: AttackFn,
+    objective: Objective | None = None,
+    loss: LossFn | None = None,
+    attack: AttackFn | None = None,
     optimizer: torch.optim.Optimizer,
     epoch: int = 0,
     scaler: torch.amp.GradScaler | None = None,
@@ -302,18 +488,22 @@ def train_epoch(
     self_adaptive: SelfAdaptiveTargets | None = None,
     verbose: bool = True,
 ) -> EpochStats:
-    """Train one epoch over ``loader`` (batches ``(x, y)`` or ``(x, y, index)``) and return its statistics.
+    """Train one epoch of ``objective`` over ``loader`` (batches ``(x, y)`` or ``(x, y, index)``).
+
+    ``loss`` and ``attack`` instead of ``objective`` build an :class:`AdversarialObjective`.
 
     Raises:
         NonFiniteLossError: the loss became NaN/inf (message names the epoch and the batch); the optimizer step
             of that batch is not taken.
     """
+    objective = _resolve_objective(objective, loss, attack)
     device = _model_device(model)
     info = distributed_info()
     start = time.perf_counter()
     loss_sum = torch.zeros((), device=device, dtype=torch.float64)
     nat_sum = torch.zeros((), device=device, dtype=torch.long)
     adv_sum = torch.zeros((), device=device, dtype=torch.long)
+    has_adv = True
     count = 0
     bar = tqdm(loader, desc=f"epoch {epoch + 1}", leave=False, disable=not verbose or not info.is_main)
     for batch_idx, batch in enumerate(bar):
@@ -326,15 +516,18 @@ def train_epoch(
         if self_adaptive is not None and index is not None:  # soft targets from this step's natural logits
             targets_fn = functools.partial(self_adaptive.update, index, y, epoch=epoch)
         try:
-            result = adversarial_step(model, x, y, loss=loss, attack=attack, optimizer=optimizer, scaler=scaler,
-                                      targets_fn=targets_fn, amp=amp)
+            result = training_step(model, x, y, objective=objective, optimizer=optimizer, scaler=scaler,
+                                   targets_fn=targets_fn, amp=amp)
         except NonFiniteLossError as err:
             raise NonFiniteLossError(
                 f"{err} (epoch {epoch + 1}, batch {batch_idx}); no checkpoint was written for this epoch"
             ) from err
         loss_sum += result.loss.double() * result.batch_size
         nat_sum += result.nat_correct
-        adv_sum += result.adv_correct
+        if result.adv_correct is None:
+            has_adv = False
+        else:
+            adv_sum += result.adv_correct
         count += result.batch_size
         if verbose and info.is_main and batch_idx % 10 == 0:
             bar.set_postfix(loss=f"{result.loss.item():.4f}")
@@ -349,7 +542,7 @@ def train_epoch(
         epoch=epoch,
         loss=loss_total / n,
         nat_acc=nat_total / n,
-        adv_acc=adv_total / n,
+        adv_acc=adv_total / n if has_adv else None,
         samples_per_s=n / max(seconds, 1e-12),
         seconds=seconds,
         lr=float(optimizer.param_groups[0]["lr"]),
@@ -425,15 +618,62 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
 
 
 def load_checkpoint(path: str | Path, *, map_location: str | torch.device | None = "cpu") -> dict[str, Any]:
-    """Load a checkpoint written by :func:`fit` with ``weights_only=True`` (no code from the file is run)."""
-    return torch.load(Path(path), map_location=map_location, weights_only=True)
+    """Load a checkpoint written by :func:`fit` with ``weights_only=True`` (no code from the file is run).
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist; ``IsADirectoryError``: it is a directory.
+        ValueError: the file is empty, truncated or not a torch checkpoint (the message names the file).
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"checkpoint {str(path)!r} is a directory; pass the checkpoint file inside it "
+                                f"(e.g. {str(path / CHECKPOINT_NAME)!r})")
+    if not path.exists():
+        raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
+    if path.stat().st_size == 0:
+        raise ValueError(f"checkpoint {str(path)!r} is empty (an interrupted copy?); delete it or pass another file")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as err:
+        if "Unsupported global" in str(err):
+            raise ValueError(
+                f"checkpoint {str(path)!r} holds objects other than tensors and plain containers; it was refused "
+                "because loading it could run code (load only files you trust, outside this package)"
+            ) from err
+        raise ValueError(f"checkpoint {str(path)!r} is corrupt or not a torch checkpoint; delete it or pass "
+                         f"another file ({err})") from err
+    except (EOFError, RuntimeError, OSError) as err:
+        raise ValueError(f"checkpoint {str(path)!r} is corrupt or truncated; delete it or pass another file "
+                         f"({type(err).__name__}: {err})") from err
 
 
-def _check_dir_name(checkpoint_dir: str | Path) -> Path:
-    path = Path(checkpoint_dir)
-    if any(part == ".." for part in path.parts):
-        raise ValueError(f"checkpoint_dir must not contain '..', got {str(checkpoint_dir)!r}")
-    return path
+def lr_scheduler(
+    optimizer: torch.optim.Optimizer, kind: str, epochs: int
+) -> torch.optim.lr_scheduler.LRScheduler | None:
+    """A per-epoch decaying learning-rate schedule, right for every epoch count.
+
+    ``"multistep"``: the paper's lr / 10 after 75% and 90% of the epochs (75 and 90 of 100), milestones that fall on
+    epoch 0 or past the end dropped, duplicates merged (2 epochs keep the base lr; 3 epochs decay once, after
+    epoch 2). ``"cosine"``: cosine annealing to 0 over ``epochs``. ``"constant"``: ``None`` (no schedule; a constant
+    learning rate can make adversarial training diverge late, see :func:`fit`).
+
+    Example:
+        >>> opt = torch.optim.SGD(torch.nn.Linear(2, 2).parameters(), lr=0.1)
+        >>> sorted(lr_scheduler(opt, "multistep", 100).milestones)
+        [75, 90]
+        >>> sorted(lr_scheduler(opt, "multistep", 1).milestones)
+        []
+    """
+    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
+        raise ValueError(f"epochs must be an int >= 1, got {epochs!r}")
+    if kind == "multistep":
+        milestones = sorted({m for m in (int(0.75 * epochs + 0.5), int(0.9 * epochs + 0.5)) if 0 < m < epochs})
+        return torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=milestones, gamma=0.1)
+    if kind == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs)
+    if kind == "constant":
+        return None
+    raise ValueError(f"schedule must be one of ['multistep', 'cosine', 'constant'], got {kind!r}")
 
 
 # ----------------------------------------------------------------------------------------------- fit
@@ -443,19 +683,52 @@ def _all_finite(model: nn.Module) -> bool:
     return all(bool(torch.isfinite(p).all()) for p in model.parameters())
 
 
+def _jsonable(config: dict[str, Any]) -> dict[str, Any]:
+    return {str(k): (v if isinstance(v, (bool, int, float, str)) or v is None else repr(v)) for k, v in config.items()}
+
+
+def _check_config(saved: dict[str, Any] | None, current: dict[str, Any], ckpt_path: Path) -> None:
+    if saved is None:
+        return
+    keys = sorted(set(saved) & set(current))  # a field one side does not record (a plain function) is not compared
+    differing = [k for k in keys if saved.get(k) != current.get(k)]
+    if differing:
+        details = ", ".join(f"{k}: checkpoint {saved.get(k)!r} vs now {current.get(k)!r}" for k in differing)
+        raise ConfigMismatchError(
+            f"{str(ckpt_path)!r} was written by a run with another configuration ({details}); resume with the same "
+            "settings, or start fresh with resume=False (CLI: --no-resume) or another output directory (--out)"
+        )
+
+
+DIVERGENCE_LOSS_FACTOR = 2.0  # epoch loss above this multiple of the best epoch loss so far ...
+DIVERGENCE_ACC_DROP = 0.25  # ... while natural accuracy fell this far below its best: the run is diverging
+
+
+def _diverged(history: list[dict[str, Any]], record: dict[str, Any]) -> bool:
+    """Loss far above its best and natural training accuracy collapsing (e.g. 0.73 -> 2.28 and 0.97 -> 0.23)."""
+    if not history:
+        return False
+    best_loss = min(float(r["loss"]) for r in history)
+    best_acc = max(float(r["nat_acc"]) for r in history)
+    return (float(record["loss"]) > DIVERGENCE_LOSS_FACTOR * max(best_loss, 1e-3)
+            and float(record["nat_acc"]) < best_acc - DIVERGENCE_ACC_DROP)
+
+
 def fit(
     model: nn.Module,
     train_loader: DataLoader,
     *,
     epochs: int,
-    loss: LossFn,
-    attack: AttackFn,
+    objective: Objective | None = None,
+    loss: LossFn | None = None,
+    attack: AttackFn | None = None,
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
     val_loader: Iterable[Any] | None = None,
     val_attack: AttackFn | None = None,
     checkpoint_dir: str | Path | None = None,
     resume: bool = True,
+    config: dict[str, Any] | None = None,
     amp: bool | None = None,
     self_adaptive: SelfAdaptiveTargets | None = None,
     sync_batchnorm: bool = False,
@@ -463,20 +736,29 @@ def fit(
     verbose: bool = True,
     on_epoch_end: Callable[[EpochStats], None] | None = None,
 ) -> list[dict[str, Any]]:
-    """Adversarially train ``model`` for ``epochs`` epochs; return the per-epoch history (list of dicts).
+    """Train ``model`` on ``objective`` for ``epochs`` epochs; return the per-epoch history (list of dicts).
+
+    This is the one training loop of the package: every method (FIRE, TRADES, Hellinger, ACE, MART, partial
+    isometry, plain CE) is an :class:`Objective` trained here.
 
     Args:
         model: the model (raw module; it is wrapped in DDP here when launched by torchrun).
         train_loader: a DataLoader of ``(x, y)`` or ``(x, y, index)`` batches of [0, 1] images.
         epochs: total number of epochs (including those of a resumed run).
-        loss: ``loss(logits_nat, logits_adv, y) -> scalar`` (e.g. :class:`fire_plugin.losses.FIRELoss`).
-        attack: ``attack(x, y) -> x_adv``, built on the raw model (e.g. :class:`fire_plugin.attacks.FRPGD`).
+        objective: the training :class:`Objective` (e.g. :class:`AdversarialObjective`).
+        loss, attack: instead of ``objective``: ``loss(logits_nat, logits_adv, y)`` and ``attack(x, y) -> x_adv``
+            (built on the raw model), trained as ``AdversarialObjective(loss, attack)``.
         optimizer: optimizer over ``model``'s parameters.
-        scheduler: any ``torch.optim.lr_scheduler.LRScheduler``, stepped once per epoch.
-        val_loader: optional validation data; natural and adversarial (``val_attack`` or ``attack``) accuracy.
+        scheduler: any ``torch.optim.lr_scheduler.LRScheduler``, stepped once per epoch (see :func:`lr_scheduler`).
+        val_loader: optional validation data; natural and (with ``val_attack``, or the objective's attack)
+            adversarial accuracy after every epoch.
+        val_attack: the attack of the validation accuracy.
         checkpoint_dir: where ``last.pt`` is written atomically after every epoch (rank 0 only).
         resume: continue from ``checkpoint_dir/last.pt`` when it exists. Two epochs in one go and one epoch plus
             a resumed one give identical weights on CPU.
+        config: the run's configuration (JSON-friendly values), saved with the checkpoint together with the
+            objective's :meth:`Objective.config`. Resuming from a checkpoint written with another configuration
+            raises :class:`ConfigMismatchError` naming the differing fields.
         amp: mixed precision; ``None`` means on for CUDA, off for CPU.
         self_adaptive: optional :class:`SelfAdaptiveTargets` (batches must carry indices).
         sync_batchnorm: convert BatchNorm to SyncBatchNorm under DDP.
@@ -484,23 +766,33 @@ def fit(
         verbose: tqdm bars over epochs and batches and per-epoch log lines (rank 0 only).
         on_epoch_end: callback receiving each epoch's :class:`EpochStats`.
 
+    Every record says ``diverged=True`` (and a warning is logged and issued) when the epoch's loss is more than
+    twice the best epoch loss so far while the natural training accuracy fell more than 0.25 below its best: the
+    signature of a run that blew up (a constant learning rate does this to TRADES on digits near epoch 28).
+
     Raises:
         NonFiniteLossError: the loss became non-finite; the last good checkpoint is kept.
+        ConfigMismatchError: resuming with another configuration than the checkpoint's.
     """
     if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 0:
         raise ValueError(f"epochs must be an int >= 0, got {epochs!r}")
     if scheduler is not None and not isinstance(scheduler, torch.optim.lr_scheduler.LRScheduler):
         raise ValueError(f"scheduler must be a torch.optim.lr_scheduler.LRScheduler, got {type(scheduler).__name__}")
+    objective = _resolve_objective(objective, loss, attack)
+    run_config = _jsonable({**objective.config(), **(config or {})})
+    if val_attack is None and isinstance(objective, AdversarialObjective):
+        val_attack = objective.attack
     info = setup_distributed()
     device = _model_device(model)
     use_amp = (device.type == "cuda") if amp is None else bool(amp and device.type == "cuda")
     scaler = torch.amp.GradScaler("cuda") if use_amp else None
 
-    ckpt_path = _check_dir_name(checkpoint_dir) / CHECKPOINT_NAME if checkpoint_dir is not None else None
+    ckpt_path = Path(checkpoint_dir) / CHECKPOINT_NAME if checkpoint_dir is not None else None
     history: list[dict[str, Any]] = []
     start_epoch = 0
     if ckpt_path is not None and resume and ckpt_path.exists():
         state = load_checkpoint(ckpt_path, map_location=device)
+        _check_config(state.get("config"), run_config, ckpt_path)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         if scheduler is not None and state.get("scheduler") is not None:
@@ -509,6 +801,7 @@ def fit(
             scaler.load_state_dict(state["scaler"])
         if self_adaptive is not None and state.get("self_adaptive") is not None:
             self_adaptive.load_state_dict(state["self_adaptive"])
+        objective.load_state_dict(state.get("objective") or {})
         history = list(state["history"])
         start_epoch = int(state["epoch"]) + 1
         _set_rng_state(state["rng"])
@@ -529,20 +822,31 @@ def fit(
         sampler = getattr(loader, "sampler", None)
         if isinstance(sampler, DistributedSampler):
             sampler.set_epoch(epoch)
+        objective.set_epoch(epoch, epochs)
         stats = train_epoch(
-            train_model, loader, loss=loss, attack=attack, optimizer=optimizer, epoch=epoch, scaler=scaler,
+            train_model, loader, objective=objective, optimizer=optimizer, epoch=epoch, scaler=scaler,
             amp=use_amp, self_adaptive=self_adaptive, verbose=verbose,
         )
         if scheduler is not None:
             scheduler.step()
         if val_loader is not None:
-            stats.val_nat_acc, stats.val_adv_acc = evaluate_accuracy(
-                model, val_loader, attack=val_attack or attack, verbose=False
-            )
+            stats.val_nat_acc, stats.val_adv_acc = evaluate_accuracy(model, val_loader, attack=val_attack,
+                                                                     verbose=False)
         record = stats.as_dict()
+        if _diverged(history, record):
+            stats.diverged = record["diverged"] = True
+            message = (f"training is diverging at epoch {epoch + 1}: loss {record['loss']:.4g} (best "
+                       f"{min(r['loss'] for r in history):.4g}), natural accuracy {record['nat_acc']:.3f} (best "
+                       f"{max(r['nat_acc'] for r in history):.3f}); use a decaying learning rate or a smaller one")
+            if info.is_main:
+                _logger.warning(message)
+                warnings.warn(message, RuntimeWarning, stacklevel=2)
         history.append(record)
         if verbose and info.is_main:
-            epoch_bar.set_postfix(loss=f"{stats.loss:.4f}", nat=f"{stats.nat_acc:.3f}", adv=f"{stats.adv_acc:.3f}")
+            postfix = {"loss": f"{stats.loss:.4f}", "nat": f"{stats.nat_acc:.3f}"}
+            if stats.adv_acc is not None:
+                postfix["adv"] = f"{stats.adv_acc:.3f}"
+            epoch_bar.set_postfix(postfix)
             _logger.info("epoch %d: %s", epoch + 1, _format_record(record))
         if ckpt_path is not None and info.is_main:
             if not (math.isfinite(stats.loss) and _all_finite(model)):
@@ -555,6 +859,8 @@ def fit(
                     "scheduler": scheduler.state_dict() if scheduler is not None else None,
                     "scaler": scaler.state_dict() if scaler is not None else None,
                     "self_adaptive": self_adaptive.state_dict() if self_adaptive is not None else None,
+                    "objective": objective.state_dict(),
+                    "config": run_config,
                     "epoch": epoch,
                     "history": history,
                     "rng": _rng_state(),

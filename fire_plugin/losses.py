@@ -18,6 +18,8 @@ Labels ``y`` may be class indices ``(B,)`` or soft/one-hot targets ``(B, M)`` (s
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -58,6 +60,10 @@ class DivergenceRegularizedLoss(nn.Module):
             ``KL(p_nat || p_adv)``, ``"hellinger"`` is ``H^2``).
         weight: the factor of the regularizer (paper convention: for Fisher-Rao it multiplies ``d^2`` with
             ``d = 2 * arccos(BC)``; the authors' code's beta equals ``4 * weight``).
+        natural_loss: ``natural_loss(logits_nat, y) -> scalar`` for the natural term; ``None`` is the mean
+            cross-entropy of eq. 7 (:func:`cross_entropy`). The ART trainers pass the classifier's own loss here,
+            as ART's TRADES trainer does; a ``reduction="sum"`` loss then weighs the natural term ``B`` times more
+            against the (batch-mean) regularizer.
 
     Example:
         >>> loss = DivergenceRegularizedLoss("fisher_rao", weight=6.0)
@@ -66,14 +72,23 @@ class DivergenceRegularizedLoss(nn.Module):
         torch.Size([])
     """
 
-    def __init__(self, divergence: str = "fisher_rao", weight: float = 6.0) -> None:
+    def __init__(
+        self,
+        divergence: str = "fisher_rao",
+        weight: float = 6.0,
+        *,
+        natural_loss: Callable[[Tensor, Tensor], Tensor] | None = None,
+    ) -> None:
         super().__init__()
+        if natural_loss is not None and not callable(natural_loss):
+            raise ValueError(f"natural_loss must be callable as natural_loss(logits, y), got {natural_loss!r}")
         self.divergence_name = divergence
         self.divergence = get_divergence(divergence)
         self.weight = _check_weight("weight", weight)
+        self.natural_loss = natural_loss
 
     def forward(self, logits_nat: Tensor, logits_adv: Tensor, y: Tensor) -> Tensor:
-        natural = cross_entropy(logits_nat, y)
+        natural = cross_entropy(logits_nat, y) if self.natural_loss is None else self.natural_loss(logits_nat, y)
         reg = self.divergence(logits_nat, logits_adv)
         reg = reg.to(torch.promote_types(reg.dtype, torch.float32)).mean()
         return natural + self.weight * reg
@@ -94,8 +109,8 @@ class FIRELoss(DivergenceRegularizedLoss):
         1.5
     """
 
-    def __init__(self, lam: float = 6.0) -> None:
-        super().__init__("fisher_rao", _check_weight("lam", lam))
+    def __init__(self, lam: float = 6.0, *, natural_loss: Callable[[Tensor, Tensor], Tensor] | None = None) -> None:
+        super().__init__("fisher_rao", _check_weight("lam", lam), natural_loss=natural_loss)
 
     @property
     def lam(self) -> float:
@@ -115,8 +130,8 @@ class TRADESLoss(DivergenceRegularizedLoss):
         'kl'
     """
 
-    def __init__(self, beta: float = 6.0) -> None:
-        super().__init__("kl", _check_weight("beta", beta))
+    def __init__(self, beta: float = 6.0, *, natural_loss: Callable[[Tensor, Tensor], Tensor] | None = None) -> None:
+        super().__init__("kl", _check_weight("beta", beta), natural_loss=natural_loss)
 
     @property
     def beta(self) -> float:
@@ -131,8 +146,8 @@ class HellingerLoss(DivergenceRegularizedLoss):
         'hellinger'
     """
 
-    def __init__(self, lam: float = 6.0) -> None:
-        super().__init__("hellinger", _check_weight("lam", lam))
+    def __init__(self, lam: float = 6.0, *, natural_loss: Callable[[Tensor, Tensor], Tensor] | None = None) -> None:
+        super().__init__("hellinger", _check_weight("lam", lam), natural_loss=natural_loss)
 
     @property
     def lam(self) -> float:

@@ -16,12 +16,18 @@ import fire_plugin  # noqa: F401  (registers the timm models)
 from fire_plugin.attacks import FRPGD
 from fire_plugin.engine import (
     CHECKPOINT_NAME,
+    AdversarialObjective,
+    ConfigMismatchError,
+    CrossEntropyObjective,
     IndexedDataset,
     NonFiniteLossError,
+    Objective,
+    ObjectiveOutput,
     SelfAdaptiveTargets,
     adversarial_step,
     fit,
     load_checkpoint,
+    lr_scheduler,
 )
 from fire_plugin.losses import FIRELoss
 
@@ -120,6 +126,159 @@ def test_bad_arguments(digits_train):
         fit(model, loader, epochs=1, loss=FIRELoss(), attack=attack, optimizer=opt, scheduler="cosine")  # type: ignore
     with pytest.raises(ValueError, match="momentum"):
         SelfAdaptiveTargets(4, 2, momentum=1.5)
+
+
+def test_resume_with_another_configuration_is_refused(digits_train, tmp_path):
+    model, opt, loader, attack = _setup(digits_train)
+    fit(model, loader, epochs=1, loss=FIRELoss(lam=1.0), attack=attack, optimizer=opt, checkpoint_dir=tmp_path,
+        config={"lr": 0.05, "method": "fire"}, verbose=False)
+    # another weight (a TRADES run on a FIRE checkpoint) and another lr: refused, naming both fields
+    from fire_plugin.losses import TRADESLoss
+
+    with pytest.raises(ConfigMismatchError, match=r"lr: checkpoint 0.05 vs now 1000000.0.*--no-resume") as info:
+        fit(model, loader, epochs=2, loss=TRADESLoss(beta=0.5), attack=attack, optimizer=opt,
+            checkpoint_dir=tmp_path, config={"lr": 1e6, "method": "trades"}, verbose=False)
+    assert "loss.weight" in str(info.value) and "method" in str(info.value)
+    # the same configuration resumes
+    hist = fit(model, loader, epochs=2, loss=FIRELoss(lam=1.0), attack=attack, optimizer=opt,
+               checkpoint_dir=tmp_path, config={"lr": 0.05, "method": "fire"}, verbose=False)
+    assert len(hist) == 2
+
+
+@pytest.mark.parametrize(("epochs", "expected"), [(1, [0.1]), (2, [0.1, 0.1]), (3, [0.1, 0.1, 0.01]),
+                                                  (100, [0.1] * 75 + [0.01] * 15 + [0.001] * 10)])
+def test_multistep_schedule_is_right_for_every_epoch_count(epochs, expected):
+    opt = torch.optim.SGD(torch.nn.Linear(2, 2).parameters(), lr=0.1)
+    sched = lr_scheduler(opt, "multistep", epochs)
+    seen = []
+    for _ in range(epochs):
+        seen.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert seen == pytest.approx(expected)
+
+
+def test_cosine_schedule_decays_to_zero():
+    opt = torch.optim.SGD(torch.nn.Linear(2, 2).parameters(), lr=0.1)
+    sched = lr_scheduler(opt, "cosine", 4)
+    seen = []
+    for _ in range(4):
+        seen.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert seen[0] == pytest.approx(0.1) and all(a > b for a, b in zip(seen, seen[1:], strict=False))
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.0, abs=1e-12)
+    with pytest.raises(ValueError, match="schedule must be one of"):
+        lr_scheduler(opt, "linear", 4)
+
+
+def _digits_ce_run(digits_train, epochs, on_epoch_end=None):
+    torch.manual_seed(0)
+    x, y = digits_train
+    model = timm.create_model("digits_cnn", num_classes=10)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    loader = DataLoader(TensorDataset(x, y), batch_size=32, shuffle=True)
+    hook = (lambda s: on_epoch_end(s, opt)) if on_epoch_end else None
+    return fit(model, loader, epochs=epochs, objective=CrossEntropyObjective(), optimizer=opt, verbose=False,
+               on_epoch_end=hook)
+
+
+def test_divergence_is_flagged(digits_train):
+    """A constructed run that blows up: lr 0.05 -> 2.0 after 3 good epochs (measured: loss 0.197 -> 849, training
+    accuracy 0.937 -> 0.125, then about 2.5 / 0.10); a healthy run is not flagged."""
+
+    def explode(stats, opt):
+        if stats.epoch == 2:
+            for group in opt.param_groups:
+                group["lr"] = 2.0
+
+    with pytest.warns(RuntimeWarning, match="diverging at epoch 4"):
+        hist = _digits_ce_run(digits_train, 5, explode)
+    assert [r["diverged"] for r in hist] == [False, False, False, True, True]
+    assert not any(r["diverged"] for r in _digits_ce_run(digits_train, 4))
+
+
+def test_cross_entropy_objective_has_no_adversarial_accuracy(digits_train):
+    model, opt, loader, _ = _setup(digits_train)
+    hist = fit(model, loader, epochs=1, objective=CrossEntropyObjective(), optimizer=opt, verbose=False)
+    assert hist[0]["adv_acc"] is None and 0 <= hist[0]["nat_acc"] <= 1
+
+
+class _CountingObjective(Objective):
+    """An objective with per-epoch state: a weight that doubles every epoch, saved with the checkpoint."""
+
+    def __init__(self):
+        self.weight = 1.0
+        self.calls = 0
+
+    def set_epoch(self, epoch, epochs):
+        self.weight = 2.0 ** epoch
+
+    def state_dict(self):
+        return {"calls": self.calls}
+
+    def load_state_dict(self, state):
+        self.calls = state["calls"]
+
+    def __call__(self, model, x, y, *, targets_fn=None):
+        self.calls += 1
+        model.train()
+        logits = model(x)
+        return ObjectiveOutput(self.weight * torch.nn.functional.cross_entropy(logits, y), logits)
+
+
+def test_objective_state_resumes_bit_identically(digits_train, tmp_path):
+    model_a, opt_a, loader_a, _ = _setup(digits_train, seed=1)
+    obj_a = _CountingObjective()
+    fit(model_a, loader_a, epochs=2, objective=obj_a, optimizer=opt_a, verbose=False)
+    model_b, opt_b, loader_b, _ = _setup(digits_train, seed=1)
+    fit(model_b, loader_b, epochs=1, objective=_CountingObjective(), optimizer=opt_b, checkpoint_dir=tmp_path,
+        verbose=False)
+    model_c, opt_c, loader_c, _ = _setup(digits_train, seed=99)  # other init: everything must come from the file
+    obj_c = _CountingObjective()
+    fit(model_c, loader_c, epochs=2, objective=obj_c, optimizer=opt_c, checkpoint_dir=tmp_path, verbose=False)
+    assert obj_c.calls == obj_a.calls == 6 and obj_c.weight == obj_a.weight == 2.0
+    for pa, pc in zip(model_a.parameters(), model_c.parameters(), strict=True):
+        assert torch.equal(pa, pc)
+
+
+def test_objective_and_loss_attack_are_exclusive(digits_train):
+    model, opt, loader, attack = _setup(digits_train)
+    with pytest.raises(ValueError, match="either objective"):
+        fit(model, loader, epochs=1, objective=CrossEntropyObjective(), loss=FIRELoss(), attack=attack, optimizer=opt)
+    with pytest.raises(ValueError, match="objective="):
+        fit(model, loader, epochs=1, optimizer=opt)
+    with pytest.raises(ValueError, match="attack must be callable"):
+        AdversarialObjective(FIRELoss(), attack=3)  # type: ignore[arg-type]
+
+
+def test_user_chosen_checkpoint_dir_may_contain_dotdot(digits_train, tmp_path):
+    model, opt, loader, attack = _setup(digits_train, n=64)
+    (tmp_path / "runs").mkdir()
+    fit(model, loader, epochs=1, loss=FIRELoss(lam=1.0), attack=attack, optimizer=opt,
+        checkpoint_dir=tmp_path / "runs" / ".." / "runs" / "e", verbose=False)
+    assert (tmp_path / "runs" / "e" / CHECKPOINT_NAME).exists()
+
+
+def test_bad_checkpoint_files_are_named(tmp_path):
+    empty = tmp_path / "empty.pt"
+    empty.write_bytes(b"")
+    with pytest.raises(ValueError, match=r"empty\.pt.*empty"):
+        load_checkpoint(empty)
+    noise = tmp_path / "noise.pt"
+    noise.write_bytes(os.urandom(256))
+    with pytest.raises(ValueError, match=r"noise\.pt.*corrupt"):
+        load_checkpoint(noise)
+    good = tmp_path / "good.pt"
+    torch.save({"w": torch.ones(1000)}, good)
+    truncated = tmp_path / "truncated.pt"
+    truncated.write_bytes(good.read_bytes()[:300])
+    with pytest.raises(ValueError, match=r"truncated\.pt.*corrupt"):
+        load_checkpoint(truncated)
+    with pytest.raises(IsADirectoryError, match="is a directory"):
+        load_checkpoint(tmp_path)
+    with pytest.raises(FileNotFoundError, match="missing.pt"):
+        load_checkpoint(tmp_path / "missing.pt")
 
 
 DDP_SCRIPT = r'''
