@@ -28,10 +28,10 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from fire_plugin.attacks import NORMS, DivergencePGD
 from fire_plugin.distances import DIVERGENCES
-from fire_plugin.engine import IndexedDataset, SelfAdaptiveTargets, fit
+from fire_plugin.engine import AdversarialObjective, IndexedDataset, Objective, SelfAdaptiveTargets, fit
 from fire_plugin.losses import DivergenceRegularizedLoss
 
-__all__ = ["FIRETrainer", "HellingerTrainer", "TRADESTrainer"]
+__all__ = ["EngineTrainer", "FIRETrainer", "HellingerTrainer", "TRADESTrainer"]
 
 _logger = logging.getLogger(__name__)
 
@@ -80,104 +80,49 @@ class _GeneratorLoader:
             yield self.to_batch(x, y)
 
 
-class FIRETrainer(Trainer):
-    """Fisher-Rao regularized adversarial training (FIRE, eq. 7) as an ART ``Trainer``.
+_ENGINE_KWARGS = ("checkpoint_dir", "resume", "amp", "config", "sync_batchnorm", "seed", "on_epoch_end",
+                  "val_attack")
+_IGNORED_ART_KWARGS = ("training_mode", "nb_workers", "use_multiprocessing", "workers")
 
-    Minimizes ``CE(f(x), y) + lam * mean d(f(x), f(x'))`` where ``d`` is the chosen divergence (``"fisher_rao"``:
-    squared Fisher-Rao distance; ``"kl"``: TRADES; ``"hellinger"``: squared Hellinger distance) and ``x'``
-    maximizes that same divergence by PGD (:class:`fire_plugin.attacks.DivergencePGD`).
 
-    Args:
-        classifier: an ART ``PyTorchClassifier`` with an optimizer. Its preprocessing, ``clip_values`` and device
-            are used; images are expected within ``clip_values`` (``(0, 1)`` when unset).
-        lam: weight of the divergence. Paper convention: multiplies ``d^2`` with ``d = 2 * arccos(BC)``; the
-            authors' public code uses ``beta * arccos(BC)^2``, i.e. ``beta = 4 * lam``. For ``"kl"`` it is TRADES'
-            beta.
-        divergence: ``"fisher_rao"``, ``"kl"`` or ``"hellinger"``.
-        eps: attack budget in pixel space (the classifier's input space).
-        eps_step: PGD step size in pixel space.
-        max_iter: PGD steps.
-        norm: ``"Linf"`` or ``"L2"``.
-        self_adaptive: self-adaptive soft targets (Huang et al., 2020) after ``sat_warmup`` epochs.
-        sat_warmup: warm-up epochs of self-adaptive training.
-        sat_momentum: EMA momentum of self-adaptive training.
-        verbose: tqdm progress over epochs and batches.
+class EngineTrainer(Trainer):
+    """Base of the ART trainers of this package: data handling, ``fit`` / ``fit_generator`` on the shared engine.
 
-    Example:
-        >>> import numpy as np, torch
-        >>> from art.estimators.classification import PyTorchClassifier
-        >>> net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10))
-        >>> clf = PyTorchClassifier(net, loss=torch.nn.CrossEntropyLoss(), input_shape=(1, 8, 8), nb_classes=10,
-        ...                         optimizer=torch.optim.SGD(net.parameters(), lr=0.1), clip_values=(0.0, 1.0))
-        >>> trainer = FIRETrainer(clf, lam=1.0, eps=0.1, eps_step=0.02, max_iter=5, verbose=False)
-        >>> x, y = np.random.rand(32, 1, 8, 8).astype(np.float32), np.random.randint(0, 10, 32)
-        >>> trainer.fit(x, y, nb_epochs=1, batch_size=16)
-        >>> len(trainer.history)
-        1
+    Subclasses implement :meth:`_objective` (the :class:`fire_plugin.engine.Objective` they train) and
+    :meth:`_run_config` (their hyperparameters, saved with checkpoints). Everything else, including ART's fit
+    keyword arguments, label checks and history, lives here once.
     """
 
-    def __init__(
-        self,
-        classifier: PyTorchClassifier,
-        *,
-        lam: float = 6.0,
-        divergence: str = "fisher_rao",
-        eps: float = 8 / 255,
-        eps_step: float = 2 / 255,
-        max_iter: int = 10,
-        norm: str = "Linf",
-        self_adaptive: bool = False,
-        sat_warmup: int = 10,
-        sat_momentum: float = 0.9,
-        verbose: bool = True,
-    ) -> None:
+    def __init__(self, classifier: PyTorchClassifier, *, verbose: bool = True) -> None:
         super().__init__(classifier)
-        self.lam = lam
-        self.divergence = divergence
-        self.eps = eps
-        self.eps_step = eps_step
-        self.max_iter = max_iter
-        self.norm = norm
-        self.self_adaptive = self_adaptive
-        self.sat_warmup = sat_warmup
-        self.sat_momentum = sat_momentum
         self.verbose = verbose
         self.history: list[dict[str, Any]] = []
-        self._check_params()
-
-        model = classifier.model
+        if not isinstance(classifier, PyTorchClassifier):
+            raise ValueError(
+                f"classifier must be an art.estimators.classification.PyTorchClassifier, "
+                f"got {type(classifier).__name__}"
+            )
+        if classifier._optimizer is None:
+            raise ValueError("classifier has no optimizer: pass optimizer=... to PyTorchClassifier")
         clip = classifier.clip_values
         self._low, self._high = (0.0, 1.0) if clip is None else (float(np.min(clip[0])), float(np.max(clip[1])))
         ops = [op for op in (classifier.preprocessing_operations or []) if op.apply_fit and not _is_identity(op)]
-        self.module = _ClassifierModule(model, ops, self._low, self._high)
-        scale = self._high - self._low
-        self.attack = DivergencePGD(
-            self.module, divergence=divergence, eps=eps / scale, alpha=eps_step / scale, steps=max_iter, norm=norm
-        )
-        self.loss = DivergenceRegularizedLoss(divergence, lam)
+        self.module = _ClassifierModule(classifier.model, ops, self._low, self._high)
 
-    # ------------------------------------------------------------------------------------------ validation
+    # ------------------------------------------------------------------------------------------ hooks
 
-    def _check_params(self) -> None:
-        if not isinstance(self._classifier, PyTorchClassifier):
-            raise ValueError(
-                f"classifier must be an art.estimators.classification.PyTorchClassifier, "
-                f"got {type(self._classifier).__name__}"
-            )
-        if self._classifier._optimizer is None:
-            raise ValueError("classifier has no optimizer: pass optimizer=... to PyTorchClassifier")
-        if self.divergence not in DIVERGENCES:
-            raise ValueError(f"divergence must be one of {sorted(DIVERGENCES)}, got {self.divergence!r}")
-        if self.norm not in NORMS:
-            raise ValueError(f"norm must be one of {list(NORMS)}, got {self.norm!r}")
-        if not float(self.lam) >= 0:
-            raise ValueError(f"lam must be >= 0, got {self.lam!r}")
-        if not float(self.eps) >= 0:
-            raise ValueError(f"eps must be >= 0, got {self.eps!r}")
-        if not float(self.eps_step) >= 0:
-            raise ValueError(f"eps_step must be >= 0, got {self.eps_step!r}")
-        if isinstance(self.max_iter, bool) or not isinstance(self.max_iter, int) or self.max_iter < 1:
-            raise ValueError(f"max_iter must be an int >= 1, got {self.max_iter!r}")
+    def _objective(self) -> Objective:
+        raise NotImplementedError
+
+    def _run_config(self) -> dict[str, Any]:
+        return {"trainer": type(self).__name__}
+
+    def _index_batches(self) -> bool:
+        """Whether training batches must carry sample indices (self-adaptive training)."""
+        return False
+
+    def _self_adaptive(self, n: int) -> SelfAdaptiveTargets | None:
+        return None
 
     # ------------------------------------------------------------------------------------------ data
 
@@ -185,35 +130,45 @@ class FIRETrainer(Trainer):
     def _device(self) -> torch.device:
         return self._classifier._device
 
-    def _to_unit(self, x: np.ndarray) -> Tensor:
+    def _to_unit(self, x: np.ndarray, name: str = "x") -> Tensor:
         if not isinstance(x, np.ndarray) or not np.issubdtype(x.dtype, np.number):
-            raise ValueError(f"x must be a numeric numpy array, got {type(x).__name__}")
+            raise ValueError(f"{name} must be a numeric numpy array, got {type(x).__name__}")
+        if x.size and not np.isfinite(x).all():
+            raise ValueError(f"{name} contains NaN or infinite values; clean the data before training")
         lo, hi = self._low, self._high
         if x.size and (x.min() < lo - 1e-6 or x.max() > hi + 1e-6):
             raise ValueError(
-                f"x must lie within the classifier's clip_values ({lo}, {hi}), got values in "
+                f"{name} must lie within the classifier's clip_values ({lo}, {hi}), got values in "
                 f"[{float(x.min()):.4g}, {float(x.max()):.4g}]"
             )
         t = torch.tensor(x, dtype=torch.float32)  # copies: the caller's array is never touched
         return t if (lo == 0.0 and hi == 1.0) else (t - lo) / (hi - lo)
 
-    def _to_labels(self, y: np.ndarray, n: int) -> Tensor:
+    def _to_labels(self, y: Any, n: int, name: str = "y") -> Tensor:
         y = np.asarray(y)
-        if y.shape[0] != n:
-            raise ValueError(f"x and y must have the same number of samples, got {n} and {y.shape[0]}")
-        if y.ndim == 2:
+        n_cls = self._classifier.nb_classes
+        accepted = f"accepted: class indices of shape ({n},) or one-hot labels of shape ({n}, {n_cls})"
+        if y.ndim == 0 or y.shape[0] != n:
+            raise ValueError(f"x and {name} must have the same number of samples, got {n} and shape {y.shape}; "
+                             f"{accepted}")
+        if y.ndim == 2 and y.shape[1] == n_cls and n_cls > 1:
             y = np.argmax(y, axis=1)
         elif y.ndim != 1:
-            n_cls = self._classifier.nb_classes
-            raise ValueError(f"y must be class indices (N,) or one-hot (N, {n_cls}), got shape {y.shape}")
+            raise ValueError(f"{name} has shape {y.shape}; {accepted}")
+        if not np.issubdtype(y.dtype, np.number) or (y.size and not np.all(np.mod(y, 1) == 0)):
+            raise ValueError(f"{name} must hold integer class indices, got dtype {y.dtype}")
+        if y.size and (y.min() < 0 or y.max() >= n_cls):
+            raise ValueError(f"{name} holds labels in [{int(y.min())}, {int(y.max())}], outside [0, {n_cls}) "
+                             f"(the classifier has nb_classes={n_cls})")
         return torch.tensor(y, dtype=torch.long)
 
-    def _loader(self, x: np.ndarray, y: np.ndarray, batch_size: int, *, shuffle: bool, index: bool) -> DataLoader:
-        xt = self._to_unit(x)
-        dataset: Any = TensorDataset(xt, self._to_labels(y, xt.shape[0]))
+    def _loader(self, x: np.ndarray, y: np.ndarray, batch_size: int, *, shuffle: bool, index: bool,
+                drop_last: bool = False, name: str = "x") -> DataLoader:
+        xt = self._to_unit(x, name)
+        dataset: Any = TensorDataset(xt, self._to_labels(y, xt.shape[0], "y" if name == "x" else f"{name} labels"))
         if index:
             dataset = IndexedDataset(dataset)
-        return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle)
+        return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, drop_last=drop_last)
 
     # ------------------------------------------------------------------------------------------ training
 
@@ -231,23 +186,28 @@ class FIRETrainer(Trainer):
 
         Args:
             x: training images, shape ``(N, *input_shape)``.
-            y: labels, ``(N,)`` indices or ``(N, nb_classes)`` one-hot.
+            y: labels, ``(N,)`` indices or ``(N, nb_classes)`` one-hot (checked before training starts).
             validation_data: optional ``(x_val, y_val)``; natural and adversarial accuracy after each epoch.
             batch_size: batch size.
             nb_epochs: number of epochs.
             scheduler: any ``torch.optim.lr_scheduler.LRScheduler`` on the classifier's optimizer, stepped per epoch.
-            **kwargs: passed to :func:`fire_plugin.engine.fit` (``checkpoint_dir``, ``resume``, ``amp``, ...).
+            **kwargs: ART's fit keywords: ``verbose`` (progress bars for this call), ``drop_last`` and ``shuffle``
+                are honoured; ``training_mode`` and other ART keywords that mean nothing here are ignored (logged
+                at debug level). The engine's keywords (``checkpoint_dir``, ``resume``, ``amp``, ``config``,
+                ``sync_batchnorm``, ``seed``, ``on_epoch_end``, ``val_attack``) are passed to
+                :func:`fire_plugin.engine.fit`.
         """
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
-        loader = self._loader(x, y, batch_size, shuffle=True, index=self.self_adaptive)
+        drop_last = bool(kwargs.pop("drop_last", False))
+        shuffle = bool(kwargs.pop("shuffle", True))
+        index = self._index_batches()
+        loader = self._loader(x, y, batch_size, shuffle=shuffle, index=index, drop_last=drop_last)
         val = None
         if validation_data is not None:
-            val = self._loader(validation_data[0], validation_data[1], batch_size, shuffle=False, index=False)
-        sat = SelfAdaptiveTargets(
-            len(x), self._classifier.nb_classes, warmup=self.sat_warmup, momentum=self.sat_momentum
-        ) if self.self_adaptive else None
-        self._run(loader, nb_epochs, scheduler, val, sat, **kwargs)
+            val = self._loader(validation_data[0], validation_data[1], batch_size, shuffle=False, index=False,
+                               name="validation_data x")
+        self._run(loader, nb_epochs, scheduler, val, self._self_adaptive(len(x)), **kwargs)
 
     def fit_generator(  # type: ignore[override]
         self,
@@ -259,13 +219,17 @@ class FIRETrainer(Trainer):
     ) -> None:
         """Train from an ART ``DataGenerator`` (e.g. ``PyTorchDataGenerator`` or ``NumpyDataGenerator``).
 
-        Self-adaptive training needs sample indices and is only available through :meth:`fit`.
+        Keyword arguments as in :meth:`fit`. Self-adaptive training needs sample indices and is only available
+        through :meth:`fit`.
         """
-        if self.self_adaptive:
+        if self._index_batches():
             raise ValueError("self_adaptive=True needs sample indices; use fit(x, y) instead of fit_generator")
         for attr in ("get_batch", "size", "batch_size"):
             if not hasattr(generator, attr):
                 raise ValueError(f"generator must be an ART DataGenerator (missing {attr!r}), got {type(generator)}")
+        for key in ("drop_last", "shuffle"):
+            if kwargs.pop(key, None) is not None:
+                _logger.debug("fit_generator ignores %r: the generator decides its batches", key)
 
         def to_batch(xb: Any, yb: Any) -> tuple[Tensor, Tensor]:
             xb = xb.detach().cpu().numpy() if isinstance(xb, Tensor) else np.asarray(xb)
@@ -275,24 +239,31 @@ class FIRETrainer(Trainer):
 
         val = None
         if validation_data is not None:
-            val = self._loader(validation_data[0], validation_data[1], generator.batch_size, shuffle=False, index=False)
+            val = self._loader(validation_data[0], validation_data[1], generator.batch_size, shuffle=False,
+                               index=False, name="validation_data x")
         self._run(_GeneratorLoader(generator, to_batch), nb_epochs, scheduler, val, None, **kwargs)
 
     def _run(self, loader: Any, nb_epochs: int, scheduler: Any, val: Any, sat: Any, **kwargs: Any) -> None:
+        verbose = bool(kwargs.pop("verbose", self.verbose))
+        engine_kwargs = {k: kwargs.pop(k) for k in _ENGINE_KWARGS if k in kwargs}
+        for key in kwargs:
+            level = logging.DEBUG if key in _IGNORED_ART_KWARGS else logging.WARNING
+            _logger.log(level, "%s.fit ignores the keyword %r (it has no meaning for this trainer)",
+                        type(self).__name__, key)
+        engine_kwargs["config"] = {**self._run_config(), **(engine_kwargs.get("config") or {})}
         history = fit(
             self.module,
             loader,
             epochs=nb_epochs,
-            loss=self.loss,
-            attack=self.attack,
+            objective=self._objective(),
             optimizer=self._classifier._optimizer,
             scheduler=scheduler,
             val_loader=val,
             self_adaptive=sat,
-            verbose=self.verbose,
-            **kwargs,
+            verbose=verbose,
+            **engine_kwargs,
         )
-        if kwargs.get("checkpoint_dir") is not None:
+        if engine_kwargs.get("checkpoint_dir") is not None:
             self.history = history  # the checkpoint carries the history of the resumed run
         else:
             offset = len(self.history)
@@ -304,6 +275,128 @@ class FIRETrainer(Trainer):
     def predict(self, x: np.ndarray, **kwargs: Any) -> np.ndarray:
         """Predictions of the trained classifier (``classifier.predict``)."""
         return self._classifier.predict(x, **kwargs)
+
+
+NATURAL_LOSSES = ("classifier", "ce")
+
+
+class FIRETrainer(EngineTrainer):
+    """Fisher-Rao regularized adversarial training (FIRE, eq. 7) as an ART ``Trainer``.
+
+    Minimizes ``natural(f(x), y) + lam * mean d(f(x), f(x'))`` where ``d`` is the chosen divergence
+    (``"fisher_rao"``: squared Fisher-Rao distance; ``"kl"``: TRADES; ``"hellinger"``: squared Hellinger distance)
+    and ``x'`` maximizes that same divergence by PGD (:class:`fire_plugin.attacks.DivergencePGD`).
+
+    The natural term: with ``natural_loss="classifier"`` (default, as ART's TRADES trainer) it is the
+    classifier's own loss (``classifier._loss``, e.g. a label-smoothed ``CrossEntropyLoss``) on class indices; with
+    ``"ce"`` it is the plain mean cross-entropy of the paper's eq. 7. The regularizer is always a batch mean, so a
+    classifier loss with ``reduction="sum"`` weighs the natural term ``batch_size`` times more (ART behaves so).
+
+    Weights, matched by measurement on digits (natural accuracy close to TRADES at beta = 6, the paper's criterion;
+    see the README's weight table): near equality ``d^2 ~ 2 KL ~ 4 H^2``, so ``lam`` on ``d^2`` acts like TRADES'
+    ``beta = 2 lam`` and like ``4 lam`` on ``H^2``. The default ``lam = 3`` is the paper's "lambda = 12" in the
+    authors' code convention (``beta_code * arccos(BC)^2``, ``beta_code = 4 lam``).
+
+    Args:
+        classifier: an ART ``PyTorchClassifier`` with an optimizer. Its preprocessing, ``clip_values`` and device
+            are used; images are expected within ``clip_values`` (``(0, 1)`` when unset).
+        lam: weight of the divergence. For ``"fisher_rao"`` it multiplies ``d^2`` with ``d = 2 * arccos(BC)``;
+            for ``"kl"`` it is TRADES' beta; for ``"hellinger"`` it multiplies ``H^2 = 2 (1 - BC)``.
+        divergence: ``"fisher_rao"``, ``"kl"`` or ``"hellinger"``.
+        eps: attack budget in pixel space (the classifier's input space).
+        eps_step: PGD step size in pixel space.
+        max_iter: PGD steps.
+        norm: ``"Linf"`` or ``"L2"``.
+        natural_loss: ``"classifier"`` or ``"ce"`` (see above).
+        self_adaptive: self-adaptive soft targets (Huang et al., 2020) after ``sat_warmup`` epochs.
+        sat_warmup: warm-up epochs of self-adaptive training.
+        sat_momentum: EMA momentum of self-adaptive training.
+        verbose: tqdm progress over epochs and batches.
+
+    Example:
+        >>> import numpy as np, torch
+        >>> from art.estimators.classification import PyTorchClassifier
+        >>> net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10))
+        >>> clf = PyTorchClassifier(net, loss=torch.nn.CrossEntropyLoss(), input_shape=(1, 8, 8), nb_classes=10,
+        ...                         optimizer=torch.optim.SGD(net.parameters(), lr=0.1), clip_values=(0.0, 1.0))
+        >>> trainer = FIRETrainer(clf, lam=3.0, eps=0.1, eps_step=0.02, max_iter=5, verbose=False)
+        >>> x, y = np.random.rand(32, 1, 8, 8).astype(np.float32), np.random.randint(0, 10, 32)
+        >>> trainer.fit(x, y, nb_epochs=1, batch_size=16)
+        >>> len(trainer.history)
+        1
+    """
+
+    def __init__(
+        self,
+        classifier: PyTorchClassifier,
+        *,
+        lam: float = 3.0,
+        divergence: str = "fisher_rao",
+        eps: float = 8 / 255,
+        eps_step: float = 2 / 255,
+        max_iter: int = 10,
+        norm: str = "Linf",
+        natural_loss: str = "classifier",
+        self_adaptive: bool = False,
+        sat_warmup: int = 10,
+        sat_momentum: float = 0.9,
+        verbose: bool = True,
+    ) -> None:
+        super().__init__(classifier, verbose=verbose)
+        self.lam = lam
+        self.divergence = divergence
+        self.eps = eps
+        self.eps_step = eps_step
+        self.max_iter = max_iter
+        self.norm = norm
+        self.natural_loss = natural_loss
+        self.self_adaptive = self_adaptive
+        self.sat_warmup = sat_warmup
+        self.sat_momentum = sat_momentum
+        self._check_params()
+
+        scale = self._high - self._low
+        self.attack = DivergencePGD(
+            self.module, divergence=divergence, eps=eps / scale, alpha=eps_step / scale, steps=max_iter, norm=norm
+        )
+        natural = self._classifier._loss if natural_loss == "classifier" else None
+        self.loss = DivergenceRegularizedLoss(divergence, lam, natural_loss=natural)
+
+    def _check_params(self) -> None:
+        if self.divergence not in DIVERGENCES:
+            raise ValueError(f"divergence must be one of {sorted(DIVERGENCES)}, got {self.divergence!r}")
+        if self.norm not in NORMS:
+            raise ValueError(f"norm must be one of {list(NORMS)}, got {self.norm!r}")
+        if self.natural_loss not in NATURAL_LOSSES:
+            raise ValueError(f"natural_loss must be one of {list(NATURAL_LOSSES)}, got {self.natural_loss!r}")
+        if self.natural_loss == "classifier" and not callable(getattr(self._classifier, "_loss", None)):
+            raise ValueError("natural_loss='classifier' needs a classifier with a loss; pass loss=... to "
+                             "PyTorchClassifier or use natural_loss='ce'")
+        if not float(self.lam) >= 0:
+            raise ValueError(f"lam must be >= 0, got {self.lam!r}")
+        if not float(self.eps) >= 0:
+            raise ValueError(f"eps must be >= 0, got {self.eps!r}")
+        if not float(self.eps_step) >= 0:
+            raise ValueError(f"eps_step must be >= 0, got {self.eps_step!r}")
+        if isinstance(self.max_iter, bool) or not isinstance(self.max_iter, int) or self.max_iter < 1:
+            raise ValueError(f"max_iter must be an int >= 1, got {self.max_iter!r}")
+
+    def _objective(self) -> Objective:
+        return AdversarialObjective(self.loss, self.attack)
+
+    def _run_config(self) -> dict[str, Any]:
+        return {"trainer": type(self).__name__, "lam": float(self.lam), "divergence": self.divergence,
+                "eps": float(self.eps), "eps_step": float(self.eps_step), "max_iter": int(self.max_iter),
+                "norm": self.norm, "natural_loss": self.natural_loss, "self_adaptive": bool(self.self_adaptive)}
+
+    def _index_batches(self) -> bool:
+        return bool(self.self_adaptive)
+
+    def _self_adaptive(self, n: int) -> SelfAdaptiveTargets | None:
+        if not self.self_adaptive:
+            return None
+        return SelfAdaptiveTargets(n, self._classifier.nb_classes, warmup=self.sat_warmup,
+                                   momentum=self.sat_momentum)
 
 
 class TRADESTrainer(FIRETrainer):
@@ -323,12 +416,15 @@ class TRADESTrainer(FIRETrainer):
 class HellingerTrainer(FIRETrainer):
     """Hellinger-regularized training (eq. 48): ``CE + lam * H^2`` with ``H^2 = 2 (1 - BC)``.
 
+    Near equality ``d^2 ~ 4 H^2``, so ``lam = 12`` on ``H^2`` matches FIRE's ``lam = 3`` on ``d^2`` and TRADES'
+    ``beta = 6`` (the default, see :class:`FIRETrainer` for how the weights were chosen).
+
     Example:
         >>> HellingerTrainer.__mro__[1].__name__
         'FIRETrainer'
     """
 
-    def __init__(self, classifier: PyTorchClassifier, *, lam: float = 6.0, **kwargs: Any) -> None:
+    def __init__(self, classifier: PyTorchClassifier, *, lam: float = 12.0, **kwargs: Any) -> None:
         if "divergence" in kwargs:
             raise ValueError("HellingerTrainer fixes divergence='hellinger'; use FIRETrainer to choose")
         super().__init__(classifier, lam=lam, divergence="hellinger", **kwargs)
