@@ -3,10 +3,10 @@
 There is one training loop (:func:`fit`); a method is an :class:`Objective` (``objective(model, x, y)`` returns the
 loss and the logits the bookkeeping reads): :class:`AdversarialObjective` (attack + loss: FIRE, TRADES, Hellinger,
 ACE, MART), :class:`CrossEntropyObjective` (natural training), and the partial-isometry objective of
-:mod:`fire_plugin.isometry`. Nothing here imports ART; :mod:`fire_plugin.trainers` wraps it for ART users, the CLI and benchmarks call it
-directly. Launched by ``torchrun`` (``WORLD_SIZE > 1``), :func:`fit` initializes the process group (nccl on CUDA,
-gloo on CPU), wraps the model in ``DistributedDataParallel``, shards the data with ``DistributedSampler``, and
-only rank 0 logs, shows progress and writes checkpoints.
+:mod:`fire_plugin.isometry`. Nothing here imports ART; :mod:`fire_plugin.trainers` wraps it for ART users, the
+CLI and benchmarks call it directly. Launched by ``torchrun`` (``WORLD_SIZE > 1``), :func:`fit` initializes the
+process group (nccl on CUDA, gloo on CPU), wraps the model in ``DistributedDataParallel``, shards the data with
+``DistributedSampler``, and only rank 0 logs, shows progress and writes checkpoints.
 
 Example:
     >>> import torch
