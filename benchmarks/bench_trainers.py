@@ -9,15 +9,18 @@ Model: the TRADES MNIST SmallCNN on 1x28x28 inputs (sklearn digits upsampled to 
 batch 128. The paper's MNIST attack has 40 steps; on a CPU this benchmark uses ``--steps 10`` by default (pass
 ``--steps 40`` on a GPU). Rounds alternate between the contenders so that drift of a shared machine hits all alike.
 
-Run: ``python benchmarks/bench_trainers.py [--steps 10] [--samples 512] [--rounds 3]``.
+Only the thing named is timed: ``fit`` for one epoch (the classifier and trainer are built outside the timer), one
+training step. Run: ``python benchmarks/bench_trainers.py [--quick] [--steps 10] [--samples 512] [--rounds 7]``;
+``run(quick)`` returns the rows (``benchmarks/perf.py``).
 """
 
 from __future__ import annotations
 
 import argparse
 import statistics
-import time
+import sys
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import timm
@@ -27,6 +30,9 @@ from art.attacks.evasion import ProjectedGradientDescent
 from art.defences.trainer import AdversarialTrainerTRADESPyTorch
 from art.estimators.classification import PyTorchClassifier
 from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _timing import choose_clock, format_table, row  # noqa: E402
 
 import fire_plugin  # noqa: F401  (registers small_cnn)
 from fire_plugin.attacks import FRPGD
@@ -51,21 +57,44 @@ def make_classifier(seed: int = 0) -> PyTorchClassifier:
                              clip_values=(0.0, 1.0))
 
 
-CLOCK: Callable[[], float] = time.perf_counter
-
-
-def timed(fn: Callable[[], object]) -> float:
+def timed(fn: Callable[[], object], clock: Callable[[], float]) -> float:
     if torch.cuda.is_available():
         torch.cuda.synchronize()
-    start = CLOCK()
+    start = clock()
     fn()
     if torch.cuda.is_available():
         torch.cuda.synchronize()
-    return CLOCK() - start
+    return clock() - start
+
+
+def run(quick: bool = False, *, steps: int = 10, samples: int = 512, batch_size: int = 128, rounds: int = 7,
+        step_rounds: int = 16, skip_epochs: bool = False, threads: int = 1,
+        clock: str = "auto") -> list[dict[str, object]]:
+    """Rows of the perf-suite contract: (c) engine step / hand-written step, then (a) and (b) epoch ratios.
+
+    ``quick``: 2 attack steps, 128 samples (one batch), 1 epoch round, 4 step rounds.
+    """
+    if quick:
+        steps, samples, rounds, step_rounds = 2, 128, 1, 4
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    clock_fn, clock_label = choose_clock(clock, threads=threads, device=device)
+    eps, eps_step, bs = 0.3, 0.75 / steps, batch_size
+    x, y = digits28(samples)
+    setting = f"SmallCNN 1x28x28, batch {bs}, eps {eps}, {steps} PGD steps"
+    how = f"{device}, {torch.get_num_threads()} thread(s), {clock_label} clock"
+    # (c) runs first: after the ART epochs, the state of the process (allocator, caches) moved this ratio from
+    # about 1.00 to as much as 1.09 here, so both step contenders are measured in the same fresh state.
+    rows = [compare_steps(x, y, eps, eps_step, steps, bs, step_rounds=step_rounds, clock=clock_fn, setting=setting,
+                          how=how)]
+    if not skip_epochs:
+        rows += compare_epochs(x, y, eps, eps_step, steps, bs, rounds=rounds, clock=clock_fn,
+                               setting=f"{setting}, {len(x)} samples", how=how)
+    return rows
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="smoke run: 2 steps, 128 samples, 1 round, 4 step rounds")
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--samples", type=int, default=512)
     parser.add_argument("--batch-size", type=int, default=128)
@@ -76,58 +105,53 @@ def main() -> None:
     parser.add_argument("--clock", choices=["auto", "wall", "cpu"], default="auto",
                         help="auto: process CPU time on a 1-thread CPU run (immune to other jobs), else wall time")
     args = parser.parse_args()
-    global CLOCK
-    if not torch.cuda.is_available():
-        torch.set_num_threads(args.threads)
-    use_cpu = args.clock == "cpu" or (args.clock == "auto" and not torch.cuda.is_available() and args.threads == 1)
-    CLOCK = time.process_time if use_cpu else time.perf_counter
-    eps, eps_step, steps, bs = 0.3, 0.75 / args.steps, args.steps, args.batch_size
-    x, y = digits28(args.samples)
-    print(f"SmallCNN 1x28x28, {len(x)} samples, batch {bs}, eps {eps}, {steps} steps, "
-          f"threads {torch.get_num_threads()}, device {'cuda' if torch.cuda.is_available() else 'cpu'}, "
-          f"clock: {'process CPU time' if use_cpu else 'wall time'}")
-
-    # (c) runs first: after the ART epochs, the state of the process (allocator, caches) moved this ratio from
-    # about 1.00 to as much as 1.09 here, so both step contenders are measured in the same fresh state.
-    compare_steps(args, x, y, eps, eps_step, steps, bs)
-    if not args.skip_epochs:
-        compare_epochs(args, x, y, eps, eps_step, steps, bs)
+    rows = run(args.quick, steps=args.steps, samples=args.samples, batch_size=args.batch_size, rounds=args.rounds,
+               step_rounds=args.step_rounds, skip_epochs=args.skip_epochs, threads=args.threads, clock=args.clock)
+    print(format_table(rows))
 
 
-def compare_epochs(args: argparse.Namespace, x: np.ndarray, y: np.ndarray, eps: float, eps_step: float, steps: int,
-                   bs: int) -> None:
-    """(a) and (b): one training epoch per contender, rounds interleaved."""
+def compare_epochs(x: np.ndarray, y: np.ndarray, eps: float, eps_step: float, steps: int, bs: int, *, rounds: int,
+                   clock: Callable[[], float], setting: str, how: str) -> list[dict[str, object]]:
+    """(a) and (b): one training epoch per contender, rounds interleaved.
 
-    def art_trades() -> None:
+    Each contender is built (fresh classifier, attack, trainer) outside the timer; only ``fit`` for one epoch is
+    timed.
+    """
+
+    def art_trades() -> Callable[[], None]:
         clf = make_classifier()
         pgd = ProjectedGradientDescent(clf, norm=np.inf, eps=eps, eps_step=eps_step, max_iter=steps, batch_size=bs,
                                        verbose=False)
-        AdversarialTrainerTRADESPyTorch(clf, pgd, beta=6.0).fit(x, y, nb_epochs=1, batch_size=bs)
+        trainer = AdversarialTrainerTRADESPyTorch(clf, pgd, beta=6.0)
+        return lambda: trainer.fit(x, y, nb_epochs=1, batch_size=bs)
 
-    def ours(divergence: str) -> Callable[[], None]:
-        def run() -> None:
+    def ours(divergence: str) -> Callable[[], Callable[[], None]]:
+        def build() -> Callable[[], None]:
             clf = make_classifier()
-            FIRETrainer(clf, lam=6.0, divergence=divergence, eps=eps, eps_step=eps_step, max_iter=steps,
-                        verbose=False).fit(x, y, nb_epochs=1, batch_size=bs)
-        return run
+            trainer = FIRETrainer(clf, lam=6.0, divergence=divergence, eps=eps, eps_step=eps_step, max_iter=steps,
+                                  verbose=False)
+            return lambda: trainer.fit(x, y, nb_epochs=1, batch_size=bs)
+        return build
 
     contenders = {"art_trades": art_trades, "fire": ours("fisher_rao"), "fire_kl": ours("kl")}
     times: dict[str, list[float]] = {k: [] for k in contenders}
-    for fn in contenders.values():  # warm-up
-        fn()
-    for _ in range(args.rounds):
-        for name, fn in contenders.items():
-            times[name].append(timed(fn))
+    for build in contenders.values():  # warm-up
+        build()()
+    for _ in range(rounds):
+        for name, build in contenders.items():
+            times[name].append(timed(build(), clock))
     med = {k: statistics.median(v) for k, v in times.items()}
-    print(f"epoch seconds (median of {args.rounds}): " + ", ".join(f"{k} {v:.2f}" for k, v in med.items()))
-    print(f"(a) FIRETrainer / ART AdversarialTrainerTRADESPyTorch = {med['fire'] / med['art_trades']:.3f} "
-          "(target <= 0.75)")
-    print(f"(b) FIRETrainer(fisher_rao) / FIRETrainer(kl)         = {med['fire'] / med['fire_kl']:.3f} "
-          "(target <= 1.02)")
+    detail = f"{how}, median of {rounds} rounds; epoch s: " + ", ".join(f"{k} {v:.2f}" for k, v in med.items())
+    return [
+        row(f"(a) FIRETrainer epoch, {setting}", med["fire"] / med["art_trades"], "<= 0.75",
+            "ART AdversarialTrainerTRADESPyTorch epoch (beta 6)", detail),
+        row(f"(b) FIRETrainer(divergence='fisher_rao') epoch, {setting}", med["fire"] / med["fire_kl"], "<= 1.02",
+            "FIRETrainer(divergence='kl') epoch", detail),
+    ]
 
 
-def compare_steps(args: argparse.Namespace, x: np.ndarray, y: np.ndarray, eps: float, eps_step: float, steps: int,
-                  bs: int) -> None:
+def compare_steps(x: np.ndarray, y: np.ndarray, eps: float, eps_step: float, steps: int, bs: int, *,
+                  step_rounds: int, clock: Callable[[], float], setting: str, how: str) -> dict[str, object]:
     """(c): one engine step vs a minimal hand-written step with the same passes and divergence."""
     torch.manual_seed(0)
     model = timm.create_model("small_cnn", num_classes=10)
@@ -158,12 +182,14 @@ def compare_steps(args: argparse.Namespace, x: np.ndarray, y: np.ndarray, eps: f
     for _ in range(2):
         engine_step()
         hand_step()
-    for i in range(args.step_rounds):  # ABBA order, so neither side always runs first
+    for i in range(step_rounds):  # ABBA order, so neither side always runs first
         order = [("engine", engine_step), ("hand", hand_step)]
         for name, fn in order if i % 2 == 0 else order[::-1]:
-            step_times[name].append(timed(fn))
+            step_times[name].append(timed(fn, clock))
     e, h = statistics.median(step_times["engine"]), statistics.median(step_times["hand"])
-    print(f"(c) engine step / hand-written step = {e / h:.3f} (target <= 1.05; {e * 1e3:.1f} ms vs {h * 1e3:.1f} ms)")
+    return row(f"(c) engine.adversarial_step (FIRE, lam 6), {setting}", e / h, "<= 1.05",
+               "hand-written PGD-training step, same passes and divergence",
+               f"{e * 1e3:.1f} ms vs {h * 1e3:.1f} ms; {how}, median of {step_rounds} ABBA rounds")
 
 
 if __name__ == "__main__":
