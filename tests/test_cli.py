@@ -63,3 +63,76 @@ def test_bad_arguments_exit_with_usage(capsys):
     assert "epochs" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["train", "--out", "x", "--method", "pgd"])
+
+
+_TINY = ["--dataset", "digits", "--model", "digits_cnn", "--eps", "0.1", "--steps", "1", "--epochs", "1",
+         "--batch-size", "512", "--lr", "0.05", "--quiet"]
+
+
+def test_user_errors_print_one_line_and_exit_2(tmp_path, capsys):
+    status = main(["train", *_TINY, "--model", "no_such_net", "--out", str(tmp_path / "a")])
+    err = capsys.readouterr().err
+    assert status == 2 and err.startswith("fire-plugin: error: ") and err.count("\n") == 1
+    assert "no_such_net" in err and "digits_cnn" in err and "Traceback" not in err
+    # -v adds the traceback
+    assert main(["-v", "train", *_TINY, "--model", "no_such_net", "--out", str(tmp_path / "a")]) == 2
+    assert "Traceback" in capsys.readouterr().err
+
+
+def test_out_must_be_writable_before_training(tmp_path, capsys):
+    target = tmp_path / "file.txt"
+    target.write_text("x")
+    assert main(["train", *_TINY, "--out", str(target)]) == 2
+    assert "is an existing file" in capsys.readouterr().err
+    # user-chosen dirs may contain '..'
+    (tmp_path / "runs").mkdir()
+    assert main(["train", *_TINY, "--method", "ce", "--out", str(tmp_path / "runs" / ".." / "runs" / "e")]) == 0
+    assert (tmp_path / "runs" / "e" / "summary.json").exists()
+
+
+def test_resume_with_another_configuration_is_refused(tmp_path, capsys):
+    out = str(tmp_path / "run")
+    assert main(["train", *_TINY, "--out", out]) == 0
+    capsys.readouterr()
+    assert main(["train", *_TINY, "--method", "trades", "--lam", "0.5", "--lr", "1e6", "--epochs", "2",
+                 "--out", out]) == 2
+    err = capsys.readouterr().err
+    assert "method" in err and "lr" in err and "--no-resume" in err
+    assert main(["train", *_TINY, "--method", "trades", "--lam", "0.5", "--epochs", "1", "--no-resume",
+                 "--out", out]) == 0
+
+
+def test_one_epoch_trains_at_the_base_learning_rate(tmp_path):
+    run = tmp_path / "run"
+    assert main(["train", *_TINY, "--method", "ce", "--out", str(run)]) == 0
+    history = json.loads((run / "summary.json").read_text())["history"]
+    assert history[0]["lr"] == pytest.approx(0.05)
+
+
+def test_model_id_is_checked_before_evaluating(tmp_path, capsys):
+    for bad in ("Bad/Id", "Trailing\n", ".."):
+        assert main(["evaluate", "--model", "digits_cnn", "--dataset", "digits", "--eps", "0.1", "--model-id", bad,
+                     "--attacks", "clean", "autoattack", "--out", str(tmp_path / "e")]) == 2
+        assert "model_id" in capsys.readouterr().err
+    assert main(["evaluate", "--model", "digits_cnn", "--dataset", "digits", "--eps", "0.1", "--model-id",
+                 "Good2026Id", "--attacks", "clean", "--out", str(tmp_path / "e")]) == 2
+    assert "autoattack" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", ["train", "evaluate"])
+@pytest.mark.parametrize("eps", ["0", "inf", "nan", "-1"])
+def test_eps_must_be_positive_and_finite_everywhere(command, eps, capsys):
+    with pytest.raises(SystemExit) as info:
+        main([command, "--model", "digits_cnn", "--out", "x", "--eps", eps])
+    assert info.value.code == 2 and "--eps" in capsys.readouterr().err
+
+
+def test_checkpoint_errors_name_the_file(tmp_path, capsys):
+    empty = tmp_path / "empty.pt"
+    empty.write_bytes(b"")
+    assert main(["evaluate", "--model", "digits_cnn", "--checkpoint", str(empty), "--dataset", "digits",
+                 "--eps", "0.1", "--attacks", "clean", "--out", str(tmp_path / "e")]) == 2
+    assert "empty.pt" in capsys.readouterr().err
+    assert main(["evaluate", "--model", "digits_cnn", "--checkpoint", str(tmp_path), "--dataset", "digits",
+                 "--eps", "0.1", "--attacks", "clean", "--out", str(tmp_path / "e")]) == 2
+    assert "directory" in capsys.readouterr().err
