@@ -72,8 +72,10 @@ def row(name: str, ratio: float, target: str, peer: str, detail: str = "") -> di
 
 def target_met(ratio: float | None, target: str | None) -> bool | None:
     """Whether ``ratio`` meets ``target`` (``"<= 1.2"``, ``">= 1"``, ``"< 2"``, ``"> 0.5"``); None without a target."""
-    if not target or ratio is None:
+    if target is None or target == "" or ratio is None:
         return None
+    if not isinstance(target, str):
+        raise ValueError(f"target={target!r} is not allowed; allowed: a string '<= x', '>= x', '< x', '> x' or ''")
     text = target.strip()
     for op in ("<=", ">=", "<", ">"):
         if text.startswith(op):
