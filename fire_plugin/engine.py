@@ -8,6 +8,11 @@ CLI and benchmarks call it directly. Launched by ``torchrun`` (``WORLD_SIZE > 1`
 process group (nccl on CUDA, gloo on CPU), wraps the model in ``DistributedDataParallel``, shards the data with
 ``DistributedSampler``, and only rank 0 logs, shows progress and writes checkpoints.
 
+Modern recipe and GPU fast paths, all options of :func:`fit`: an exponential moving average of the weights
+(:class:`ModelEMA`, ``ema=``), model selection on a held-out validation split (``select_best=True`` writes
+``best.pt``), bfloat16 or float16 autocast (``amp=``), channels-last memory format, ``cudnn.benchmark`` and
+``torch.compile`` of the model (``compile=``).
+
 Example:
     >>> import torch
     >>> from torch.utils.data import DataLoader, TensorDataset
@@ -18,12 +23,13 @@ Example:
     >>> history = fit(model, data, epochs=1, loss=FIRELoss(lam=1.0), attack=FRPGD(model, eps=0.1, alpha=0.02),
     ...               optimizer=torch.optim.SGD(model.parameters(), lr=0.1), verbose=False)
     >>> sorted(history[0])[:3]
-    ['adv_acc', 'epoch', 'loss']
+    ['adv_acc', 'diverged', 'epoch']
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import functools
 import logging
@@ -49,12 +55,15 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from tqdm.auto import tqdm
 
 __all__ = [
+    "AMP_DTYPES",
+    "BEST_CHECKPOINT_NAME",
     "CHECKPOINT_NAME",
     "AdversarialObjective",
     "ConfigMismatchError",
     "CrossEntropyObjective",
     "EpochStats",
     "IndexedDataset",
+    "ModelEMA",
     "NonFiniteLossError",
     "Objective",
     "ObjectiveOutput",
@@ -68,6 +77,7 @@ __all__ = [
     "load_checkpoint",
     "lr_scheduler",
     "save_checkpoint",
+    "resolve_amp_dtype",
     "setup_distributed",
     "train_epoch",
     "training_step",
@@ -77,6 +87,10 @@ __all__ = [
 _logger = logging.getLogger(__name__)
 
 CHECKPOINT_NAME = "last.pt"
+BEST_CHECKPOINT_NAME = "best.pt"
+AMP_DTYPES: dict[str, torch.dtype] = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16,
+                                      "float16": torch.float16}
+"""Names accepted by ``fit(amp=...)`` for the autocast dtype."""
 LossFn = Callable[[Tensor, Tensor, Tensor], Tensor]
 LossTerm = Callable[[Tensor, Tensor], Tensor]
 AttackFn = Callable[[Tensor, Tensor], Tensor]
@@ -113,6 +127,8 @@ class EpochStats:
     lr: float
     val_nat_acc: float | None = None
     val_adv_acc: float | None = None
+    val_ema_nat_acc: float | None = None  # the same accuracies of the EMA weights (fit(..., ema=...))
+    val_ema_adv_acc: float | None = None
     diverged: bool = False  # set by fit when the loss blew up and the accuracy collapsed (see fit's docstring)
 
     def as_dict(self) -> dict[str, Any]:
@@ -167,18 +183,23 @@ def unwrap_model(model: nn.Module) -> nn.Module:
 
 
 def _distributed_loader(loader: DataLoader, *, seed: int) -> DataLoader:
-    """The same loader, sharded over ranks with a DistributedSampler (shuffling when the original did)."""
+    """The same loader, sharded over ranks with a DistributedSampler (shuffling when the original did).
+
+    A loader whose batch sampler has a ``shard(num_replicas, rank)`` method (the mixed original/extra batches of
+    :func:`fire_plugin.data.mixed_loader`) is sharded by that method instead, so that every batch keeps its mix.
+    """
+    workers = {"num_workers": loader.num_workers, "collate_fn": loader.collate_fn, "pin_memory": loader.pin_memory,
+               "persistent_workers": loader.persistent_workers}
+    if loader.num_workers > 0:
+        workers["prefetch_factor"] = loader.prefetch_factor
+    shard = getattr(loader.batch_sampler, "shard", None)
+    if callable(shard):
+        info = distributed_info()
+        return DataLoader(loader.dataset, batch_sampler=shard(info.world_size, info.rank), **workers)
     shuffle = not isinstance(loader.sampler, torch.utils.data.SequentialSampler)
     sampler: DistributedSampler = DistributedSampler(loader.dataset, shuffle=shuffle, seed=seed)
-    return DataLoader(
-        loader.dataset,
-        batch_size=loader.batch_size,
-        sampler=sampler,
-        num_workers=loader.num_workers,
-        collate_fn=loader.collate_fn,
-        pin_memory=loader.pin_memory,
-        drop_last=loader.drop_last,
-    )
+    return DataLoader(loader.dataset, batch_size=loader.batch_size, sampler=sampler, drop_last=loader.drop_last,
+                      **workers)
 
 
 # ----------------------------------------------------------------------------------------------- precision
@@ -189,11 +210,56 @@ def _model_device(model: nn.Module) -> torch.device:
     return param.device if param is not None else torch.device("cpu")
 
 
-def autocast_context(device: torch.device, enabled: bool) -> contextlib.AbstractContextManager[Any]:
-    """``torch.autocast`` on CUDA when enabled, ``nullcontext()`` otherwise (CPU trains in full precision)."""
+def autocast_context(
+    device: torch.device, enabled: bool, dtype: torch.dtype | None = None
+) -> contextlib.AbstractContextManager[Any]:
+    """``torch.autocast`` in ``dtype`` (float16 when None) on CUDA when enabled; bfloat16 autocast also on CPU.
+
+    Otherwise ``nullcontext()``: CPU trains in full precision unless bfloat16 is asked for explicitly.
+
+    Example:
+        >>> with autocast_context(torch.device("cpu"), True, torch.bfloat16):
+        ...     (torch.ones(2, 2) @ torch.ones(2, 2)).dtype
+        torch.bfloat16
+        >>> with autocast_context(torch.device("cpu"), True):
+        ...     (torch.ones(2, 2) @ torch.ones(2, 2)).dtype
+        torch.float32
+    """
     if enabled and device.type == "cuda":
-        return torch.autocast(device_type="cuda", dtype=torch.float16)
+        return torch.autocast(device_type="cuda", dtype=dtype or torch.float16)
+    if enabled and device.type == "cpu" and dtype == torch.bfloat16:
+        return torch.autocast(device_type="cpu", dtype=torch.bfloat16)
     return contextlib.nullcontext()
+
+
+def resolve_amp_dtype(amp: bool | str | torch.dtype | None, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype of ``fit(amp=...)`` on ``device``; None means full precision.
+
+    ``None`` or ``True``: on CUDA bfloat16 where the GPU supports it (Ampere and later: no GradScaler needed),
+    else float16 (with a GradScaler); full precision on CPU. ``False`` or ``"off"``: full precision.
+    ``"bf16"``: bfloat16 autocast (CUDA, or CPU autocast). ``"fp16"``: float16 autocast with a GradScaler, CUDA
+    only.
+
+    Example:
+        >>> resolve_amp_dtype(None, torch.device("cpu")) is None
+        True
+        >>> resolve_amp_dtype("bf16", torch.device("cpu"))
+        torch.bfloat16
+    """
+    if amp is None or amp is True:
+        if device.type != "cuda":
+            return None
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if amp is False or amp == "off":
+        return None
+    dtype = AMP_DTYPES.get(amp) if isinstance(amp, str) else amp
+    if dtype not in (torch.bfloat16, torch.float16):
+        raise ValueError(f"amp={amp!r} is not allowed; allowed: None (auto), True, False, 'off', "
+                         f"{sorted(AMP_DTYPES)} or torch.bfloat16 / torch.float16")
+    if dtype == torch.float16 and device.type != "cuda":
+        raise ValueError(f"amp={amp!r} (float16 autocast with a GradScaler) needs a CUDA model, the model is on "
+                         f"{device}; allowed there: 'bf16' (CPU bfloat16 autocast) or False")
+    return dtype
 
 
 # ----------------------------------------------------------------------------------------------- self-adaptive
@@ -241,6 +307,78 @@ class SelfAdaptiveTargets:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.targets = state["targets"]
         self.initialized = state["initialized"]
+
+
+# ----------------------------------------------------------------------------------------------- weight averaging
+
+
+class ModelEMA:
+    """An exponential moving average of a model's weights, updated after every optimizer step.
+
+    After the ``t``-th update (``t = 0, 1, ...``) every parameter is ``e <- d_t e + (1 - d_t) w`` with
+    ``d_t = min(decay, (1 + t) / (10 + t))`` when ``warmup`` (the early average follows the fast-moving weights,
+    as in timm's and TF's EMA), ``d_t = decay`` otherwise; buffers (BatchNorm running statistics) are copied from
+    the model. ``ema.module`` is an eval-mode copy that evaluation and ``best.pt`` use; :func:`fit` updates it
+    (``fit(..., ema=ModelEMA(model))``), saves it in every checkpoint under ``"ema"`` and restores it on resume.
+    The average is kept in the parameters' dtype (float32 for float32 models).
+
+    Args:
+        model: the model to average (a DDP wrapper is unwrapped); it is copied once here.
+        decay: the decay once warmed up (0.999 for CIFAR-scale runs of a few hundred steps per epoch).
+        warmup: use ``min(decay, (1 + t) / (10 + t))``.
+
+    Example:
+        >>> model = torch.nn.Linear(2, 1)
+        >>> ema = ModelEMA(model, decay=0.9)
+        >>> with torch.no_grad():
+        ...     _ = model.weight.add_(1.0)
+        >>> ema.current_decay(), ema.update(model), ema.updates
+        (0.1, None, 1)
+    """
+
+    def __init__(self, model: nn.Module, *, decay: float = 0.999, warmup: bool = True) -> None:
+        if isinstance(decay, bool) or not isinstance(decay, (int, float)) or not 0.0 < decay < 1.0:
+            raise ValueError(f"decay={decay!r} is not allowed; allowed: a number in (0, 1), e.g. 0.999")
+        self.module = copy.deepcopy(unwrap_model(model)).eval()
+        self.module.requires_grad_(False)
+        self.decay = float(decay)
+        self.warmup = bool(warmup)
+        self.updates = 0
+        self._param_names = [name for name, _ in self.module.named_parameters()]
+
+    def current_decay(self) -> float:
+        """The decay the next :meth:`update` uses."""
+        t = self.updates
+        return min(self.decay, (1.0 + t) / (10.0 + t)) if self.warmup else self.decay
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        """Average ``model``'s parameters into the EMA and copy its buffers (call after each optimizer step)."""
+        decay = self.current_decay()
+        source = dict(unwrap_model(model).named_parameters())
+        mine = dict(self.module.named_parameters())
+        averaged = [mine[name] for name in self._param_names if mine[name].is_floating_point()]
+        current = [source[name].detach() for name in self._param_names if mine[name].is_floating_point()]
+        if averaged:
+            torch._foreach_mul_(averaged, decay)
+            torch._foreach_add_(averaged, current, alpha=1.0 - decay)
+        buffers = dict(unwrap_model(model).named_buffers())
+        for name, buffer in self.module.named_buffers():
+            buffer.copy_(buffers[name])
+        self.updates += 1
+
+    def state_dict(self) -> dict[str, Any]:
+        """The averaged weights and buffers, the update count and the settings (saved under ``"ema"``)."""
+        return {"module": self.module.state_dict(), "updates": self.updates, "decay": self.decay,
+                "warmup": self.warmup}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict` (the settings must match: they define the run)."""
+        if float(state["decay"]) != self.decay or bool(state["warmup"]) != self.warmup:
+            raise ConfigMismatchError(f"the checkpoint's EMA has decay={state['decay']!r}, warmup={state['warmup']!r};"
+                                      f" this run has decay={self.decay!r}, warmup={self.warmup!r}")
+        self.module.load_state_dict(state["module"])
+        self.updates = int(state["updates"])
 
 
 # ----------------------------------------------------------------------------------------------- step / epoch
@@ -334,6 +472,10 @@ class CrossEntropyObjective(Objective):
         return ObjectiveOutput(value, logits)
 
 
+def _at_least_float32(t: Tensor) -> Tensor:
+    return t.float() if t.is_floating_point() and t.dtype in (torch.float16, torch.bfloat16) else t
+
+
 class AdversarialObjective(Objective):
     """Attack, then ``loss(logits_nat, logits_adv, y)``: FIRE, TRADES, Hellinger, ACE, MART in one objective.
 
@@ -377,7 +519,10 @@ class AdversarialObjective(Objective):
         model.train()
         logits_nat = model(x)
         logits_adv = model(x_adv)
-        value = self.loss(logits_nat, logits_adv, y if targets_fn is None else targets_fn(logits_nat))
+        # information-geometric quantities in float32 or wider, whatever the autocast dtype of the forward passes
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            nat, adv = _at_least_float32(logits_nat), _at_least_float32(logits_adv)
+            value = self.loss(nat, adv, y if targets_fn is None else targets_fn(nat))
         return ObjectiveOutput(value, logits_nat, logits_adv)
 
     def config(self) -> dict[str, Any]:
@@ -406,6 +551,8 @@ def training_step(
     scaler: torch.amp.GradScaler | None = None,
     targets_fn: Callable[[Tensor], Tensor] | None = None,
     amp: bool = False,
+    amp_dtype: torch.dtype | None = None,
+    ema: ModelEMA | None = None,
 ) -> StepResult:
     """One optimizer step of ``objective`` on the batch ``(x, y)``: loss, non-finite check, backward, step.
 
@@ -417,14 +564,16 @@ def training_step(
         optimizer: the optimizer of ``model``'s parameters.
         scaler: a GradScaler for float16 mixed precision on CUDA (optional).
         targets_fn: ``targets_fn(logits_nat) -> targets`` replacing ``y`` in the loss (self-adaptive training).
-        amp: run the objective under CUDA autocast.
+        amp: run the objective under autocast (see :func:`autocast_context`).
+        amp_dtype: the autocast dtype (float16 when None; bfloat16 needs no ``scaler``).
+        ema: a :class:`ModelEMA` updated after the optimizer step.
 
     Raises:
         NonFiniteLossError: the loss is NaN/inf; it is checked before backward, so the weights are not touched
             (one host sync per step).
     """
     optimizer.zero_grad(set_to_none=True)
-    with autocast_context(x.device, amp):
+    with autocast_context(x.device, amp, amp_dtype):
         out = objective(model, x, y, targets_fn=targets_fn)
     value = out.loss
     if not torch.isfinite(value).item():
@@ -436,6 +585,8 @@ def training_step(
     else:
         value.backward()
         optimizer.step()
+    if ema is not None:
+        ema.update(model)
     with torch.no_grad():
         nat_correct = (out.logits_nat.argmax(-1) == y).sum()
         adv_correct = (out.logits_adv.argmax(-1) == y).sum() if out.logits_adv is not None else None
@@ -485,12 +636,17 @@ def train_epoch(
     epoch: int = 0,
     scaler: torch.amp.GradScaler | None = None,
     amp: bool = False,
+    amp_dtype: torch.dtype | None = None,
     self_adaptive: SelfAdaptiveTargets | None = None,
+    ema: ModelEMA | None = None,
+    channels_last: bool = False,
     verbose: bool = True,
 ) -> EpochStats:
     """Train one epoch of ``objective`` over ``loader`` (batches ``(x, y)`` or ``(x, y, index)``).
 
-    ``loss`` and ``attack`` instead of ``objective`` build an :class:`AdversarialObjective`.
+    ``loss`` and ``attack`` instead of ``objective`` build an :class:`AdversarialObjective`. Images are moved to
+    the model's device without blocking (pinned loaders overlap the copy), in channels-last memory format when
+    ``channels_last``; ``ema`` is updated after every optimizer step.
 
     Raises:
         NonFiniteLossError: the loss became NaN/inf (message names the epoch and the batch); the optimizer step
@@ -510,6 +666,8 @@ def train_epoch(
         x, y, index = _split_batch(batch)
         x = x.to(device, non_blocking=True)
         y = y.to(device, non_blocking=True)
+        if channels_last and x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
         if self_adaptive is not None and index is None:
             raise ValueError("self-adaptive training needs batches of (x, y, index)")
         targets_fn = None
@@ -517,7 +675,7 @@ def train_epoch(
             targets_fn = functools.partial(self_adaptive.update, index, y, epoch=epoch)
         try:
             result = training_step(model, x, y, objective=objective, optimizer=optimizer, scaler=scaler,
-                                   targets_fn=targets_fn, amp=amp)
+                                   targets_fn=targets_fn, amp=amp, amp_dtype=amp_dtype, ema=ema)
         except NonFiniteLossError as err:
             raise NonFiniteLossError(
                 f"{err} (epoch {epoch + 1}, batch {batch_idx}); no checkpoint was written for this epoch"
@@ -726,10 +884,16 @@ def fit(
     scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
     val_loader: Iterable[Any] | None = None,
     val_attack: AttackFn | None = None,
+    val_attack_factory: Callable[[nn.Module], AttackFn] | None = None,
+    select_best: bool = False,
     checkpoint_dir: str | Path | None = None,
     resume: bool = True,
     config: dict[str, Any] | None = None,
-    amp: bool | None = None,
+    amp: bool | str | torch.dtype | None = None,
+    ema: ModelEMA | None = None,
+    channels_last: bool | None = None,
+    cudnn_benchmark: bool | None = None,
+    compile: bool | str = False,
     self_adaptive: SelfAdaptiveTargets | None = None,
     sync_batchnorm: bool = False,
     seed: int = 0,
@@ -743,23 +907,42 @@ def fit(
 
     Args:
         model: the model (raw module; it is wrapped in DDP here when launched by torchrun).
-        train_loader: a DataLoader of ``(x, y)`` or ``(x, y, index)`` batches of [0, 1] images.
+        train_loader: a DataLoader of ``(x, y)`` or ``(x, y, index)`` batches of [0, 1] images. A sampler or batch
+            sampler with a ``set_epoch(epoch)`` method is told the epoch before each one (reshuffles that resume
+            exactly).
         epochs: total number of epochs (including those of a resumed run).
         objective: the training :class:`Objective` (e.g. :class:`AdversarialObjective`).
         loss, attack: instead of ``objective``: ``loss(logits_nat, logits_adv, y)`` and ``attack(x, y) -> x_adv``
             (built on the raw model), trained as ``AdversarialObjective(loss, attack)``.
         optimizer: optimizer over ``model``'s parameters.
         scheduler: any ``torch.optim.lr_scheduler.LRScheduler``, stepped once per epoch (see :func:`lr_scheduler`).
-        val_loader: optional validation data; natural and (with ``val_attack``, or the objective's attack)
-            adversarial accuracy after every epoch.
-        val_attack: the attack of the validation accuracy.
+        val_loader: optional validation data (a split held out from the training data, never the test set);
+            natural and adversarial accuracy after every epoch, of the raw weights and (with ``ema``) of the EMA.
+        val_attack: the attack of the raw model's validation accuracy (default: the objective's attack).
+        val_attack_factory: ``factory(model) -> attack`` building the validation attack of a given model (the raw
+            one and the EMA one); takes precedence over ``val_attack``. Needed for the EMA's adversarial accuracy.
+        select_best: keep ``checkpoint_dir/best.pt`` (written atomically) with the weights of the epoch of highest
+            validation adversarial accuracy so far (the EMA weights when ``ema`` is given), its ``epoch``,
+            ``val_adv_acc`` and ``val_nat_acc`` (Rice et al. 2020: select on held-out data, not on the test set).
+            Needs ``val_loader``, a validation attack and ``checkpoint_dir``; ties keep the earlier epoch.
         checkpoint_dir: where ``last.pt`` is written atomically after every epoch (rank 0 only).
         resume: continue from ``checkpoint_dir/last.pt`` when it exists. Two epochs in one go and one epoch plus
-            a resumed one give identical weights on CPU.
+            a resumed one give identical weights (and EMA) on CPU.
         config: the run's configuration (JSON-friendly values), saved with the checkpoint together with the
             objective's :meth:`Objective.config`. Resuming from a checkpoint written with another configuration
             raises :class:`ConfigMismatchError` naming the differing fields.
-        amp: mixed precision; ``None`` means on for CUDA, off for CPU.
+        amp: autocast (see :func:`resolve_amp_dtype`): ``None`` is bfloat16 on GPUs that support it, float16 with a
+            GradScaler on older ones, full precision on CPU; ``"bf16"``, ``"fp16"`` or ``False`` choose.
+            Attacks run outside autocast (see :class:`AdversarialObjective`); losses are computed in float32.
+        ema: a :class:`ModelEMA` of ``model``, updated after every optimizer step, validated, checkpointed under
+            ``"ema"`` and resumed.
+        channels_last: channels-last memory format for the model (and EMA) and the image batches; ``None`` means
+            on for CUDA, off for CPU.
+        cudnn_benchmark: ``torch.backends.cudnn.benchmark`` during training (restored afterwards); ``None`` means on
+            for CUDA. Fixed-shape batches (``drop_last=True``) avoid re-tuning on the last batch.
+        compile: ``torch.compile`` the model in place (``model.compile()``: the attack, the objective and the
+            evaluation all call the compiled forward; the state dict keeps its keys); a string names the backend
+            (``"inductor"`` is the default of ``True``). Off by default: the first steps compile for minutes.
         self_adaptive: optional :class:`SelfAdaptiveTargets` (batches must carry indices).
         sync_batchnorm: convert BatchNorm to SyncBatchNorm under DDP.
         seed: seed of the DistributedSampler shuffling under DDP.
@@ -778,16 +961,37 @@ def fit(
         raise ValueError(f"epochs must be an int >= 0, got {epochs!r}")
     if scheduler is not None and not isinstance(scheduler, torch.optim.lr_scheduler.LRScheduler):
         raise ValueError(f"scheduler must be a torch.optim.lr_scheduler.LRScheduler, got {type(scheduler).__name__}")
+    if ema is not None and not isinstance(ema, ModelEMA):
+        raise ValueError(f"ema must be a fire_plugin.engine.ModelEMA or None, got {type(ema).__name__}")
+    if not isinstance(compile, (bool, str)):
+        raise ValueError(f"compile={compile!r} is not allowed; allowed: True, False or a torch.compile backend name")
     objective = _resolve_objective(objective, loss, attack)
     run_config = _jsonable({**objective.config(), **(config or {})})
-    if val_attack is None and isinstance(objective, AdversarialObjective):
+    if ema is not None:
+        run_config.update({"ema.decay": ema.decay, "ema.warmup": ema.warmup})
+    if val_attack is None and val_attack_factory is None and isinstance(objective, AdversarialObjective):
         val_attack = objective.attack
+    val_attacks: dict[str, AttackFn | None] = {}
+    if val_loader is not None:
+        val_attacks["raw"] = val_attack_factory(model) if val_attack_factory is not None else val_attack
+        if ema is not None:
+            val_attacks["ema"] = val_attack_factory(ema.module) if val_attack_factory is not None else None
+    selected = "ema" if ema is not None else "raw"
+    if select_best and (checkpoint_dir is None or val_attacks.get(selected) is None):
+        raise ValueError(
+            "select_best=True needs checkpoint_dir, val_loader and a validation attack of the selected weights ("
+            + ("val_attack_factory, for the EMA weights" if ema is not None else "val_attack or val_attack_factory")
+            + f"); got checkpoint_dir={checkpoint_dir!r}, val_loader={'set' if val_loader is not None else None}"
+        )
     info = setup_distributed()
     device = _model_device(model)
-    use_amp = (device.type == "cuda") if amp is None else bool(amp and device.type == "cuda")
-    scaler = torch.amp.GradScaler("cuda") if use_amp else None
+    amp_dtype = resolve_amp_dtype(amp, device)
+    scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
+    use_channels_last = (device.type == "cuda") if channels_last is None else bool(channels_last)
+    use_benchmark = (device.type == "cuda") if cudnn_benchmark is None else bool(cudnn_benchmark)
 
     ckpt_path = Path(checkpoint_dir) / CHECKPOINT_NAME if checkpoint_dir is not None else None
+    best_path = Path(checkpoint_dir) / BEST_CHECKPOINT_NAME if checkpoint_dir is not None else None
     history: list[dict[str, Any]] = []
     start_epoch = 0
     if ckpt_path is not None and resume and ckpt_path.exists():
@@ -801,6 +1005,13 @@ def fit(
             scaler.load_state_dict(state["scaler"])
         if self_adaptive is not None and state.get("self_adaptive") is not None:
             self_adaptive.load_state_dict(state["self_adaptive"])
+        if ema is not None:
+            if state.get("ema") is not None:
+                ema.load_state_dict(state["ema"])
+            else:
+                ema.module.load_state_dict(state["model"])
+                _logger.warning("%s holds no EMA (written without ema=...); the EMA restarts from its weights",
+                                ckpt_path)
         objective.load_state_dict(state.get("objective") or {})
         history = list(state["history"])
         start_epoch = int(state["epoch"]) + 1
@@ -808,6 +1019,12 @@ def fit(
         if info.is_main:
             _logger.info("resumed from %s at epoch %d", ckpt_path, start_epoch + 1)
 
+    if use_channels_last:
+        model.to(memory_format=torch.channels_last)
+        if ema is not None:
+            ema.module.to(memory_format=torch.channels_last)
+    if compile and start_epoch < epochs:
+        model.compile(**({"backend": compile} if isinstance(compile, str) else {}))
     train_model: nn.Module = model
     loader = train_loader
     if info.enabled:
@@ -817,60 +1034,91 @@ def fit(
         train_model = nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
         loader = _distributed_loader(train_loader, seed=seed)
 
-    epoch_bar = tqdm(range(start_epoch, epochs), desc="training", disable=not verbose or not info.is_main)
-    for epoch in epoch_bar:
-        sampler = getattr(loader, "sampler", None)
-        if isinstance(sampler, DistributedSampler):
-            sampler.set_epoch(epoch)
-        objective.set_epoch(epoch, epochs)
-        stats = train_epoch(
-            train_model, loader, objective=objective, optimizer=optimizer, epoch=epoch, scaler=scaler,
-            amp=use_amp, self_adaptive=self_adaptive, verbose=verbose,
-        )
-        if scheduler is not None:
-            scheduler.step()
-        if val_loader is not None:
-            stats.val_nat_acc, stats.val_adv_acc = evaluate_accuracy(model, val_loader, attack=val_attack,
-                                                                     verbose=False)
-        record = stats.as_dict()
-        if _diverged(history, record):
-            stats.diverged = record["diverged"] = True
-            message = (f"training is diverging at epoch {epoch + 1}: loss {record['loss']:.4g} (best "
-                       f"{min(r['loss'] for r in history):.4g}), natural accuracy {record['nat_acc']:.3f} (best "
-                       f"{max(r['nat_acc'] for r in history):.3f}); use a decaying learning rate or a smaller one")
-            if info.is_main:
-                _logger.warning(message)
-                warnings.warn(message, RuntimeWarning, stacklevel=2)
-        history.append(record)
-        if verbose and info.is_main:
-            postfix = {"loss": f"{stats.loss:.4f}", "nat": f"{stats.nat_acc:.3f}"}
-            if stats.adv_acc is not None:
-                postfix["adv"] = f"{stats.adv_acc:.3f}"
-            epoch_bar.set_postfix(postfix)
-            _logger.info("epoch %d: %s", epoch + 1, _format_record(record))
-        if ckpt_path is not None and info.is_main:
-            if not (math.isfinite(stats.loss) and _all_finite(model)):
-                raise NonFiniteLossError(f"non-finite weights or loss after epoch {epoch + 1}; checkpoint kept")
-            save_checkpoint(
-                ckpt_path,
-                {
-                    "model": unwrap_model(model).state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict() if scheduler is not None else None,
-                    "scaler": scaler.state_dict() if scaler is not None else None,
-                    "self_adaptive": self_adaptive.state_dict() if self_adaptive is not None else None,
-                    "objective": objective.state_dict(),
-                    "config": run_config,
-                    "epoch": epoch,
-                    "history": history,
-                    "rng": _rng_state(),
-                },
+    previous_benchmark = torch.backends.cudnn.benchmark
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = use_benchmark
+    try:
+        epoch_bar = tqdm(range(start_epoch, epochs), desc="training", disable=not verbose or not info.is_main)
+        for epoch in epoch_bar:
+            for sampler in (getattr(loader, "sampler", None), getattr(loader, "batch_sampler", None)):
+                if callable(getattr(sampler, "set_epoch", None)):
+                    sampler.set_epoch(epoch)  # type: ignore[union-attr]
+            objective.set_epoch(epoch, epochs)
+            stats = train_epoch(
+                train_model, loader, objective=objective, optimizer=optimizer, epoch=epoch, scaler=scaler,
+                amp=amp_dtype is not None, amp_dtype=amp_dtype, self_adaptive=self_adaptive, ema=ema,
+                channels_last=use_channels_last, verbose=verbose,
             )
-        if info.enabled:
-            dist.barrier()
-        if on_epoch_end is not None:
-            on_epoch_end(stats)
+            if scheduler is not None:
+                scheduler.step()
+            if val_loader is not None:
+                stats.val_nat_acc, stats.val_adv_acc = evaluate_accuracy(model, val_loader, attack=val_attacks["raw"],
+                                                                         verbose=False)
+                if ema is not None:
+                    stats.val_ema_nat_acc, stats.val_ema_adv_acc = evaluate_accuracy(
+                        ema.module, val_loader, attack=val_attacks["ema"], verbose=False)
+            record = stats.as_dict()
+            if _diverged(history, record):
+                stats.diverged = record["diverged"] = True
+                message = (f"training is diverging at epoch {epoch + 1}: loss {record['loss']:.4g} (best "
+                           f"{min(r['loss'] for r in history):.4g}), natural accuracy {record['nat_acc']:.3f} (best "
+                           f"{max(r['nat_acc'] for r in history):.3f}); use a decaying learning rate or a smaller one")
+                if info.is_main:
+                    _logger.warning(message)
+                    warnings.warn(message, RuntimeWarning, stacklevel=2)
+            is_best = select_best and _is_best(history, record, selected)
+            history.append(record)
+            if verbose and info.is_main:
+                postfix = {"loss": f"{stats.loss:.4f}", "nat": f"{stats.nat_acc:.3f}"}
+                if stats.adv_acc is not None:
+                    postfix["adv"] = f"{stats.adv_acc:.3f}"
+                epoch_bar.set_postfix(postfix)
+                _logger.info("epoch %d: %s", epoch + 1, _format_record(record))
+            if ckpt_path is not None and info.is_main:
+                if not (math.isfinite(stats.loss) and _all_finite(model)):
+                    raise NonFiniteLossError(f"non-finite weights or loss after epoch {epoch + 1}; checkpoint kept")
+                if is_best and best_path is not None:  # before last.pt: a crash in between redoes this epoch
+                    prefix = "val_ema_" if selected == "ema" else "val_"
+                    weights = ema.module if ema is not None else unwrap_model(model)
+                    save_checkpoint(best_path, {
+                        "model": weights.state_dict(), "epoch": epoch, "weights": selected,
+                        "val_adv_acc": record[prefix + "adv_acc"], "val_nat_acc": record[prefix + "nat_acc"],
+                        "config": run_config,
+                    })
+                    _logger.info("epoch %d is the best so far (validation adversarial accuracy %.4f): %s",
+                                 epoch + 1, record[prefix + "adv_acc"], best_path)
+                save_checkpoint(
+                    ckpt_path,
+                    {
+                        "model": unwrap_model(model).state_dict(),
+                        "optimizer": optimizer.state_dict(),
+                        "scheduler": scheduler.state_dict() if scheduler is not None else None,
+                        "scaler": scaler.state_dict() if scaler is not None else None,
+                        "self_adaptive": self_adaptive.state_dict() if self_adaptive is not None else None,
+                        "ema": ema.state_dict() if ema is not None else None,
+                        "objective": objective.state_dict(),
+                        "config": run_config,
+                        "epoch": epoch,
+                        "history": history,
+                        "rng": _rng_state(),
+                    },
+                )
+            if info.enabled:
+                dist.barrier()
+            if on_epoch_end is not None:
+                on_epoch_end(stats)
+    finally:
+        torch.backends.cudnn.benchmark = previous_benchmark
     return history
+
+
+def _is_best(history: list[dict[str, Any]], record: dict[str, Any], selected: str) -> bool:
+    """Whether ``record`` has a strictly higher validation adversarial accuracy than every earlier epoch."""
+    key = "val_ema_adv_acc" if selected == "ema" else "val_adv_acc"
+    if record.get(key) is None:
+        return False
+    earlier = [r[key] for r in history if r.get(key) is not None]
+    return not earlier or record[key] > max(earlier)
 
 
 def _format_record(record: dict[str, Any]) -> str:
