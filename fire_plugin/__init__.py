@@ -1,8 +1,11 @@
 """fire_plugin: Fisher-Rao (information-geometric) adversarial robustness for ART, torchattacks, timm and RobustBench.
 
-Importing the package registers its architectures with timm (``timm.create_model("small_cnn")`` and friends).
+Importing the package registers its architectures with timm (``timm.create_model("small_cnn")`` and friends) and,
+unless a real ``autoattack`` package is installed, makes ``autoattack`` an alias of ``pyautoattack`` so that
+``import robustbench`` works (see :mod:`fire_plugin._compat`).
 """
 
+from fire_plugin._compat import ensure_autoattack_alias as _ensure_autoattack_alias
 from fire_plugin.attacks import FRPGD, FRPGDL2, DivergencePGD
 from fire_plugin.data import load_dataset
 from fire_plugin.distances import (
@@ -21,6 +24,8 @@ from fire_plugin.losses import ACELoss, DivergenceRegularizedLoss, FIRELoss, Hel
 from fire_plugin.models import MODEL_NAMES, load_pretrained
 from fire_plugin.robustbench_io import ModelInfo, read_model_info, write_model_info
 from fire_plugin.trainers import FIRETrainer, HellingerTrainer, TRADESTrainer
+
+_ensure_autoattack_alias()  # before any `import robustbench` of the user's
 
 __version__ = "0.1.0"
 

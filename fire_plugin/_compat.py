@@ -7,8 +7,8 @@ RobustBench is imported we register ``autoattack`` and ``autoattack.state`` as a
 ``pyautoattack`` and ``pyautoattack.state``. A real ``autoattack`` installation (the GitHub
 package) is left untouched.
 
-Import RobustBench through :func:`import_robustbench` (or call :func:`ensure_autoattack_alias`
-first) instead of ``import robustbench``.
+``import fire_plugin`` installs the alias, so a plain ``import robustbench`` works after it;
+:func:`import_robustbench` also silences the deprecation warnings of robustbench's import chain.
 """
 
 from __future__ import annotations
@@ -25,23 +25,40 @@ __all__ = ["ensure_autoattack_alias", "import_robustbench"]
 _logger = logging.getLogger(__name__)
 
 
+def _real_autoattack_present() -> bool:
+    """Whether an ``autoattack`` that is not our alias is imported or importable."""
+    loaded = sys.modules.get("autoattack")
+    if loaded is not None:
+        return getattr(loaded, "__name__", None) != "pyautoattack"
+    try:
+        return importlib.util.find_spec("autoattack") is not None
+    except (ImportError, ValueError):  # a broken entry in sys.modules or on sys.path: not a usable autoattack
+        return False
+
+
 def ensure_autoattack_alias() -> None:
     """Make ``import autoattack`` resolve to ``pyautoattack`` unless a real ``autoattack`` exists.
 
-    Idempotent; cheap after the first call.
+    ``import fire_plugin`` calls it, so that ``import robustbench`` works afterwards. A real ``autoattack``
+    (already imported, or importable from ``sys.path``) is never shadowed, nor are its submodules. Without
+    pyautoattack nothing happens. Idempotent; cheap after the first call.
 
     >>> ensure_autoattack_alias()
     >>> import autoattack, pyautoattack
     >>> autoattack.AutoAttack is pyautoattack.AutoAttack
     True
     """
-    if "autoattack" in sys.modules and "autoattack.state" in sys.modules:
-        return
-    if "autoattack" not in sys.modules and importlib.util.find_spec("autoattack") is not None:
+    if _real_autoattack_present():
         # The GitHub AutoAttack package is installed under its own name: use it as is.
         return
-    pyautoattack = importlib.import_module("pyautoattack")
-    pyautoattack_state = importlib.import_module("pyautoattack.state")
+    if "autoattack" in sys.modules and "autoattack.state" in sys.modules:
+        return
+    try:
+        pyautoattack = importlib.import_module("pyautoattack")
+        pyautoattack_state = importlib.import_module("pyautoattack.state")
+    except ImportError as exc:
+        _logger.debug("no autoattack alias: pyautoattack cannot be imported (%s)", exc)
+        return
     sys.modules.setdefault("autoattack", pyautoattack)
     sys.modules.setdefault("autoattack.state", pyautoattack_state)
     _logger.debug("aliased autoattack -> pyautoattack for robustbench")
