@@ -267,3 +267,168 @@ def dataset_to_tensors(
     if n_examples is not None:
         x, y = x[:n_examples], y[:n_examples]
     return x, y
+
+
+# --------------------------------------------------------------------------------------------------
+# original + extra (e.g. generated) data in every batch
+
+from collections.abc import Callable  # noqa: E402  (this section was appended; the imports above belong to others)
+
+
+class _NpzImages(Dataset):
+    """``(image, label)`` pairs from uint8 ``(N, H, W, C)`` images, as float32 ``(C, H, W)`` in [0, 1]."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor) -> None:
+        self.images, self.labels = images, labels
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        return self.images[index].permute(2, 0, 1).float().div_(255.0), int(self.labels[index])
+
+
+class _Transformed(Dataset):
+    def __init__(self, dataset: Dataset, transform: Callable[[torch.Tensor], torch.Tensor]) -> None:
+        self.dataset, self.transform = dataset, transform
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        x, y = self.dataset[index]
+        return self.transform(x), y
+
+
+class _MixedBatchSampler(torch.utils.data.Sampler[list[int]]):
+    """Batches of ``n_base`` indices of ``[0, n_orig)`` then ``n_extra`` of ``[n_orig, n_orig + n_more)``.
+
+    Each stream walks through successive random permutations (a new one when it runs out), drawn from a generator
+    seeded with ``(seed, epoch)``: an epoch's batches depend only on the seed and :meth:`set_epoch`.
+    """
+
+    def __init__(self, n_orig: int, n_more: int, n_base: int, n_extra: int, batches: int, seed: int,
+                 num_replicas: int = 1, rank: int = 0) -> None:
+        self.n_orig, self.n_more, self.n_base, self.n_extra = n_orig, n_more, n_base, n_extra
+        self.batches, self.seed, self.num_replicas, self.rank = batches, seed, num_replicas, rank
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def shard(self, num_replicas: int, rank: int) -> _MixedBatchSampler:
+        """The batches of ``rank`` out of ``num_replicas`` (every ``num_replicas``-th batch; equal counts)."""
+        return _MixedBatchSampler(self.n_orig, self.n_more, self.n_base, self.n_extra, self.batches, self.seed,
+                                  num_replicas, rank)
+
+    def __len__(self) -> int:
+        return -(-self.batches // self.num_replicas)
+
+    @staticmethod
+    def _stream(n: int, count: int, gen: torch.Generator) -> torch.Tensor:
+        perms = [torch.randperm(n, generator=gen) for _ in range(-(-count // n))] if count else []
+        return torch.cat(perms)[:count] if perms else torch.zeros(0, dtype=torch.long)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        gen = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        total = len(self) * self.num_replicas  # padded so that every rank gets as many batches
+        base = self._stream(self.n_orig, total * self.n_base, gen).view(total, self.n_base)
+        extra = self._stream(self.n_more, total * self.n_extra, gen).view(total, self.n_extra) + self.n_orig
+        for i in range(self.rank, total, self.num_replicas):
+            yield base[i].tolist() + extra[i].tolist()
+
+
+def _load_extra_npz(path: Path, image_shape: tuple[int, ...]) -> _NpzImages:
+    import numpy as np
+
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"extra data {str(path)!r} does not exist; expected an .npz with 'image' (uint8, N x H x W x C) and "
+            "'label' (N integers), the format of the generated data of the top RobustBench entries"
+        )
+    with np.load(path, allow_pickle=False) as npz:
+        missing = [k for k in ("image", "label") if k not in npz.files]
+        if missing:
+            raise ValueError(f"extra data {str(path)!r} lacks the keys {missing}; it has {sorted(npz.files)}; "
+                             "allowed: an .npz with 'image' (uint8, N x H x W x C) and 'label' (N integers)")
+        images, labels = npz["image"], npz["label"]
+    c, h, w = image_shape
+    if images.dtype != np.uint8 or images.ndim != 4 or tuple(images.shape[1:]) != (h, w, c):
+        raise ValueError(f"extra data {str(path)!r}: 'image' is {images.dtype} of shape {images.shape}; allowed: "
+                         f"uint8 of shape (N, {h}, {w}, {c}) to match the training images (C, H, W) = {image_shape}")
+    if labels.ndim != 1 or len(labels) != len(images) or not np.issubdtype(labels.dtype, np.integer):
+        raise ValueError(f"extra data {str(path)!r}: 'label' is {labels.dtype} of shape {labels.shape}; allowed: "
+                         f"{len(images)} integers, one per image")
+    return _NpzImages(torch.from_numpy(images), torch.from_numpy(labels.astype(np.int64)))
+
+
+def mixed_loader(
+    dataset: Dataset,
+    extra: Dataset | str | os.PathLike[str],
+    *,
+    batch_size: int,
+    extra_fraction: float = 0.7,
+    batches_per_epoch: int | None = None,
+    seed: int = 0,
+    transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    num_workers: int = 0,
+    pin_memory: bool = False,
+) -> DataLoader:
+    """A loader whose every batch holds ``round(batch_size * extra_fraction)`` extra images, the rest original.
+
+    This is how extra data trains robust models: the 500k 80M-TI images of Carmon et al. (RST, 0.5 extra) and the
+    generated images of Gowal et al. / Rebuffi et al. / Wang et al. (0.7 extra). Each of the two streams walks
+    through fresh random permutations of its set; an epoch's batches depend only on ``seed`` and the epoch
+    (:func:`fire_plugin.engine.fit` calls the batch sampler's ``set_epoch``), so a resumed run sees the same
+    batches. Under torchrun the engine gives each rank every ``world_size``-th batch.
+
+    Args:
+        dataset: the original training set of ``(image, label)`` pairs, images float ``(C, H, W)`` in [0, 1].
+        extra: a dataset of the same kind, or the path of an ``.npz`` with ``"image"`` (uint8 ``(N, H, W, C)``)
+            and ``"label"`` (N integers).
+        batch_size: images per batch.
+        extra_fraction: share of extra images in every batch, in [0, 1).
+        batches_per_epoch: batches per epoch; by default ``ceil(len(dataset) / batch_size)`` (RST's epoch: as many
+            batches as the original set alone gives).
+        seed: seed of the permutations.
+        transform: per-image augmentation of both sets (e.g. random crop and flip), applied in the workers.
+        num_workers, pin_memory: as in ``DataLoader`` (persistent workers when ``num_workers > 0``).
+
+    Returns:
+        A ``DataLoader`` of ``(x, y)`` batches, the original images first in each batch.
+
+    Raises:
+        FileNotFoundError: the ``.npz`` does not exist. ValueError: a bad argument or file (named).
+
+    >>> base = TensorDataset(torch.rand(10, 1, 4, 4), torch.zeros(10, dtype=torch.long))
+    >>> more = TensorDataset(torch.rand(30, 1, 4, 4), torch.ones(10 * 3, dtype=torch.long))
+    >>> x, y = next(iter(mixed_loader(base, more, batch_size=10, extra_fraction=0.7)))
+    >>> tuple(x.shape), int(y.sum())
+    ((10, 1, 4, 4), 7)
+    """
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 2:
+        raise ValueError(f"batch_size={batch_size!r} is not allowed; allowed: an int >= 2")
+    if isinstance(extra_fraction, bool) or not isinstance(extra_fraction, (int, float)) or not (
+            0.0 <= extra_fraction < 1.0):
+        raise ValueError(f"extra_fraction={extra_fraction!r} is not allowed; allowed: a number in [0, 1)")
+    if batches_per_epoch is not None and (isinstance(batches_per_epoch, bool) or not isinstance(
+            batches_per_epoch, int) or batches_per_epoch < 1):
+        raise ValueError(f"batches_per_epoch={batches_per_epoch!r} is not allowed; allowed: a positive int or None")
+    n_orig = len(dataset)  # type: ignore[arg-type]
+    if n_orig == 0:
+        raise ValueError("dataset is empty")
+    if isinstance(extra, (str, os.PathLike)):
+        extra = _load_extra_npz(Path(extra), tuple(dataset[0][0].shape))
+    n_more = len(extra)  # type: ignore[arg-type]
+    n_extra = int(round(batch_size * extra_fraction))
+    if n_more == 0 and n_extra > 0:
+        raise ValueError("the extra dataset is empty")
+    batches = batches_per_epoch or -(-n_orig // batch_size)
+    sampler = _MixedBatchSampler(n_orig, n_more, batch_size - n_extra, n_extra, batches, int(seed))
+    data: Dataset = torch.utils.data.ConcatDataset([dataset, extra])
+    if transform is not None:
+        data = _Transformed(data, transform)
+    _logger.info("mixed loader: %d original + %d extra images, %d + %d per batch, %d batches per epoch",
+                 n_orig, n_more, batch_size - n_extra, n_extra, batches)
+    return DataLoader(data, batch_sampler=sampler, num_workers=num_workers, pin_memory=pin_memory,
+                      persistent_workers=num_workers > 0)

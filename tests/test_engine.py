@@ -316,3 +316,174 @@ def test_ddp_two_ranks_gloo_identical_weights(tmp_path):
     h0 = torch.load(tmp_path / "hist0.pt", weights_only=True)
     # both ranks saw half the data each; the reported stats cover all 256 samples
     assert h0[0]["samples_per_s"] > 0 and 0 <= h0[0]["nat_acc"] <= 1
+
+
+# ------------------------------------------------------------------------------- modern recipe and fast paths
+
+from fire_plugin.engine import BEST_CHECKPOINT_NAME, ModelEMA, autocast_context  # noqa: E402
+
+
+class _BNNet(torch.nn.Module):
+    """A tiny net with a BatchNorm layer (buffers the EMA must copy, not average)."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc1 = torch.nn.Linear(64, 16)
+        self.bn = torch.nn.BatchNorm1d(16)
+        self.fc2 = torch.nn.Linear(16, 10)
+
+    def forward(self, x):
+        return self.fc2(torch.relu(self.bn(self.fc1(x.flatten(1)))))
+
+
+def test_ema_matches_a_hand_computed_average(digits_train):
+    torch.manual_seed(0)
+    x, y = digits_train
+    model = _BNNet()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    ema = ModelEMA(model, decay=0.6)  # small decay: the warm-up min((1+t)/(10+t), 0.6) switches at t = 12.5
+    expected = {k: v.detach().double().clone() for k, v in model.named_parameters()}
+    snapshots = []
+    opt.register_step_post_hook(lambda *_: snapshots.append({k: v.detach().double().clone()
+                                                             for k, v in model.named_parameters()}))
+    loader = DataLoader(TensorDataset(x[:320], y[:320]), batch_size=16, shuffle=True)
+    fit(model, loader, epochs=1, objective=CrossEntropyObjective(), optimizer=opt, ema=ema, verbose=False)
+    assert len(snapshots) == ema.updates == 20
+    for t, weights in enumerate(snapshots):  # the formula, in float64, from the weights after every step
+        d = min(0.6, (1 + t) / (10 + t))
+        expected = {k: d * expected[k] + (1 - d) * weights[k] for k in expected}
+    for name, value in ema.module.named_parameters():
+        torch.testing.assert_close(value.double(), expected[name], rtol=1e-5, atol=1e-6)
+        assert not torch.equal(value, dict(model.named_parameters())[name])  # an average, not a copy
+    for name, buffer in ema.module.named_buffers():  # BatchNorm statistics are copied
+        assert torch.equal(buffer, dict(model.named_buffers())[name]), name
+    assert not ema.module.training and not any(p.requires_grad for p in ema.module.parameters())
+    with pytest.raises(ValueError, match="decay=1.5"):
+        ModelEMA(model, decay=1.5)
+
+
+def _ce_run_with_val(digits_train, tmp_path, *, epochs, ema_decay=None, explode_at=None, resume_dir=None, seed=0):
+    import torchattacks
+
+    torch.manual_seed(seed)
+    x, y = digits_train
+    model = timm.create_model("digits_cnn", num_classes=10)
+    torch.manual_seed(0)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    train = DataLoader(TensorDataset(x[:1000], y[:1000]), batch_size=50, shuffle=True)
+    val = DataLoader(TensorDataset(x[1000:1200], y[1000:1200]), batch_size=100)
+    ema = ModelEMA(model, decay=ema_decay) if ema_decay else None
+    snapshots = []
+
+    def on_end(stats):
+        snapshots.append({k: v.clone() for k, v in (ema.module if ema else model).state_dict().items()})
+        if explode_at is not None and stats.epoch == explode_at:
+            for group in opt.param_groups:
+                group["lr"] = 2.0
+
+    def factory(m):  # deterministic PGD (no random start): the accuracies can be recomputed exactly
+        return torchattacks.PGD(m, eps=0.1, alpha=0.03, steps=3, random_start=False)
+
+    hist = fit(model, train, epochs=epochs, objective=CrossEntropyObjective(), optimizer=opt, val_loader=val,
+               val_attack_factory=factory, select_best=True, ema=ema, checkpoint_dir=resume_dir or tmp_path,
+               on_epoch_end=on_end, verbose=False)
+    return model, ema, hist, snapshots, val, factory
+
+
+@pytest.mark.filterwarnings("ignore:training is diverging")
+def test_best_checkpoint_is_the_epoch_of_highest_validation_pgd_accuracy(digits_train, tmp_path):
+    # lr 0.05 -> 2.0 after the third epoch: later epochs get worse, so the best epoch is not the last one
+    model, _, hist, snapshots, val, factory = _ce_run_with_val(digits_train, tmp_path, epochs=5, explode_at=2)
+    recomputed = []
+    for weights in snapshots:  # independent recomputation from the weights saved at the end of each epoch
+        probe = timm.create_model("digits_cnn", num_classes=10)
+        probe.load_state_dict(weights)
+        probe.eval()
+        correct = n = 0
+        for xb, yb in val:
+            adv = factory(probe)(xb, yb)
+            with torch.no_grad():
+                correct += int((probe(adv).argmax(-1) == yb).sum())
+            n += len(yb)
+        recomputed.append(correct / n)
+    assert [r["val_adv_acc"] for r in hist] == pytest.approx(recomputed, abs=0)
+    best_epoch = max(range(len(recomputed)), key=lambda i: (recomputed[i], -i))  # first maximum
+    assert best_epoch < 4, recomputed  # measured: [0.2, 0.235, 0.34, 0.1, 0.1] (1 thread): epoch 2
+    best = load_checkpoint(tmp_path / BEST_CHECKPOINT_NAME)
+    assert best["epoch"] == best_epoch and best["val_adv_acc"] == recomputed[best_epoch]
+    assert best["weights"] == "raw"
+    for name, value in snapshots[best_epoch].items():
+        assert torch.equal(best["model"][name], value), name
+    with pytest.raises(ValueError, match="select_best=True needs"):
+        fit(model, val, epochs=1, objective=CrossEntropyObjective(), optimizer=torch.optim.SGD(model.parameters(),
+            lr=0.1), select_best=True, checkpoint_dir=tmp_path / "other", verbose=False)
+
+
+def test_resume_with_ema_and_selection_is_bit_identical(digits_train, tmp_path):
+    model_a, ema_a, hist_a, _, _, _ = _ce_run_with_val(digits_train, tmp_path / "a", epochs=2, ema_decay=0.9)
+    run_b = tmp_path / "b"
+    _ce_run_with_val(digits_train, tmp_path, epochs=1, ema_decay=0.9, resume_dir=run_b)
+    torch.manual_seed(1234)  # disturb the RNG; a fresh model of another init resumes from the file
+    model_c, ema_c, hist_c, _, _, _ = _ce_run_with_val(digits_train, tmp_path, epochs=2, ema_decay=0.9,
+                                                       resume_dir=run_b, seed=7)
+    for (name, a), c in zip(model_a.state_dict().items(), model_c.state_dict().values(), strict=True):
+        assert torch.equal(a, c), name
+    for (name, a), c in zip(ema_a.state_dict()["module"].items(), ema_c.state_dict()["module"].values(),
+                            strict=True):
+        assert torch.equal(a, c), name
+    assert ema_c.updates == ema_a.updates == 40
+    assert hist_c[1]["val_ema_adv_acc"] == hist_a[1]["val_ema_adv_acc"] is not None
+    best_a = load_checkpoint(tmp_path / "a" / BEST_CHECKPOINT_NAME)
+    best_c = load_checkpoint(run_b / BEST_CHECKPOINT_NAME)
+    assert best_a["weights"] == best_c["weights"] == "ema" and best_a["epoch"] == best_c["epoch"]
+    # another EMA decay is another run: refused
+    with pytest.raises(ConfigMismatchError, match="ema.decay"):
+        _ce_run_with_val(digits_train, tmp_path, epochs=3, ema_decay=0.5, resume_dir=run_b)
+
+
+def test_losses_stay_float32_under_bfloat16_autocast(digits_train):
+    model, opt, loader, attack = _setup(digits_train, n=64)
+    x, y = next(iter(loader))
+    objective = AdversarialObjective(FIRELoss(lam=3.0), attack)
+    torch.manual_seed(0)
+    with autocast_context(x.device, True, torch.bfloat16):
+        out = objective(model, x, y)
+    assert out.logits_nat.dtype == torch.bfloat16  # the forward passes ran in bfloat16 ...
+    assert out.loss.dtype == torch.float32  # ... the Fisher-Rao loss did not
+    reference = FIRELoss(lam=3.0)(out.logits_nat.double(), out.logits_adv.double(), y)
+    # float32 on bfloat16-rounded logits against float64 on the same logits; measured 1.1e-7 on a loss of 2.30
+    assert abs(out.loss.item() - reference.item()) < 1e-5 * max(1.0, abs(reference.item()))
+    hist = fit(model, loader, epochs=1, objective=objective, optimizer=opt, amp="bf16", verbose=False)
+    assert hist[0]["loss"] == hist[0]["loss"]  # finite, not NaN
+    with pytest.raises(ValueError, match="amp='fp16'.*CUDA"):
+        fit(model, loader, epochs=1, objective=objective, optimizer=opt, amp="fp16", verbose=False)
+    with pytest.raises(ValueError, match="amp='int8' is not allowed"):
+        fit(model, loader, epochs=1, objective=objective, optimizer=opt, amp="int8", verbose=False)
+
+
+def test_channels_last_trains_like_contiguous(digits_train, tmp_path):
+    results = []
+    for channels_last in (False, True):
+        model, opt, loader, attack = _setup(digits_train, n=128)
+        fit(model, loader, epochs=1, loss=FIRELoss(lam=1.0), attack=attack, optimizer=opt,
+            channels_last=channels_last, verbose=False)
+        results.append(model)
+    conv = next(m for m in results[1].modules() if isinstance(m, torch.nn.Conv2d))
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last)
+    for a, b in zip(results[0].parameters(), results[1].parameters(), strict=True):
+        # the same arithmetic in another memory layout: equal up to float32 summation order (measured 7.5e-9)
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_compile_keeps_state_dict_keys_and_trains(digits_train):
+    import torch._dynamo
+
+    torch._dynamo.reset()
+    model, opt, loader, attack = _setup(digits_train, n=64)
+    keys = list(model.state_dict())
+    hist = fit(model, loader, epochs=1, loss=FIRELoss(lam=1.0), attack=attack, optimizer=opt, compile="eager",
+               verbose=False)
+    assert list(model.state_dict()) == keys and hist[0]["loss"] == hist[0]["loss"]
+    assert model._compiled_call_impl is not None  # the attack and the objective called the compiled forward
+    with pytest.raises(ValueError, match="compile=1"):
+        fit(model, loader, epochs=1, loss=FIRELoss(lam=1.0), attack=attack, optimizer=opt, compile=1)
