@@ -375,11 +375,117 @@ def test_model_moved_to_another_dtype_after_building(model, batch):
     atk = FRPGD(model, eps=EPS, alpha=ALPHA, steps=STEPS)
     model.double()  # after the attack was built
     torch.manual_seed(0)
-    adv = atk(x, y)  # float32 images, float64 model: the attack runs in the model's dtype
-    assert adv.dtype == torch.float64
-    assert _linf(adv, x.double()).max() <= EPS + 1e-12
+    adv = atk(x, y)  # float32 images, float64 model: the attack runs in the model's dtype, returns float32
+    assert adv.dtype == torch.float32  # (float64 before the fix)
+    assert _linf(adv, x).max() <= EPS + TOL
     torch.manual_seed(0)
-    assert torch.equal(adv, atk(x.double(), y))
+    adv64 = atk(x.double(), y)
+    assert adv64.dtype == torch.float64
+    assert torch.equal(adv, adv64.float())  # the same float64 attack, rounded once at the end
+    adv16 = atk(x.half(), y)
+    assert adv16.dtype == torch.float16 and _linf(adv16.float(), x.half().float()).max() <= EPS + 1e-3
+
+
+@pytest.mark.parametrize("norm", ["Linf", "L2"])
+def test_empty_batch_returns_the_empty_batch(model, batch, norm):
+    x, y = batch
+    atk = _attack(model, "fisher_rao", norm)
+    adv = atk(x[:0], y[:0])  # a reshape error before the fix
+    assert adv.shape == (0, *x.shape[1:]) and adv.dtype == x.dtype
+    assert atk.last_stuck == 0
+    atk.set_normalization_used(mean=[0.5], std=[0.25])
+    assert atk(x[:0], y[:0]).shape == (0, *x.shape[1:])
+
+
+def test_positional_arguments_in_torchattacks_order(model, batch):
+    """(model, eps, alpha, steps, random_start[, eps_for_division]) as torchattacks.PGD / PGDL2; a TypeError before."""
+    x, y = batch
+    pairs = [
+        (FRPGD(model, EPS, ALPHA, STEPS, False), FRPGD(model, eps=EPS, alpha=ALPHA, steps=STEPS, random_start=False)),
+        (FRPGDL2(model, EPS_L2, ALPHA_L2, STEPS, True, 1e-3),
+         FRPGDL2(model, eps=EPS_L2, alpha=ALPHA_L2, steps=STEPS, random_start=True, eps_for_division=1e-3)),
+        (DivergencePGD(model, EPS_L2, ALPHA_L2, STEPS, True, divergence="kl", norm="L2"),
+         DivergencePGD(model, eps=EPS_L2, alpha=ALPHA_L2, steps=STEPS, random_start=True, divergence="kl",
+                       norm="L2")),
+    ]
+    for positional, keyword in pairs:
+        for name in ("eps", "alpha", "steps", "random_start", "divergence", "norm", "eps_for_division"):
+            assert getattr(positional, name) == getattr(keyword, name), name
+        torch.manual_seed(0)
+        first = positional(x, y)
+        torch.manual_seed(0)
+        assert torch.equal(first, keyword(x, y))
+    assert (pairs[0][0].random_start, pairs[1][0].eps_for_division, pairs[2][0].divergence) == (False, 1e-3, "kl")
+    with pytest.raises(TypeError):
+        DivergencePGD(model, EPS, ALPHA, STEPS, True, "kl")  # divergence and norm are keyword-only
+    with pytest.raises(ValueError, match="random_start must be a bool, got 'kl'"):
+        DivergencePGD(model, EPS, ALPHA, STEPS, "kl")  # a swapped argument is not silently True
+
+
+def test_eps_for_division_is_used_in_the_l2_step(model, batch):
+    """One L2 step against an independent float64 reference: autograd through 4 arcsin(||sqrt p - sqrt q|| / 2)
+    and torchattacks' normalization grad / (||grad|| + eps_for_division). Measured difference: 5e-14 at most; the two
+    eps_for_division differ by more than 1e-3."""
+    x, y = batch
+    model = model.double()
+    x = x.double()
+    with torch.no_grad():
+        nat_sqrt_p = torch.softmax(model(x), -1).sqrt()
+    torch.manual_seed(0)
+    start = torch.clamp(x + 0.001 * torch.randn_like(x), 0, 1).requires_grad_(True)
+    adv_sqrt_p = torch.softmax(model(start), -1).sqrt()
+    # d = 2 arccos(BC) = 4 arcsin(||sqrt p - sqrt q|| / 2): the arcsin form keeps the digits near equality
+    d2 = (4 * torch.asin((nat_sqrt_p - adv_sqrt_p).norm(dim=-1) / 2)) ** 2
+    (grad,) = torch.autograd.grad(d2.sum(), start)
+    norms = grad.flatten(1).norm(dim=1)
+    eps_div = float(norms.median())  # comparable to the gradient norms: the step is visibly shorter
+    alpha = 0.1
+    outs = {}
+    for e in (1e-10, eps_div):
+        expected = start.detach() + alpha * grad / (norms + e).view(-1, 1, 1, 1)
+        expected = torch.clamp(expected, 0, 1)  # one step of 0.1 stays inside the 0.5-ball around x
+        torch.manual_seed(0)
+        outs[e] = FRPGDL2(model, EPS_L2, alpha, 1, True, e)(x, y)
+        assert (outs[e] - expected).abs().max() <= 1e-12
+    assert (outs[1e-10] - outs[eps_div]).abs().max() > 1e-3  # the argument changes the result
+
+
+def test_all_lists_attacks_only(model, batch):
+    """A loop over __all__ builds every attack (NORMS was listed and broke such loops); NORMS stays importable."""
+    from fire_plugin import attacks
+    from fire_plugin.attacks import NORMS
+
+    x, y = batch
+    assert NORMS == ("Linf", "L2") and attacks.NORMS is NORMS
+    built = [getattr(attacks, name)(model, EPS, ALPHA, 2) for name in attacks.__all__]
+    assert [type(a).__name__ for a in built] == ["DivergencePGD", "FRPGD", "FRPGDL2"]
+    for atk in built:
+        assert isinstance(atk, torchattacks.attack.Attack)
+        assert atk(x[:4], y[:4]).shape == x[:4].shape
+
+
+@pytest.mark.parametrize(
+    "set_mode",
+    [
+        lambda atk: atk.set_mode_targeted_by_function(lambda images, labels: (labels + 1) % 10, quiet=True),
+        lambda atk: atk.set_mode_targeted_random(quiet=True),
+        lambda atk: atk.set_mode_targeted_least_likely(quiet=True),
+        lambda atk: atk.set_mode_targeted_by_label(quiet=True),
+    ],
+    ids=["by_function", "random", "least_likely", "by_label"],
+)
+def test_targeted_mode_error_says_why(model, batch, set_mode):
+    x, y = batch
+    for atk in (FRPGD(model), FRPGDL2(model), DivergencePGD(model, divergence="hellinger")):
+        with pytest.raises(ValueError, match="label-free") as info:
+            set_mode(atk)
+        message = str(info.value)
+        assert type(atk).__name__ in message and "targeted" in message and repr(atk.divergence) in message
+        assert not atk.targeted and atk.get_mode() == "default"
+    atk = FRPGD(model, EPS, ALPHA, STEPS)
+    atk.targeted = True  # set by hand, bypassing the setters
+    with pytest.raises(ValueError, match="label-free"):
+        atk(x, y)
 
 
 def test_save(model, batch, tmp_path):
