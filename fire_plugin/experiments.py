@@ -17,9 +17,11 @@ import os
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -29,8 +31,12 @@ __all__ = [
     "DEFAULT_WEIGHTS",
     "METHODS",
     "build_objective",
+    "DigitsRecipe",
+    "EvalSpec",
     "check_output_dir",
-    "run_demo",
+    "paired_differences",
+    "run_one",
+    "summarize",
     "evaluate_checkpoint",
     "method_attack",
     "method_loss",
@@ -294,57 +300,172 @@ def evaluate_checkpoint(
     return payload
 
 
-def run_demo(out: Path, *, epochs: int = 8, n_eval: int = 100, quiet: bool = False) -> dict[str, Any]:
-    """The main job on sklearn's embedded digits: CE and FIRE training, evaluation, model_info JSON, figures.
+# --------------------------------------------------------------------------------------------------- digits runs
 
-    Resumable: rerunning continues from the checkpoints under ``out``.
+
+@dataclass(frozen=True)
+class DigitsRecipe:
+    """The training recipe of the digits experiments (demo, weight sweep, 5-seed table).
+
+    A decaying learning rate (cosine by default): with a constant lr 0.05 TRADES beta = 6 diverges on digits near
+    epoch 28. ``eps = 0.1`` on [0, 1] 8x8 digits; the training attack takes ``steps`` steps of ``eps_step``.
     """
-    import dataclasses
 
-    import timm
-    import torch
+    model: str = "lenet_pi"
+    epochs: int = 30
+    batch_size: int = 64
+    lr: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    schedule: str = "cosine"
+    eps: float = 0.1
+    steps: int = 10
+    eps_step: float = 0.025
+    isometry_epsilon: float | None = None  # None: delta_m / 1e-3 as in the paper's section 4.2
+
+    def model_kwargs(self) -> dict[str, Any]:
+        return {"img_size": 8} if self.model == "lenet_pi" else {}
+
+
+@dataclass(frozen=True)
+class EvalSpec:
+    """What the digits runs evaluate on the test split (450 images).
+
+    ``aa_attacks`` run on the whole split with AutoAttack's standard settings (APGD-CE + APGD-T: standard AutoAttack
+    adds FAB-T and Square, which cost about 9x more here); ``aa_standard_n`` first images get standard AutoAttack
+    (``0`` skips it, ``None`` runs it on the whole split). ``margin_n`` first images get the Fisher-Rao margin.
+    """
+
+    n_eval: int | None = None  # None: the whole test split
+    pgd_steps: int = 20
+    aa_attacks: tuple[str, ...] | None = ("apgd-ce", "apgd-t")
+    aa_standard_n: int | None = 100
+    margin_n: int = 30
+    batch_size: int = 256
+
+
+def _result_matches(path: Path, config: dict[str, Any]) -> dict[str, Any] | None:
+    if not path.exists():
+        return None
+    try:
+        result = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return result if result.get("config") == config else None
+
+
+def run_one(
+    method: str,
+    *,
+    out: str | os.PathLike[str],
+    weight: float | None = None,
+    seed: int = 0,
+    recipe: DigitsRecipe = DigitsRecipe(),
+    spec: EvalSpec = EvalSpec(),
+    verbose: bool = True,
+) -> dict[str, Any]:
+    """Train ``method`` on the embedded digits under ``recipe`` and evaluate it under ``spec``; resumable.
+
+    Writes ``out/result.json`` (configuration, evaluation, training curves, seconds) and checkpoints under
+    ``out/checkpoints``. A finished run with the same configuration is read back, not repeated; an interrupted
+    one continues from its last epoch.
+
+    Returns:
+        the result dict: ``config``, ``eval`` (accuracies as fractions), ``aa_label``, ``fr_margin`` (mean and
+        median over the first ``spec.margin_n`` test images), ``train_seconds``, ``history``.
+    """
+    import timm  # noqa: F401
     from torch.utils.data import DataLoader
 
-    from fire_plugin.attacks import FRPGD
     from fire_plugin.data import load_dataset
-    from fire_plugin.distances import fisher_rao
-    from fire_plugin.engine import fit
+    from fire_plugin.engine import fit, lr_scheduler
     from fire_plugin.evaluation import evaluate
-    from fire_plugin.losses import FIRELoss
-    from fire_plugin.robustbench_io import model_info_from_result, write_model_info
 
-    eps = 0.1
-    out.mkdir(parents=True, exist_ok=True)
+    _check_method(method)
+    weight = DEFAULT_WEIGHTS[method] if weight is None else float(weight)
+    out_dir = check_output_dir(out)
+    config = {"method": method, "weight": weight, "seed": seed, "recipe": dataclasses.asdict(recipe),
+              "spec": {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(spec).items()}}
+    done = _result_matches(out_dir / "result.json", config)
+    if done is not None:
+        return done
+
+    torch.manual_seed(seed)
+    net = _create_model(recipe.model, num_classes=10, **recipe.model_kwargs())
     train_set = load_dataset("digits", split="train")
     x_test, y_test = load_dataset("digits", split="test").tensors  # type: ignore[attr-defined]
-    report: dict[str, Any] = {"dataset": "digits", "eps": eps, "epochs": epochs, "models": {}}
-    for method, lam in (("ce", 0.0), ("fire", 6.0)):
-        torch.manual_seed(0)
-        model = timm.create_model("digits_cnn", num_classes=10)
-        optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
-        attack = FRPGD(model, eps=eps, alpha=0.025, steps=10)
-        loss = FIRELoss(lam=lam)  # lam = 0 is plain natural cross-entropy
-        _logger.info("training %s (lam=%s) for %d epochs on digits", method, lam, epochs)
-        history = fit(model, DataLoader(train_set, batch_size=64, shuffle=True), epochs=epochs, loss=loss,
-                      attack=attack if method == "fire" else (lambda x, y: x), optimizer=optimizer,
-                      checkpoint_dir=out / method / "checkpoints", verbose=not quiet)
-        model.eval()
-        result = evaluate(model, x_test[:n_eval], y_test[:n_eval], eps=eps,
-                          attacks=("clean", "pgd", "frpgd", "autoattack"), verbose=not quiet)
-        adv = FRPGD(model, eps=eps, alpha=0.025, steps=10)(x_test[:n_eval], y_test[:n_eval])
-        with torch.no_grad():
-            frd = fisher_rao(model(x_test[:n_eval]), model(adv)).mean().item()
-        info = model_info_from_result(result, dataset="digits", name=f"digits_cnn {method.upper()} (demo)",
-                                      architecture="digits_cnn", venue="fire_plugin demo",
-                                      link="https://arxiv.org/abs/2106.06685",
-                                      footnote=f"Evaluated on the first {n_eval} digits test images.")
-        json_path = write_model_info(out, f"Demo2026{method.capitalize()}", info, threat_model="Linf")
-        save_history_plot(history, out / method / "training.png")
-        report["models"][method] = {"eval": dataclasses.asdict(result), "mean_frd_under_frpgd": frd,
-                                    "model_info": str(json_path), "history": history}
-    (out / "demo_report.json").write_text(json.dumps(report, indent=2))
-    from fire_plugin.plots import plot_accuracy_bars
+    if spec.n_eval is not None:
+        x_test, y_test = x_test[: spec.n_eval], y_test[: spec.n_eval]
+    generator = torch.Generator().manual_seed(seed)
+    loader = DataLoader(train_set, batch_size=recipe.batch_size, shuffle=True, generator=generator)
+    optimizer = torch.optim.SGD(net.parameters(), lr=recipe.lr, momentum=recipe.momentum,
+                                weight_decay=recipe.weight_decay)
+    objective = build_objective(method, net, weight=weight, eps=recipe.eps, eps_step=recipe.eps_step,
+                                steps=recipe.steps, isometry_epsilon=recipe.isometry_epsilon)
+    history = fit(net, loader, epochs=recipe.epochs, objective=objective, optimizer=optimizer,
+                  scheduler=lr_scheduler(optimizer, recipe.schedule, recipe.epochs),
+                  checkpoint_dir=out_dir / "checkpoints", config=config, verbose=verbose)
+    net.eval()
+    result = evaluate(net, x_test, y_test, eps=recipe.eps, attacks=("clean", "pgd", "frpgd", "autoattack"),
+                      pgd_steps=spec.pgd_steps, autoattack_attacks=spec.aa_attacks, batch_size=spec.batch_size,
+                      seed=seed, verbose=verbose)
+    evaluation = result.to_dict()
+    aa_label = "AA standard" if spec.aa_attacks is None else "AA " + "+".join(a.upper() for a in spec.aa_attacks)
+    standard: dict[str, Any] | None = None
+    if spec.aa_attacks is not None and spec.aa_standard_n != 0:
+        n_std = len(x_test) if spec.aa_standard_n is None else min(spec.aa_standard_n, len(x_test))
+        std = evaluate(net, x_test[:n_std], y_test[:n_std], eps=recipe.eps, attacks=("clean", "autoattack"),
+                       batch_size=spec.batch_size, seed=seed, verbose=verbose)
+        standard = {"n_examples": n_std, "clean_acc": std.clean_acc, "autoattack_acc": std.autoattack_acc,
+                    "seconds": std.times.get("autoattack")}
+    margin: dict[str, Any] | None = None
+    if spec.margin_n > 0:
+        from fire_plugin.margins import fr_margin
 
-    bars = {m: entry["eval"] for m, entry in report["models"].items()}
-    plot_accuracy_bars(bars).savefig(out / "accuracy.png", dpi=120)
-    return report
+        start = time.perf_counter()
+        values = fr_margin(net, x_test[: spec.margin_n], y_test[: spec.margin_n], verbose=False)
+        correct = values[(values > 0) & (values < float("inf"))]  # misclassified inputs have margin 0
+        margin = {"n_examples": int(min(spec.margin_n, len(x_test))), "n_correct_flipped": int(correct.size),
+                  "mean": float(correct.mean()) if correct.size else None,
+                  "median": float(np.median(values)) if values.size else None,
+                  "unflipped": int((values == float("inf")).sum()), "seconds": time.perf_counter() - start}
+    payload = {"config": config, "eval": evaluation, "aa_label": aa_label, "aa_standard_subset": standard,
+               "fr_margin": margin, "train_seconds": float(sum(r["seconds"] for r in history)),
+               "diverged": any(r.get("diverged") for r in history), "history": history}
+    (out_dir / "result.json").write_text(json.dumps(payload, indent=2))
+    torch.save(net.state_dict(), out_dir / "model.pt")
+    return payload
+
+
+def _metrics(result: dict[str, Any]) -> dict[str, float | None]:
+    ev = result["eval"]
+    margin = result.get("fr_margin") or {}
+    std = result.get("aa_standard_subset") or {}
+    return {"clean": ev["clean_acc"], "pgd": ev["pgd_acc"], "frpgd": ev["frpgd_acc"], "aa": ev["autoattack_acc"],
+            "avg": ev["avg_acc"], "aa_standard_subset": std.get("autoattack_acc"), "fr_margin": margin.get("mean"),
+            "train_seconds": result.get("train_seconds")}
+
+
+def summarize(results: list[dict[str, Any]]) -> dict[str, dict[str, float | None]]:
+    """Mean and sample standard deviation of each metric over runs (e.g. seeds): ``{metric: {mean, std, n}}``."""
+    table: dict[str, dict[str, float | None]] = {}
+    rows = [_metrics(r) for r in results]
+    for key in rows[0] if rows else []:
+        values = np.array([r[key] for r in rows if r[key] is not None], dtype=np.float64)
+        table[key] = {"mean": float(values.mean()) if values.size else None,
+                      "std": float(values.std(ddof=1)) if values.size > 1 else None, "n": float(values.size)}
+    return table
+
+
+def paired_differences(a: list[dict[str, Any]], b: list[dict[str, Any]]) -> dict[str, dict[str, float | None]]:
+    """Per-seed differences ``a - b`` (runs paired by their seed) with mean, std and min/max per metric."""
+    by_seed = {r["config"]["seed"]: r for r in b}
+    pairs = [(_metrics(r), _metrics(by_seed[r["config"]["seed"]])) for r in a if r["config"]["seed"] in by_seed]
+    out: dict[str, dict[str, float | None]] = {}
+    for key in ("clean", "aa", "avg", "pgd", "fr_margin"):
+        diffs = np.array([x[key] - y[key] for x, y in pairs if x[key] is not None and y[key] is not None])
+        out[key] = {"mean": float(diffs.mean()) if diffs.size else None,
+                    "std": float(diffs.std(ddof=1)) if diffs.size > 1 else None,
+                    "min": float(diffs.min()) if diffs.size else None,
+                    "max": float(diffs.max()) if diffs.size else None, "n": float(diffs.size)}
+    return out
