@@ -21,7 +21,8 @@ from fire_plugin.engine import EpochStats, NonFiniteLossError, SelfAdaptiveTarge
 from fire_plugin.evaluation import EvalResult, evaluate
 from fire_plugin.gaussian import GaussianModel, paper_setting
 from fire_plugin.losses import ACELoss, DivergenceRegularizedLoss, FIRELoss, HellingerLoss, MARTLoss, TRADESLoss
-from fire_plugin.models import MODEL_NAMES, load_pretrained
+from fire_plugin.models import MODEL_NAMES
+from fire_plugin.pretrained import load_pretrained
 from fire_plugin.robustbench_io import ModelInfo, read_model_info, write_model_info
 from fire_plugin.trainers import FIRETrainer, HellingerTrainer, TRADESTrainer
 

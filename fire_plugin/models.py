@@ -1,4 +1,4 @@
-"""Architectures registered with timm, and pretrained loading (RobustBench zoo, local checkpoints).
+"""Architectures registered with timm.
 
 After ``import fire_plugin``, ``timm.create_model(name, num_classes=..., in_chans=...)`` builds:
 
@@ -17,38 +17,40 @@ name                      architecture
 Every model takes [0, 1] images; an optional ``mean``/``std`` adds an input normalization as the first
 step. Its statistics are non-persistent buffers, so state dicts stay those of the plain architecture.
 
-:func:`load_pretrained` loads RobustBench zoo models, our own checkpoints, and the CIFAR-10 ResNet-18 that
-ships inside the pyautoattack package (``"autoattack-resnet18"``), a real pretrained model available
-offline.
+Pretrained and offline loading (RobustBench zoo, local checkpoints, pyautoattack's ResNet-18) lives in
+:mod:`fire_plugin.pretrained`; its names (:func:`~fire_plugin.pretrained.load_pretrained`, ...) stay importable
+from here.
 """
 
 from __future__ import annotations
 
-import contextlib
-import difflib
-import importlib.resources
-import io
 import logging
-import os
-import re
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
-from pathlib import Path
-from typing import Any
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
-import timm
 import torch
 import torch.nn.functional as F
 from timm.models import register_model
 from torch import nn
 
 from fire_plugin._compat import import_robustbench
-from fire_plugin.data import DATASETS
+
+if TYPE_CHECKING:  # re-exported lazily (see __getattr__): fire_plugin.pretrained imports this module
+    from fire_plugin.pretrained import (
+        AUTOATTACK_RESNET18,
+        CheckpointNotFoundError,
+        CorruptCheckpointError,
+        autoattack_checkpoint_path,
+        load_pretrained,
+        load_state_dict_from_checkpoint,
+    )
 
 __all__ = [
     "AUTOATTACK_RESNET18",
     "MODEL_NAMES",
     "CheckpointNotFoundError",
+    "CorruptCheckpointError",
     "DigitsCNN",
     "InputNormalization",
     "LeNetPI",
@@ -62,16 +64,27 @@ __all__ = [
 
 _logger = logging.getLogger(__name__)
 
-AUTOATTACK_RESNET18 = "autoattack-resnet18"
 MODEL_NAMES = ("small_cnn", "lenet_pi", "digits_cnn", "resnet18_cifar", "wrn34_10", "wrn28_10")
 
-_SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+\-]*$")
-_RB_DATASETS = ("cifar10", "cifar100", "imagenet")
-_RB_THREAT_MODELS = ("Linf", "L2", "corruptions", "corruptions_3d")
+# Names that moved to fire_plugin.pretrained; `from fire_plugin.models import load_pretrained` keeps working.
+_PRETRAINED_NAMES = frozenset(
+    {
+        "AUTOATTACK_RESNET18",
+        "CheckpointNotFoundError",
+        "CorruptCheckpointError",
+        "autoattack_checkpoint_path",
+        "load_pretrained",
+        "load_state_dict_from_checkpoint",
+    }
+)
 
 
-class CheckpointNotFoundError(FileNotFoundError):
-    """A checkpoint is neither on disk nor downloadable; the message names the expected path."""
+def __getattr__(name: str) -> Any:
+    if name in _PRETRAINED_NAMES:
+        from fire_plugin import pretrained
+
+        return getattr(pretrained, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -455,7 +468,7 @@ def _no_pretrained(name: str, pretrained: bool, kwargs: dict[str, Any]) -> None:
     kwargs.pop("pretrained_cfg_overlay", None)
     if pretrained:
         raise ValueError(
-            f"pretrained=True is not available for {name!r}; use fire_plugin.models.load_pretrained("
+            f"pretrained=True is not available for {name!r}; use fire_plugin.pretrained.load_pretrained("
             f"{name!r}, checkpoint=...) for your own weights"
         )
 
@@ -512,6 +525,8 @@ def resnet18_cifar(pretrained: bool = False, **kwargs: Any) -> ResNet18CIFAR:
     if pretrained:
         if model.num_classes != 10 or model.conv1.in_channels != 3:
             raise ValueError("pretrained=True loads CIFAR-10 weights; allowed only with num_classes=10 and in_chans=3")
+        from fire_plugin.pretrained import _read_state_dict, autoattack_checkpoint_path
+
         model.load_state_dict(_read_state_dict(autoattack_checkpoint_path()))
     return model
 
@@ -538,235 +553,3 @@ def wrn28_10(pretrained: bool = False, **kwargs: Any) -> WideResNet:
     """
     _no_pretrained("wrn28_10", pretrained, kwargs)
     return WideResNet(depth=28, widen_factor=10, **kwargs)
-
-
-# --------------------------------------------------------------------------------------------------
-# checkpoints
-
-
-def autoattack_checkpoint_path() -> Path:
-    """Path of ``examples/model_test.pt`` inside the installed pyautoattack package.
-
-    It is a CIFAR-10 ResNet-18 state dict (the model of AutoAttack's example script).
-
-    >>> autoattack_checkpoint_path().name
-    'model_test.pt'
-    """
-    path = Path(str(importlib.resources.files("pyautoattack").joinpath("examples", "model_test.pt")))
-    if not path.is_file():
-        raise CheckpointNotFoundError(
-            f"{path} is missing: the installed pyautoattack does not ship examples/model_test.pt; "
-            "reinstall it with `pip install --force-reinstall pyautoattack`"
-        )
-    return path
-
-
-def _strip_prefixes(state_dict: Mapping[str, Any]) -> dict[str, Any]:
-    prefixes = ("module.", "_orig_mod.")
-    out: dict[str, Any] = {}
-    for key, value in state_dict.items():
-        changed = True
-        while changed:
-            changed = False
-            for prefix in prefixes:
-                if key.startswith(prefix):
-                    key = key[len(prefix) :]
-                    changed = True
-        out[key] = value
-    return out
-
-
-def load_state_dict_from_checkpoint(obj: Any) -> dict[str, torch.Tensor]:
-    """Extract a model state dict from a loaded checkpoint object.
-
-    Accepts our engine checkpoints (a dict whose ``"model"`` entry is the state dict), dicts with a
-    ``"state_dict"`` or ``"model_state_dict"`` entry, and plain state dicts. ``module.`` (DataParallel/DDP)
-    and ``_orig_mod.`` (``torch.compile``) prefixes are removed.
-
-    Args:
-        obj: what ``torch.load`` returned.
-
-    Returns:
-        A state dict for ``model.load_state_dict``.
-
-    >>> sd = load_state_dict_from_checkpoint({"model": {"module.fc.weight": torch.zeros(1)}})
-    >>> list(sd)
-    ['fc.weight']
-    """
-    if not isinstance(obj, Mapping):
-        raise ValueError(f"checkpoint of type {type(obj).__name__} is not allowed; allowed: a dict")
-    for key in ("model", "state_dict", "model_state_dict"):
-        inner = obj.get(key)
-        if isinstance(inner, Mapping):
-            obj = inner
-            break
-    if not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise ValueError(
-            "checkpoint holds no state dict; allowed: a state dict, or a dict with a 'model' or "
-            "'state_dict' entry that is one"
-        )
-    return _strip_prefixes(obj)
-
-
-def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    if not path.is_file():
-        raise CheckpointNotFoundError(f"checkpoint={str(path)!r} does not exist")
-    obj = torch.load(path, map_location="cpu", weights_only=True)
-    return load_state_dict_from_checkpoint(obj)
-
-
-def _check_safe_name(label: str, value: str) -> None:
-    if not isinstance(value, str) or not _SAFE_NAME.match(value) or ".." in value:
-        raise ValueError(
-            f"{label}={value!r} is not allowed; allowed: letters, digits and _ . + - without path separators or '..'"
-        )
-
-
-def _infer_dataset_kwargs(dataset: str, model_kwargs: dict[str, Any]) -> dict[str, Any]:
-    kwargs = dict(model_kwargs)
-    info = DATASETS.get(dataset)
-    if info is not None:
-        kwargs.setdefault("num_classes", info.num_classes)
-        kwargs.setdefault("in_chans", info.in_chans)
-    elif "num_classes" not in kwargs:
-        raise ValueError(
-            f"dataset={dataset!r} is unknown, so num_classes cannot be inferred; pass num_classes=... "
-            f"or use one of {sorted(DATASETS)}"
-        )
-    return kwargs
-
-
-def _load_zoo(name: str, dataset: str, threat_model: str, model_dir: Path) -> nn.Module:
-    if dataset not in _RB_DATASETS:
-        raise ValueError(
-            f"dataset={dataset!r} has no RobustBench zoo; allowed: {list(_RB_DATASETS)} (or pass "
-            "checkpoint=... with an architecture name)"
-        )
-    if threat_model not in _RB_THREAT_MODELS:
-        raise ValueError(f"threat_model={threat_model!r} is not allowed; allowed: {list(_RB_THREAT_MODELS)}")
-    rb_utils = import_robustbench("utils")
-    enums = import_robustbench("model_zoo.enums")
-    zoo_threat = threat_model.replace("_3d", "")
-    zoo = rb_utils.all_models[enums.BenchmarkDataset(dataset)][enums.ThreatModel(zoo_threat)]
-    if name not in zoo:
-        close = difflib.get_close_matches(name, list(zoo), n=5)
-        raise ValueError(
-            f"name={name!r} is neither {AUTOATTACK_RESNET18!r}, an architecture with checkpoint=..., nor a "
-            f"RobustBench {dataset}/{zoo_threat} model; close zoo names: {close or 'none'} "
-            f"(architectures: {list(MODEL_NAMES)})"
-        )
-    folder = model_dir / dataset / zoo_threat
-    gdrive = zoo[name].get("gdrive_id")
-    expected = (
-        [folder / f"{name}.pt_m{i}.pt" for i in range(len(gdrive))]
-        if isinstance(gdrive, list)
-        else [folder / f"{name}.pt"]
-    )
-    timm_name = f"{name.lower().replace('-', '_')}_{dataset}_{zoo_threat.lower()}"
-    on_hub = timm.is_model(timm_name)
-    missing = [p for p in expected if not p.is_file()]
-    # folders robustbench may create, deepest first, and what the target folder held before
-    new_dirs = [d for d in (folder, folder.parent, model_dir) if not d.exists()]
-    before = set(folder.iterdir()) if folder.exists() else set()
-    captured = io.StringIO()
-    try:
-        with contextlib.redirect_stdout(captured), contextlib.redirect_stderr(captured):
-            model: nn.Module = rb_utils.load_model(
-                name, model_dir=str(model_dir), dataset=dataset, threat_model=threat_model
-            )
-    except Exception as exc:  # noqa: BLE001 - a failed download must not surface as a connection traceback
-        if not (missing or on_hub):
-            raise
-        if folder.exists():
-            for path in set(folder.iterdir()) - before:
-                with contextlib.suppress(OSError):
-                    path.unlink()
-        for directory in new_dirs:
-            with contextlib.suppress(OSError):
-                directory.rmdir()
-        if on_hub:
-            where = f"the Hugging Face Hub model timm/{timm_name} (cached under ~/.cache/huggingface)"
-        else:
-            where = "\n".join(f"  {p}" for p in expected)
-        raise CheckpointNotFoundError(
-            f"RobustBench model {name!r} ({dataset}, {threat_model}) is not available offline and could "
-            f"not be downloaded ({type(exc).__name__}: {exc}).\nExpected: {where}\n"
-            "On a machine with network access run\n"
-            f'  python -c "from fire_plugin.models import load_pretrained; load_pretrained({name!r}, '
-            f"dataset={dataset!r}, threat_model={threat_model!r}, model_dir='models')\"\n"
-            "and copy the file(s) to the expected path."
-        ) from exc
-    finally:
-        if captured.getvalue():
-            _logger.info("robustbench: %s", captured.getvalue().strip())
-    return model
-
-
-def load_pretrained(
-    name: str,
-    *,
-    dataset: str = "cifar10",
-    threat_model: str = "Linf",
-    model_dir: str | os.PathLike[str] = "models",
-    checkpoint: str | os.PathLike[str] | None = None,
-    **model_kwargs: Any,
-) -> nn.Module:
-    """Load a pretrained model in eval mode; it takes [0, 1] images.
-
-    Three sources, tried in this order:
-
-    1. ``name="autoattack-resnet18"``: the CIFAR-10 ResNet-18 state dict shipped inside pyautoattack
-       (``examples/model_test.pt``), loaded into ``resnet18_cifar``; works offline.
-    2. ``checkpoint`` given: ``name`` is an architecture known to timm (ours: ``small_cnn``, ``lenet_pi``,
-       ``digits_cnn``, ``resnet18_cifar``, ``wrn34_10``, ``wrn28_10``); ``num_classes`` and ``in_chans`` come
-       from ``dataset`` unless given in ``model_kwargs``. Our engine checkpoints (``{"model": state_dict,
-       ...}``) and plain state dicts load with ``weights_only=True``; ``module.`` prefixes are removed.
-    3. otherwise a RobustBench zoo name (such as ``"Zhang2019Theoretically"``) through
-       ``robustbench.utils.load_model``, from ``model_dir/<dataset>/<threat_model>/<name>.pt``. When that file
-       is missing and cannot be downloaded, :class:`CheckpointNotFoundError` names the expected path and
-       how to obtain it; no partial file is left behind.
-
-    Args:
-        name: see above; no path separators or ``..``.
-        dataset: ``"cifar10"``, ``"cifar100"``, ``"imagenet"`` (zoo) or a key of
-            ``fire_plugin.data.DATASETS``.
-        threat_model: ``"Linf"``, ``"L2"``, ``"corruptions"`` or ``"corruptions_3d"`` (zoo only).
-        model_dir: the RobustBench model folder.
-        checkpoint: path of a checkpoint for the architecture ``name``.
-        **model_kwargs: passed to ``timm.create_model`` (for example ``mean``/``std``) with ``checkpoint``.
-
-    Returns:
-        The model, in eval mode, on the CPU.
-
-    >>> model = load_pretrained("autoattack-resnet18")
-    >>> model(torch.zeros(1, 3, 32, 32)).shape
-    torch.Size([1, 10])
-    """
-    _check_safe_name("name", name)
-    if not isinstance(dataset, str) or not dataset:
-        raise ValueError(f"dataset={dataset!r} is not allowed; allowed: a dataset name")
-    model: nn.Module
-    if name == AUTOATTACK_RESNET18:
-        if checkpoint is not None:
-            raise ValueError(f"checkpoint={checkpoint!r} is not allowed with name={name!r}; allowed: None")
-        if dataset != "cifar10":
-            raise ValueError(f"dataset={dataset!r} is not allowed with name={name!r}; allowed: 'cifar10'")
-        model = ResNet18CIFAR(num_classes=10, **model_kwargs)
-        model.load_state_dict(_read_state_dict(autoattack_checkpoint_path()))
-    elif checkpoint is not None:
-        if not timm.is_model(name):
-            raise ValueError(
-                f"name={name!r} is not a timm architecture, so checkpoint={str(checkpoint)!r} cannot be "
-                f"loaded into it; allowed: {list(MODEL_NAMES)} or any timm.list_models() name"
-            )
-        kwargs = _infer_dataset_kwargs(dataset, model_kwargs)
-        model = timm.create_model(name, **kwargs)
-        model.load_state_dict(_read_state_dict(Path(checkpoint)))
-    else:
-        if model_kwargs:
-            raise ValueError(
-                f"model_kwargs={sorted(model_kwargs)} are only allowed with checkpoint=... or {AUTOATTACK_RESNET18!r}"
-            )
-        model = _load_zoo(name, dataset, threat_model, Path(model_dir))
-    _logger.info("loaded pretrained %s (%s, %s)", name, dataset, threat_model)
-    return model.eval()

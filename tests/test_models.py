@@ -1,9 +1,8 @@
-"""Tests of fire_plugin.models: every registered architecture, RobustBench parity, pretrained loading."""
+"""Tests of fire_plugin.models: every registered architecture, RobustBench parity (loading: test_pretrained.py)."""
 
 from __future__ import annotations
 
 import os
-import pickle
 import subprocess
 import sys
 from pathlib import Path
@@ -12,15 +11,14 @@ import pytest
 import timm
 import torch
 
+from fire_plugin import pretrained
 from fire_plugin._compat import import_robustbench
 from fire_plugin.models import (
     MODEL_NAMES,
-    CheckpointNotFoundError,
     InputNormalization,
     WideResNet,
     autoattack_checkpoint_path,
     load_pretrained,
-    load_state_dict_from_checkpoint,
 )
 
 INPUT_SHAPES = {
@@ -146,149 +144,19 @@ def test_resnet18_matches_robustbench_resnet18():
         torch.testing.assert_close(ours(x), reference(x), rtol=1e-4, atol=1e-4)
 
 
-# ------------------------------------------------------------------------------------- pretrained
+# ------------------------------------------------------------------------------------- the split
 
 
-def test_shipped_resnet18_offline_and_deterministic():
-    model = load_pretrained("autoattack-resnet18")
-    assert not model.training
-    torch.manual_seed(1)
-    x = torch.rand(8, 3, 32, 32)
-    with torch.no_grad():
-        first, second = model(x), model(x)
-        again = load_pretrained("autoattack-resnet18")(x)
-    assert torch.equal(first, second) and torch.equal(first, again)
-    assert first.shape == (8, 10) and torch.isfinite(first).all()
-    # trained weights, not an initialisation: the BN running statistics were updated
-    assert model.bn1.num_batches_tracked.item() > 0
-    via_timm = timm.create_model("resnet18_cifar", pretrained=True).eval()
-    with torch.no_grad():
-        assert torch.equal(via_timm(x), first)
+def test_loading_names_still_importable_from_models():
+    # pretrained loading moved to fire_plugin.pretrained; fire_plugin.models re-exports every name it had.
+    import fire_plugin
+    import fire_plugin.models as models
 
-
-class _TinyZooNet(torch.nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.fc = torch.nn.Linear(3 * 32 * 32, 10)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(x.flatten(1))
-
-
-@pytest.fixture
-def tiny_zoo_entry(monkeypatch):
-    """A cheap model registered in RobustBench's cifar10/Linf zoo; robustbench's own loading code runs."""
-    monkeypatch.setitem(_zoo(), "Tiny2024Test", {"model": _TinyZooNet, "gdrive_id": "1-not-a-real-id"})
-    return "Tiny2024Test"
-
-
-def _offline_download(gdrive_id, fname_save):
-    import requests
-
-    Path(fname_save).write_bytes(b"\x80\x02partial")  # what an interrupted download leaves
-    raise requests.exceptions.ConnectionError("Failed to establish a new connection: Name or service not known")
-
-
-def test_missing_zoo_checkpoint_clear_error(tmp_path, monkeypatch, tiny_zoo_entry):
-    monkeypatch.setattr(import_robustbench("utils"), "download_gdrive_new", _offline_download)
-    model_dir = tmp_path / "models"
-    with pytest.raises(CheckpointNotFoundError) as err:
-        load_pretrained(tiny_zoo_entry, model_dir=model_dir)
-    message = str(err.value)
-    expected = model_dir / "cifar10" / "Linf" / f"{tiny_zoo_entry}.pt"
-    assert str(expected) in message
-    assert f"load_pretrained({tiny_zoo_entry!r}" in message  # how to obtain it
-    assert "ConnectionError" in message and "Traceback" not in message
-    assert not model_dir.exists()  # no partial file, no empty folders
-
-
-def test_missing_real_zoo_checkpoint(tmp_path, monkeypatch):
-    monkeypatch.setattr(import_robustbench("utils"), "download_gdrive_new", _offline_download)
-    with pytest.raises(CheckpointNotFoundError) as err:
-        load_pretrained("Zhang2019Theoretically", model_dir=tmp_path / "models")
-    assert str(tmp_path / "models" / "cifar10" / "Linf" / "Zhang2019Theoretically.pt") in str(err.value)
-    assert not (tmp_path / "models").exists()
-
-
-def test_missing_zoo_checkpoint_keeps_existing_files(tmp_path, monkeypatch, tiny_zoo_entry):
-    monkeypatch.setattr(import_robustbench("utils"), "download_gdrive_new", _offline_download)
-    folder = tmp_path / "cifar10" / "Linf"
-    folder.mkdir(parents=True)
-    (folder / "Other.pt").write_bytes(b"keep me")
-    with pytest.raises(CheckpointNotFoundError):
-        load_pretrained(tiny_zoo_entry, model_dir=tmp_path)
-    assert [p.name for p in folder.iterdir()] == ["Other.pt"]
-
-
-def test_zoo_checkpoint_on_disk_is_used(tmp_path, monkeypatch, tiny_zoo_entry):
-    torch.manual_seed(0)
-    reference = _TinyZooNet().eval()
-    path = tmp_path / "cifar10" / "Linf" / f"{tiny_zoo_entry}.pt"
-    path.parent.mkdir(parents=True)
-    torch.save({"state_dict": {f"module.{k}": v for k, v in reference.state_dict().items()}}, path)
-
-    def no_network(*args, **kwargs):
-        raise AssertionError("must not download when the checkpoint is on disk")
-
-    monkeypatch.setattr(import_robustbench("utils"), "download_gdrive_new", no_network)
-    model = load_pretrained(tiny_zoo_entry, model_dir=tmp_path)
-    assert not model.training
-    x = torch.rand(2, 3, 32, 32)
-    with torch.no_grad():
-        assert torch.equal(model(x), reference(x))
-
-
-def test_unknown_zoo_name_suggests(tmp_path):
-    with pytest.raises(ValueError, match="Zhang2019Theoretically"):
-        load_pretrained("Zhang2019Theoretical", model_dir=tmp_path)
-    assert not any(tmp_path.iterdir())
-
-
-@pytest.mark.parametrize("name", ["../Zhang2019Theoretically", "a/b", "..", "a\\b", ""])
-def test_name_with_path_separator_rejected(tmp_path, name):
-    with pytest.raises(ValueError, match="name="):
-        load_pretrained(name, model_dir=tmp_path)
-
-
-def test_own_checkpoints_load(tmp_path):
-    torch.manual_seed(0)
-    model = timm.create_model("digits_cnn").eval()
-    x = torch.rand(5, 1, 8, 8)
-    with torch.no_grad():
-        expected = model(x)
-    engine = tmp_path / "engine.pt"
-    ddp_state = {f"module.{k}": v for k, v in model.state_dict().items()}
-    torch.save({"model": ddp_state, "epoch": 3, "optimizer": {"lr": 0.1}}, engine)
-    plain = tmp_path / "plain.pt"
-    torch.save(model.state_dict(), plain)
-    for path in (engine, plain):
-        loaded = load_pretrained("digits_cnn", dataset="digits", checkpoint=path)
-        assert not loaded.training
-        with torch.no_grad():
-            assert torch.equal(loaded(x), expected)
-
-
-class _Exploit:
-    def __reduce__(self):
-        return (Path.touch, (Path(os.environ["FIRE_EXPLOIT_MARK"]),))
-
-
-def test_checkpoint_with_code_is_refused(tmp_path, monkeypatch):
-    mark = tmp_path / "pwned"
-    monkeypatch.setenv("FIRE_EXPLOIT_MARK", str(mark))
-    path = tmp_path / "evil.pt"
-    torch.save({"model": {"fc.weight": torch.zeros(1)}, "payload": _Exploit()}, path)
-    with pytest.raises(pickle.UnpicklingError):
-        load_pretrained("digits_cnn", dataset="digits", checkpoint=path)
-    assert not mark.exists()
-
-
-def test_checkpoint_errors(tmp_path):
-    with pytest.raises(CheckpointNotFoundError, match="does not exist"):
-        load_pretrained("digits_cnn", dataset="digits", checkpoint=tmp_path / "missing.pt")
-    with pytest.raises(ValueError, match="not a timm architecture"):
-        load_pretrained("no_such_arch", dataset="digits", checkpoint=tmp_path / "x.pt")
-    with pytest.raises(ValueError, match="holds no state dict"):
-        load_state_dict_from_checkpoint({"epoch": 3})
-    with pytest.raises(ValueError, match="dataset='mnist'"):
-        load_pretrained("autoattack-resnet18", dataset="mnist")
+    for name in pretrained.__all__:
+        assert getattr(models, name) is getattr(pretrained, name), name
+        assert name in models.__all__
+    assert fire_plugin.load_pretrained is pretrained.load_pretrained
+    with pytest.raises(AttributeError, match="no_such_name"):
+        models.no_such_name  # noqa: B018
+    # the architectures module does not hold loading code any more
+    assert "def load_pretrained" not in Path(models.__file__).read_text()
