@@ -289,7 +289,9 @@ class _NpzImages(Dataset):
 
 
 class _Transformed(Dataset):
-    def __init__(self, dataset: Dataset, transform: Callable[[torch.Tensor], torch.Tensor]) -> None:
+    """Apply ``transform`` to the images (when given); labels become ints (tensor and int labels mix in a batch)."""
+
+    def __init__(self, dataset: Dataset, transform: Callable[[torch.Tensor], torch.Tensor] | None) -> None:
         self.dataset, self.transform = dataset, transform
 
     def __len__(self) -> int:
@@ -297,7 +299,7 @@ class _Transformed(Dataset):
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         x, y = self.dataset[index]
-        return self.transform(x), y
+        return (self.transform(x) if self.transform is not None else x), int(y)
 
 
 class _MixedBatchSampler(torch.utils.data.Sampler[list[int]]):
@@ -425,9 +427,7 @@ def mixed_loader(
         raise ValueError("the extra dataset is empty")
     batches = batches_per_epoch or -(-n_orig // batch_size)
     sampler = _MixedBatchSampler(n_orig, n_more, batch_size - n_extra, n_extra, batches, int(seed))
-    data: Dataset = torch.utils.data.ConcatDataset([dataset, extra])
-    if transform is not None:
-        data = _Transformed(data, transform)
+    data = _Transformed(torch.utils.data.ConcatDataset([dataset, extra]), transform)
     _logger.info("mixed loader: %d original + %d extra images, %d + %d per batch, %d batches per epoch",
                  n_orig, n_more, batch_size - n_extra, n_extra, batches)
     return DataLoader(data, batch_sampler=sampler, num_workers=num_workers, pin_memory=pin_memory,

@@ -1,0 +1,608 @@
+"""Named training recipes of the FIRE paper (section 5.1) and the partial-isometry paper (section 4.2).
+
+A preset is a JSON file under ``fire_plugin/presets/`` holding the keys of :data:`SCHEMA` that differ from
+:data:`DEFAULTS`; :func:`load_preset` merges it over the defaults and applies ``key=value`` overrides, each parsed
+and checked against :data:`SCHEMA` (a bad key or value raises ``ValueError`` naming the key, the value and what
+is allowed). :func:`run_preset` trains with :func:`fire_plugin.engine.fit` (checkpoints under
+``out/checkpoints``: rerunning the same preset with the same ``out`` resumes, and a changed configuration is
+refused), selects ``best.pt`` on a validation split held out from the training data, evaluates the test set
+(clean, PGD-20, standard AutoAttack on the first 10,000 images as RobustBench does) and writes next to each other:
+``config.json``, ``results.json``, ``results.csv`` and ``model_info/<dataset>/Linf/<id>.json``.
+
+Conventions: ``lam`` of FIRE multiplies ``d^2`` with ``d = 2 arccos(BC)`` (the paper's lambda = 12 in the
+authors' code, ``beta = 4 lam``, is lam = 3 here); Hellinger's ``lam`` multiplies ``H^2`` (lam = 12 matches FIRE
+lam = 3 locally, since ``d^2 ~ 4 H^2``); TRADES' ``lam`` is its beta (6: ``d^2 ~ 2 KL``, so FIRE lam = 3 matches).
+
+Example:
+    >>> cfg = load_preset("cifar10-wrn34-fire", overrides=["epochs=2", "eps=8/255"])
+    >>> cfg["model"], cfg["lam"], cfg["epochs"], round(cfg["eps"] * 255, 6)
+    ('wrn34_10', 3.0, 2, 8.0)
+    >>> "mnist-lenet-isometry" in list_presets()
+    True
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import logging
+import math
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+__all__ = [
+    "DEFAULTS",
+    "PRESET_DIR",
+    "SCHEMA",
+    "list_presets",
+    "load_preset",
+    "parse_overrides",
+    "run_preset",
+]
+
+_logger = logging.getLogger(__name__)
+
+PRESET_DIR = Path(__file__).with_name("presets")
+"""Where the preset JSON files live (package data)."""
+
+METHODS = ("fire", "trades", "hellinger", "madry", "isometry")
+_AUTO_BOOL = ("auto", "on", "off")
+
+
+@dataclass(frozen=True)
+class _Key:
+    kind: str  # "float", "int", "bool", "str", "path", "strs"
+    help: str
+    choices: tuple[str, ...] = ()
+    minimum: float | None = None  # inclusive
+    positive: bool = False
+    maximum: float | None = None  # exclusive
+
+    def allowed(self) -> str:
+        if self.choices:
+            return ("a comma-separated list of " if self.kind == "strs" else "one of ") + str(list(self.choices))
+        if self.kind == "bool":
+            return "true or false"
+        if self.kind == "path":
+            return "a file path, or none"
+        if self.kind == "str":
+            return "a string"
+        bounds = []
+        if self.positive:
+            bounds.append("> 0")
+        if self.minimum is not None:
+            bounds.append(f">= {self.minimum:g}")
+        if self.maximum is not None:
+            bounds.append(f"< {self.maximum:g}")
+        what = "an integer" if self.kind == "int" else "a finite number (fractions such as 8/255 allowed)"
+        return what + (" " + " and ".join(bounds) if bounds else "")
+
+
+SCHEMA: dict[str, _Key] = {
+    "description": _Key("str", "what the preset reproduces"),
+    "dataset": _Key("str", "training and test data", choices=("mnist", "cifar10", "cifar100", "digits")),
+    "model": _Key("str", "timm model name", choices=("small_cnn", "lenet_pi", "wrn34_10", "wrn28_10",
+                                                      "resnet18_cifar", "digits_cnn")),
+    "method": _Key("str", "training objective", choices=METHODS),
+    "lam": _Key("float", "regularizer weight: FIRE on d^2, Hellinger on H^2, TRADES beta", minimum=0.0),
+    "eps": _Key("float", "Linf radius of training, validation and evaluation attacks", positive=True),
+    "eps_step": _Key("float", "step size of the training attack", positive=True),
+    "attack_steps": _Key("int", "steps of the training attack", minimum=1),
+    "epochs": _Key("int", "training epochs", minimum=1),
+    "batch_size": _Key("int", "global batch size (split over torchrun ranks)", minimum=2),
+    "lr": _Key("float", "initial learning rate of SGD", positive=True),
+    "momentum": _Key("float", "SGD momentum", minimum=0.0, maximum=1.0),
+    "nesterov": _Key("bool", "Nesterov momentum"),
+    "weight_decay": _Key("float", "SGD weight decay", minimum=0.0),
+    "schedule": _Key("str", "per-epoch learning-rate schedule", choices=("multistep", "cosine", "constant")),
+    "augment": _Key("bool", "random crop (padding 4) and horizontal flip of the training images"),
+    "val_size": _Key("int", "training images held out for validation and best.pt selection", minimum=0),
+    "val_pgd_steps": _Key("int", "steps of the validation PGD (cross-entropy, step eps/4)", minimum=1),
+    "select_best": _Key("bool", "keep best.pt by validation PGD accuracy; evaluate it at the end"),
+    "ema": _Key("bool", "exponential moving average of the weights (evaluated at the end when on)"),
+    "ema_decay": _Key("float", "EMA decay after the warm-up", positive=True, maximum=1.0),
+    "extra_data": _Key("path", ".npz of extra images ('image' uint8 NHWC, 'label')"),
+    "extra_fraction": _Key("float", "share of extra images in every batch", minimum=0.0, maximum=1.0),
+    "delta_over_epsilon": _Key("float", "partial isometry: delta_m / epsilon (section 4.2: 1e-3)", positive=True),
+    "eta_min": _Key("float", "partial isometry: eta of the first epoch", minimum=0.0),
+    "eta_max": _Key("float", "partial isometry: eta of the last epoch", minimum=0.0),
+    "estimator": _Key("str", "partial isometry: penalty estimator", choices=("exact", "hutchinson")),
+    "n_probes": _Key("int", "partial isometry: Hutchinson probes", minimum=1),
+    "eval_n": _Key("int", "test images evaluated (RobustBench: the first 10,000)", minimum=1),
+    "eval_attacks": _Key("strs", "final evaluation", choices=("clean", "pgd", "frpgd", "autoattack")),
+    "eval_pgd_steps": _Key("int", "steps of the evaluation PGD", minimum=1),
+    "eval_pgd_alpha": _Key("float", "step of the evaluation PGD; 0 means eps / 4", minimum=0.0),
+    "eval_batch_size": _Key("int", "evaluation batch size", minimum=1),
+    "amp": _Key("str", "autocast: auto (bf16 where supported on CUDA), bf16, fp16, off",
+                choices=("auto", "bf16", "fp16", "off")),
+    "channels_last": _Key("str", "channels-last memory format (auto: on for CUDA)", choices=_AUTO_BOOL),
+    "cudnn_benchmark": _Key("str", "cudnn.benchmark (auto: on for CUDA)", choices=_AUTO_BOOL),
+    "compile": _Key("bool", "torch.compile the model (minutes of compilation first)"),
+    "workers": _Key("int", "DataLoader worker processes (persistent, pinned memory on CUDA)", minimum=0),
+    "data_dir": _Key("str", "folder of the torchvision datasets"),
+    "seed": _Key("int", "seed of the initialization, the validation split and the data order", minimum=0),
+}
+
+DEFAULTS: dict[str, Any] = {
+    "description": "",
+    "dataset": "cifar10",
+    "model": "wrn34_10",
+    "method": "fire",
+    "lam": 3.0,
+    "eps": 8 / 255,
+    "eps_step": 0.007,
+    "attack_steps": 10,
+    "epochs": 100,
+    "batch_size": 128,
+    "lr": 0.1,
+    "momentum": 0.9,
+    "nesterov": True,
+    "weight_decay": 5e-4,
+    "schedule": "multistep",
+    "augment": True,
+    "val_size": 1000,
+    "val_pgd_steps": 10,
+    "select_best": True,
+    "ema": False,
+    "ema_decay": 0.999,
+    "extra_data": None,
+    "extra_fraction": 0.0,
+    "delta_over_epsilon": 1e-3,
+    "eta_min": 0.002,
+    "eta_max": 0.006,
+    "estimator": "exact",
+    "n_probes": 1,
+    "eval_n": 10000,
+    "eval_attacks": ["clean", "pgd", "autoattack"],
+    "eval_pgd_steps": 20,
+    "eval_pgd_alpha": 0.0,
+    "eval_batch_size": 256,
+    "amp": "auto",
+    "channels_last": "auto",
+    "cudnn_benchmark": "auto",
+    "compile": False,
+    "workers": 4,
+    "data_dir": "data",
+    "seed": 0,
+}
+
+# Keys that do not change what is trained: a resumed run may change them (everything else is compared).
+RUNTIME_KEYS = frozenset({"description", "eval_n", "eval_attacks", "eval_pgd_steps", "eval_pgd_alpha",
+                          "eval_batch_size", "amp", "channels_last", "cudnn_benchmark", "compile", "workers",
+                          "data_dir", "extra_data"})
+
+_ARCHITECTURES = {"small_cnn": "CNN (TRADES' 7-layer MNIST net)", "lenet_pi": "LeNet", "wrn34_10": "WideResNet-34-10",
+                  "wrn28_10": "WideResNet-28-10", "resnet18_cifar": "ResNet-18", "digits_cnn": "DigitsCNN"}
+
+
+# ----------------------------------------------------------------------------------------------- config
+
+
+def _parse_value(key: str, value: Any, *, source: str) -> Any:
+    """``value`` (a string from ``--set`` or a JSON value from a file) checked against ``SCHEMA[key]``."""
+    if key not in SCHEMA:
+        raise ValueError(f"{source}: unknown key {key!r}; allowed keys: {sorted(SCHEMA)}")
+    spec = SCHEMA[key]
+
+    def bad() -> ValueError:
+        return ValueError(f"{source}: {key}={value!r} is not allowed; allowed: {spec.allowed()} ({spec.help})")
+
+    text = value.strip() if isinstance(value, str) else None
+    if spec.kind == "bool":
+        if isinstance(value, bool):
+            return value
+        lowered = (text or "").lower()
+        if lowered in ("true", "1", "yes", "on"):
+            return True
+        if lowered in ("false", "0", "no", "off"):
+            return False
+        raise bad()
+    if spec.kind in ("float", "int"):
+        number: float | int
+        if isinstance(value, bool):
+            raise bad()
+        if spec.kind == "int":
+            if isinstance(value, int):
+                number = value
+            else:
+                try:
+                    number = int(text) if text is not None else int("x")
+                except ValueError:
+                    raise bad() from None
+        else:
+            if isinstance(value, (int, float)):
+                number = float(value)
+            else:
+                try:
+                    number = float(Fraction(text)) if text is not None else float("x")
+                except (ValueError, ZeroDivisionError):
+                    raise bad() from None
+            if not math.isfinite(number):
+                raise bad()
+        if ((spec.positive and not number > 0) or (spec.minimum is not None and number < spec.minimum)
+                or (spec.maximum is not None and number >= spec.maximum)):
+            raise bad()
+        return number
+    if spec.kind == "path":
+        if value is None or (text is not None and text.lower() in ("none", "null", "")):
+            return None
+        if text is None:
+            raise bad()
+        return text
+    if spec.kind == "strs":
+        items = value if isinstance(value, list) else (text.split(",") if text is not None else None)
+        if not items or not all(isinstance(i, str) and i.strip() in spec.choices for i in items):
+            raise bad()
+        return [i.strip() for i in items]
+    if not isinstance(value, str) or (spec.choices and text not in spec.choices):
+        raise bad()
+    return text
+
+
+def parse_overrides(overrides: Sequence[str]) -> dict[str, Any]:
+    """``["key=value", ...]`` (the CLI's ``--set``) to a dict of checked values.
+
+    Raises:
+        ValueError: an item without ``=``, an unknown key, or a value of the wrong type or range (the message
+            names the key, the value and what is allowed).
+
+    >>> parse_overrides(["epochs=3", "eps=0.031", "ema=true", "eval_attacks=clean,pgd"])
+    {'epochs': 3, 'eps': 0.031, 'ema': True, 'eval_attacks': ['clean', 'pgd']}
+    """
+    if isinstance(overrides, str):
+        raise ValueError(f"overrides={overrides!r} is not allowed; allowed: a list of 'key=value' strings")
+    out: dict[str, Any] = {}
+    for item in overrides:
+        if not isinstance(item, str) or "=" not in item:
+            raise ValueError(f"--set {item!r} is not allowed; allowed: key=value with a key among {sorted(SCHEMA)}")
+        key, value = item.split("=", 1)
+        key = key.strip()
+        out[key] = _parse_value(key, value, source=f"--set {item}")
+    return out
+
+
+def list_presets() -> list[str]:
+    """The names of the shipped presets.
+
+    >>> list_presets()[:2]
+    ['cifar10-wrn28-extra-fire', 'cifar10-wrn28-extra-fire-ema']
+    """
+    return sorted(p.stem for p in PRESET_DIR.glob("*.json"))
+
+
+def _check_consistency(cfg: dict[str, Any], name: str) -> None:
+    if cfg["eta_min"] > cfg["eta_max"]:
+        raise ValueError(f"preset {name!r}: eta_min={cfg['eta_min']!r} > eta_max={cfg['eta_max']!r}; "
+                         "allowed: eta_min <= eta_max")
+    if cfg["select_best"] and cfg["val_size"] == 0:
+        raise ValueError(f"preset {name!r}: select_best=true needs a validation split, got val_size=0; allowed: "
+                         "val_size >= 1, or select_best=false")
+
+
+def load_preset(name: str, *, overrides: Sequence[str] | dict[str, Any] = ()) -> dict[str, Any]:
+    """The full configuration of preset ``name``: :data:`DEFAULTS`, then the preset file, then ``overrides``.
+
+    Args:
+        name: one of :func:`list_presets`.
+        overrides: ``["key=value", ...]`` (parsed by :func:`parse_overrides`) or a dict of values (checked).
+
+    Raises:
+        ValueError: unknown preset, or a bad key or value in the file or the overrides.
+    """
+    if not isinstance(name, str) or name not in list_presets():
+        raise ValueError(f"preset {name!r} does not exist; allowed: {list_presets()}")
+    text = (PRESET_DIR / f"{name}.json").read_text(encoding="utf-8")
+    raw = json.loads(text)
+    cfg = dict(DEFAULTS)
+    for key, value in raw.items():
+        cfg[key] = _parse_value(key, value, source=f"preset file {name}.json")
+    if isinstance(overrides, dict):
+        for key, value in overrides.items():
+            cfg[key] = _parse_value(key, value, source=f"override {key}")
+    else:
+        cfg.update(parse_overrides(overrides))
+    _check_consistency(cfg, name)
+    return cfg
+
+
+# ----------------------------------------------------------------------------------------------- pieces
+
+
+def random_crop_flip(x: Tensor, *, padding: int = 4) -> Tensor:
+    """The paper's augmentation of one ``(C, H, W)`` image: random crop after zero padding, random flip.
+
+    >>> random_crop_flip(torch.ones(3, 8, 8)).shape
+    torch.Size([3, 8, 8])
+    """
+    _, h, w = x.shape
+    padded = torch.nn.functional.pad(x, (padding, padding, padding, padding))
+    top, left = (int(v) for v in torch.randint(0, 2 * padding + 1, (2,)))
+    out = padded[:, top : top + h, left : left + w]
+    return out.flip(-1) if bool(torch.rand(()) < 0.5) else out.contiguous()
+
+
+class _Augmented(torch.utils.data.Dataset):
+    def __init__(self, dataset: torch.utils.data.Dataset, transform: Callable[[Tensor], Tensor]) -> None:
+        self.dataset, self.transform = dataset, transform
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, index: int) -> tuple[Tensor, Any]:
+        x, y = self.dataset[index]
+        return self.transform(x), y
+
+
+def _build_model(cfg: dict[str, Any], num_classes: int, in_chans: int, *, tiny: bool) -> nn.Module:
+    import timm
+
+    import fire_plugin.models  # noqa: F401  (registers the timm models)
+    from fire_plugin.models import WideResNet
+
+    depth = {"wrn34_10": 34, "wrn28_10": 28}.get(cfg["model"])
+    if tiny and depth is not None:  # the real depth, widen factor 1 (measured: WRN-34-10 is too slow on CPU)
+        return WideResNet(depth=depth, widen_factor=1, num_classes=num_classes, in_chans=in_chans)
+    return timm.create_model(cfg["model"], num_classes=num_classes, in_chans=in_chans)
+
+
+def _build_objective(cfg: dict[str, Any], model: nn.Module, num_classes: int, *, smoke: bool) -> Any:
+    import torchattacks
+
+    from fire_plugin import losses
+    from fire_plugin.attacks import DivergencePGD
+    from fire_plugin.engine import AdversarialObjective
+
+    steps = min(cfg["attack_steps"], 2) if smoke else cfg["attack_steps"]
+    method = cfg["method"]
+    if method == "isometry":
+        try:
+            from fire_plugin.isometry import PartialIsometryObjective, delta_m
+        except ImportError as err:  # pragma: no cover - the module ships with the package
+            raise ValueError(f"method='isometry' needs fire_plugin.isometry ({err})") from err
+        return PartialIsometryObjective(epsilon=delta_m(num_classes) / cfg["delta_over_epsilon"],
+                                        eta_min=cfg["eta_min"], eta_max=cfg["eta_max"], estimator=cfg["estimator"],
+                                        n_probes=cfg["n_probes"])
+    if method == "madry":  # Madry et al.: CE on a CE-maximizing PGD example
+        attack = torchattacks.PGD(model, eps=cfg["eps"], alpha=cfg["eps_step"], steps=steps, random_start=True)
+        return AdversarialObjective(losses.ACELoss(), attack)
+    loss = {"fire": lambda: losses.FIRELoss(lam=cfg["lam"]), "trades": lambda: losses.TRADESLoss(beta=cfg["lam"]),
+            "hellinger": lambda: losses.HellingerLoss(lam=cfg["lam"])}[method]()
+    divergence = {"fire": "fisher_rao", "trades": "kl", "hellinger": "hellinger"}[method]
+    attack = DivergencePGD(model, divergence=divergence, eps=cfg["eps"], alpha=cfg["eps_step"], steps=steps)
+    return AdversarialObjective(loss, attack)
+
+
+def _split_train_val(dataset: Any, val_size: int, seed: int) -> tuple[Any, Any]:
+    from torch.utils.data import Subset
+
+    n = len(dataset)
+    if val_size >= n:
+        raise ValueError(f"val_size={val_size!r} is not allowed for a training set of {n} images; allowed: < {n}")
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
+    return Subset(dataset, sorted(order[val_size:])), (Subset(dataset, sorted(order[:val_size])) if val_size else None)
+
+
+def _synthetic(info: Any, n: int, seed: int) -> Any:
+    from torch.utils.data import TensorDataset
+
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.rand(n, info.in_chans, info.image_size, info.image_size, generator=gen)
+    return TensorDataset(x, torch.randint(0, info.num_classes, (n,), generator=gen))
+
+
+def _model_id(name: str) -> str:
+    return "FirePlugin" + "".join(part[:1].upper() + part[1:] for part in name.replace("_", "-").split("-"))
+
+
+def _write_csv(path: Path, row: dict[str, Any]) -> None:
+    with path.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(row))
+        writer.writeheader()
+        writer.writerow(row)
+
+
+# ----------------------------------------------------------------------------------------------- run
+
+
+def run_preset(
+    name: str,
+    *,
+    overrides: Sequence[str] | dict[str, Any] = (),
+    out: str | Path,
+    smoke: bool = False,
+    smoke_full_size: bool = False,
+    resume: bool = True,
+    verbose: bool = True,
+) -> dict[str, Any]:
+    """Train and evaluate preset ``name``; write ``config.json``, ``results.json``, ``results.csv`` and the
+    RobustBench ``model_info`` JSON under ``out``; return the results dict.
+
+    Rerunning with the same ``out`` resumes from ``out/checkpoints/last.pt`` (a changed configuration raises
+    :class:`fire_plugin.engine.ConfigMismatchError`; keys in ``RUNTIME_KEYS`` may change); a finished run returns
+    its saved results. Under torchrun the global batch is split over the ranks and only rank 0 evaluates and writes.
+
+    Args:
+        name: a preset of :func:`list_presets`.
+        overrides: ``["key=value", ...]`` as given to ``--set`` (or a dict).
+        out: output folder.
+        smoke: a check that the preset runs, not a result: CPU, synthetic data of the preset's shape (2 batches
+            of 2 images, 1 epoch, training attack of at most 2 steps), WideResNets at their depth with widen factor
+            1, and a reduced evaluation on 4 images (PGD-2; AutoAttack's APGD-CE alone instead of the standard
+            four attacks).
+        smoke_full_size: with ``smoke``, keep the real architecture (a WRN-34-10 FIRE step on 2 images takes about
+            half a minute on one CPU thread).
+        resume: continue from ``out/checkpoints/last.pt`` when it exists.
+        verbose: progress bars and per-epoch log lines.
+
+    Returns:
+        ``{"preset", "config", "eval", "weights", "train_seconds", "wall_seconds", "history", "paths"}``.
+
+    Raises:
+        ValueError: bad preset, key or value; extra data required but not given.
+        FileNotFoundError: the extra data file does not exist.
+        fire_plugin.data.DatasetNotFoundError: the dataset is not under ``data_dir`` and cannot be downloaded.
+    """
+    from torch.utils.data import DataLoader
+
+    from fire_plugin.data import DATASETS, dataset_to_tensors, load_dataset, mixed_loader
+    from fire_plugin.engine import ModelEMA, distributed_info, fit, load_checkpoint, lr_scheduler
+    from fire_plugin.evaluation import evaluate
+    from fire_plugin.robustbench_io import model_info_from_result, write_model_info
+
+    wall_start = time.perf_counter()
+    cfg = load_preset(name, overrides=overrides)
+    if smoke:
+        cfg.update({"epochs": 1, "batch_size": 2, "val_size": 2 if cfg["select_best"] else 0, "val_pgd_steps": 1,
+                    "eval_n": 4, "eval_pgd_steps": 2, "eval_batch_size": 4,
+                    "workers": 0, "amp": "off", "channels_last": "off", "cudnn_benchmark": "off"})
+    out = Path(out)
+    results_path = out / "results.json"
+    compared = {k: v for k, v in cfg.items() if k not in RUNTIME_KEYS}
+    compared["preset"] = name
+    compared["smoke"] = smoke
+    if resume and results_path.exists():
+        saved = json.loads(results_path.read_text(encoding="utf-8"))
+        if {k: v for k, v in saved.get("config", {}).items() if k not in RUNTIME_KEYS} == {
+                k: v for k, v in cfg.items() if k not in RUNTIME_KEYS} and saved.get("smoke") == smoke:
+            _logger.info("%s is finished (%s); delete it to evaluate again", name, results_path)
+            return dict(saved)
+    if cfg["extra_fraction"] > 0 and cfg["extra_data"] is None and not smoke:
+        raise ValueError(f"preset {name!r} trains on extra data: give it with --set extra_data=PATH (an .npz with "
+                         "'image', uint8 N x 32 x 32 x 3, and 'label'; see the README), or set extra_fraction=0")
+    if cfg["extra_data"] is not None and not Path(cfg["extra_data"]).is_file() and not smoke:
+        raise FileNotFoundError(f"extra_data={cfg['extra_data']!r} does not exist; expected an .npz with 'image' "
+                                "(uint8 N x H x W x C) and 'label'")
+
+    info = distributed_info()
+    data_info = DATASETS[cfg["dataset"]]
+    cuda = torch.cuda.is_available() and not smoke
+    device = torch.device("cuda", info.local_rank) if cuda else torch.device("cpu")
+    if cfg["batch_size"] % info.world_size:
+        raise ValueError(f"batch_size={cfg['batch_size']} is not divisible by the {info.world_size} torchrun ranks")
+    batch_size = cfg["batch_size"] // info.world_size
+
+    # data: the training set minus a held-out validation split (never the test set)
+    if smoke:
+        full_train = _synthetic(data_info, 4 + cfg["val_size"], cfg["seed"])
+        test_set = _synthetic(data_info, cfg["eval_n"], cfg["seed"] + 1)
+    else:
+        full_train = load_dataset(cfg["dataset"], split="train", data_dir=cfg["data_dir"])
+        test_set = load_dataset(cfg["dataset"], split="test", data_dir=cfg["data_dir"])
+    train_set, val_set = _split_train_val(full_train, cfg["val_size"], cfg["seed"])
+    transform = random_crop_flip if cfg["augment"] else None
+    workers = {"num_workers": cfg["workers"], "pin_memory": cuda}
+    if cfg["extra_fraction"] > 0:
+        extra: Any = cfg["extra_data"]
+        if smoke:  # a synthetic .npz, through the same file path as real extra data
+            import numpy as np
+
+            extra = out / "smoke_extra.npz"
+            extra.parent.mkdir(parents=True, exist_ok=True)
+            gen = np.random.default_rng(cfg["seed"])
+            size = (8, data_info.image_size, data_info.image_size, data_info.in_chans)
+            np.savez(extra, image=gen.integers(0, 256, size=size, dtype=np.uint8),
+                     label=gen.integers(0, data_info.num_classes, size=8))
+        loader = mixed_loader(train_set, extra, batch_size=batch_size, extra_fraction=cfg["extra_fraction"],
+                              seed=cfg["seed"], transform=transform, **workers)
+    else:
+        loader = DataLoader(_Augmented(train_set, transform) if transform else train_set, batch_size=batch_size,
+                            shuffle=True, drop_last=True, persistent_workers=cfg["workers"] > 0, **workers)
+    val_loader = (DataLoader(val_set, batch_size=cfg["eval_batch_size"], shuffle=False, **workers)
+                  if val_set is not None else None)
+
+    torch.manual_seed(cfg["seed"])
+    model = _build_model(cfg, data_info.num_classes, data_info.in_chans, tiny=smoke and not smoke_full_size)
+    model = model.to(device)
+    objective = _build_objective(cfg, model, data_info.num_classes, smoke=smoke)
+    optimizer = torch.optim.SGD(model.parameters(), lr=cfg["lr"], momentum=cfg["momentum"],
+                                nesterov=cfg["nesterov"] and cfg["momentum"] > 0, weight_decay=cfg["weight_decay"])
+    scheduler = lr_scheduler(optimizer, cfg["schedule"], cfg["epochs"])
+    ema = ModelEMA(model, decay=cfg["ema_decay"]) if cfg["ema"] else None
+
+    def val_attack(m: nn.Module) -> Any:
+        import torchattacks
+
+        return torchattacks.PGD(m, eps=cfg["eps"], alpha=cfg["eps"] / 4, steps=cfg["val_pgd_steps"],
+                                random_start=True)
+
+    def auto(key: str) -> bool | None:
+        return {"auto": None, "on": True, "off": False}[cfg[key]]
+
+    if info.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        if not (out / "config.json").exists():
+            (out / "config.json").write_text(json.dumps({"preset": name, "smoke": smoke, **cfg}, indent=2))
+    train_start = time.perf_counter()
+    history = fit(
+        model, loader, epochs=cfg["epochs"], objective=objective, optimizer=optimizer, scheduler=scheduler,
+        val_loader=val_loader, val_attack_factory=val_attack if val_loader is not None else None,
+        select_best=cfg["select_best"], checkpoint_dir=out / "checkpoints", resume=resume, config=compared,
+        amp={"auto": None, "off": False}.get(cfg["amp"], cfg["amp"]), ema=ema,
+        channels_last=auto("channels_last"), cudnn_benchmark=auto("cudnn_benchmark"), compile=cfg["compile"],
+        seed=cfg["seed"], verbose=verbose,
+    )
+    train_seconds = time.perf_counter() - train_start
+    if not info.is_main:
+        return {"preset": name, "config": cfg, "history": history}
+
+    # the evaluated weights: best.pt (selected on the validation split) or the last (EMA when on)
+    final: nn.Module = ema.module if ema is not None else model
+    weights = "last" + (" (ema)" if ema is not None else "")
+    if cfg["select_best"]:
+        best = load_checkpoint(out / "checkpoints" / "best.pt", map_location=device)
+        final.load_state_dict(best["model"])
+        weights = f"best.pt (epoch {int(best['epoch']) + 1}, {best['weights']} weights, validation PGD accuracy " \
+                  f"{float(best['val_adv_acc']):.4f})"
+    final.eval()
+    x_test, y_test = dataset_to_tensors(test_set, n_examples=cfg["eval_n"])
+    eval_start = time.perf_counter()
+    result = evaluate(final, x_test, y_test, eps=cfg["eps"], attacks=tuple(cfg["eval_attacks"]),
+                      batch_size=cfg["eval_batch_size"], pgd_steps=cfg["eval_pgd_steps"],
+                      pgd_alpha=cfg["eval_pgd_alpha"] or None, seed=cfg["seed"], verbose=verbose,
+                      autoattack_attacks=("apgd-ce",) if smoke else None)
+    eval_seconds = time.perf_counter() - eval_start
+
+    architecture = _ARCHITECTURES.get(cfg["model"], cfg["model"])
+    if smoke and not smoke_full_size and cfg["model"].startswith("wrn"):
+        architecture += " (smoke: widen factor 1)"
+    info_path: Path | None = None
+    if result.autoattack_acc is not None:  # RobustBench files need it (the isometry preset runs PGD only)
+        with warnings.catch_warnings():  # mnist has no leaderboard (the file is still written); smoke: APGD-CE
+            warnings.filterwarnings("ignore", message="dataset=.*has no RobustBench leaderboard")
+            warnings.filterwarnings("ignore", message="autoattack_acc comes from AutoAttack 'custom")
+            model_info = model_info_from_result(
+                result, dataset=cfg["dataset"], architecture=architecture, venue="fire_plugin preset",
+                name=f"{architecture} {cfg['method'].upper()} (fire_plugin preset {name})",
+                additional_data=cfg["extra_fraction"] > 0,
+                footnote=("Smoke run on synthetic data; not a result. " if smoke else "")
+                + f"Evaluated on the first {len(x_test)} test images; weights: {weights}.",
+            )
+            info_path = write_model_info(out, _model_id(name), model_info, threat_model="Linf")
+    total_train = float(sum(r["seconds"] for r in history))
+    results = {
+        "preset": name, "smoke": smoke, "config": cfg, "eval": dataclasses.asdict(result), "weights": weights,
+        "train_seconds": train_seconds, "train_seconds_all_runs": total_train, "eval_seconds": eval_seconds,
+        "wall_seconds": time.perf_counter() - wall_start, "history": history,
+        "paths": {"config": str(out / "config.json"), "results": str(results_path), "csv": str(out / "results.csv"),
+                  "model_info": str(info_path) if info_path else None, "checkpoints": str(out / "checkpoints")},
+    }
+    row = {"preset": name, "dataset": cfg["dataset"], "model": cfg["model"], "method": cfg["method"],
+           "eps": cfg["eps"], "epochs": cfg["epochs"], "clean_acc": result.clean_acc, "pgd_acc": result.pgd_acc,
+           "autoattack_acc": result.autoattack_acc, "avg_acc": result.avg_acc, "n_examples": result.n_examples,
+           "weights": weights, "train_seconds": round(total_train, 3), "eval_seconds": round(eval_seconds, 3),
+           "smoke": smoke}
+    _write_csv(out / "results.csv", row)
+    (out / "config.json").write_text(json.dumps({"preset": name, "smoke": smoke, **cfg}, indent=2))
+    results_path.write_text(json.dumps(results, indent=2))
+    _logger.info("%s: clean %s, PGD-%d %s, AutoAttack %s (%s); results in %s", name, result.clean_acc,
+                 cfg["eval_pgd_steps"], result.pgd_acc, result.autoattack_acc, weights, out)
+    return results
