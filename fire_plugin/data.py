@@ -4,7 +4,8 @@ Every dataset returned by :func:`load_dataset` yields ``(image, label)`` pairs w
 tensor of shape ``(C, H, W)`` in [0, 1] and ``label`` an integer class index. The ``digits`` dataset ships
 inside scikit-learn and works offline; MNIST, CIFAR-10 and CIFAR-100 are read from ``data_dir`` and
 downloaded there when the machine is online. Offline, a missing dataset raises
-:class:`DatasetNotFoundError` naming the files to place under ``data_dir``.
+:class:`DatasetNotFoundError` naming the files to place under ``data_dir``; a damaged MNIST file raises
+:class:`CorruptDatasetError` naming it.
 """
 
 from __future__ import annotations
@@ -12,7 +13,9 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import math
 import os
+import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +25,7 @@ from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 __all__ = [
     "DATASETS",
+    "CorruptDatasetError",
     "DatasetInfo",
     "DatasetNotFoundError",
     "dataset_to_tensors",
@@ -103,6 +107,69 @@ class DatasetNotFoundError(FileNotFoundError):
     """A torchvision dataset is neither under ``data_dir`` nor downloadable (for example offline)."""
 
 
+class CorruptDatasetError(ValueError):
+    """A dataset file under ``data_dir`` exists but is damaged; the message names it and what to do."""
+
+
+_MNIST_SPLIT_FILES = {
+    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
+_IDX_UINT8 = 0x08
+
+
+def _idx_shape(path: Path, ndim: int) -> tuple[int, ...]:
+    """The shape in the header of an IDX file of uint8 (MNIST's format); a ValueError says what is wrong."""
+    size = path.stat().st_size
+    with path.open("rb") as handle:
+        magic = handle.read(4)
+        if len(magic) < 4 or magic[:2] != b"\0\0" or magic[2] != _IDX_UINT8 or magic[3] != ndim:
+            raise ValueError(
+                f"it does not start with the IDX header of a {ndim}-d uint8 array (first bytes {magic!r}; "
+                f"{size} bytes in all)"
+            )
+        raw_dims = handle.read(4 * ndim)
+    if len(raw_dims) < 4 * ndim:
+        raise ValueError(f"it ends inside its header ({size} bytes)")
+    shape = struct.unpack(f">{ndim}I", raw_dims)
+    expected = 4 + 4 * ndim + math.prod(shape)
+    if size != expected:
+        raise ValueError(f"it has {size} bytes where its header {shape} announces {expected} (truncated?)")
+    return shape
+
+
+def _check_mnist_files(data_dir: Path, split: str) -> None:
+    """Check the split's MNIST files that exist (header, size, image size, counts, labels); missing ones are
+    torchvision's to report."""
+    raw = data_dir / "MNIST" / "raw"
+    images_path, labels_path = (raw / f for f in _MNIST_SPLIT_FILES[split])
+    if not (images_path.is_file() and labels_path.is_file()):
+        return
+    _, source = _TORCHVISION_FILES["mnist"]
+
+    def corrupt(path: Path, problem: str) -> CorruptDatasetError:
+        return CorruptDatasetError(
+            f"MNIST file {str(path)!r} is corrupt: {problem}. Delete it and download it again (on a machine with "
+            f"network access, load_dataset('mnist', split={split!r}, data_dir=...) does), or copy the gunzipped "
+            f"file from {source} to that path"
+        )
+
+    shapes: dict[Path, tuple[int, ...]] = {}
+    for path, ndim in ((images_path, 3), (labels_path, 1)):
+        try:
+            shapes[path] = _idx_shape(path, ndim)
+        except ValueError as exc:
+            raise corrupt(path, str(exc)) from None
+    n_images, height, width = shapes[images_path]
+    if (height, width) != (28, 28):
+        raise corrupt(images_path, f"its images are {height}x{width}, MNIST's are 28x28")
+    if shapes[labels_path][0] != n_images:
+        raise corrupt(labels_path, f"it holds {shapes[labels_path][0]} labels for {n_images} images in {images_path}")
+    labels = labels_path.read_bytes()[8:]
+    if labels and max(labels) > 9:
+        raise corrupt(labels_path, f"it holds the label {max(labels)}; MNIST's labels are 0 to 9")
+
+
 def _check_name_split(name: str, split: str) -> None:
     if name not in DATASETS:
         raise ValueError(f"name={name!r} is not a known dataset; allowed: {sorted(DATASETS)}")
@@ -156,6 +223,8 @@ def _load_torchvision(name: str, split: str, data_dir: Path, download: bool) -> 
         "cifar100": torchvision.datasets.CIFAR100,
     }[name]
     kwargs = {"root": str(data_dir), "train": split == "train", "transform": transforms.ToTensor()}
+    if name == "mnist":
+        _check_mnist_files(data_dir, split)  # torchvision's reader fails on damaged files with a bare assert
     try:
         return cls(download=False, **kwargs)  # type: ignore[no-any-return]
     except RuntimeError as exc:
@@ -210,6 +279,8 @@ def load_dataset(
     Raises:
         DatasetNotFoundError: a torchvision dataset is missing and cannot be downloaded; the message names
             the files to place under ``data_dir``.
+        CorruptDatasetError: an MNIST file under ``data_dir`` is damaged (truncated, not MNIST's format, image
+            and label counts that differ); the message names it and what to do.
 
     >>> ds = load_dataset("digits", split="test")
     >>> x, y = ds[0]

@@ -11,7 +11,7 @@ import pytest
 import torch
 from sklearn.datasets import load_digits
 
-from fire_plugin.data import DATASETS, DatasetNotFoundError, dataset_to_tensors, load_dataset
+from fire_plugin.data import DATASETS, CorruptDatasetError, DatasetNotFoundError, dataset_to_tensors, load_dataset
 
 
 def test_digits_shapes_and_range(digits_train, digits_test):
@@ -127,3 +127,74 @@ def test_mnist_from_local_files(tmp_path):
     assert x.shape == (3, 1, 28, 28) and x.dtype == torch.float32
     np.testing.assert_allclose(x[:, 0].numpy(), images / 255.0, rtol=0, atol=1e-6)
     assert y.tolist() == [7, 0, 3]
+
+
+def _mnist_dir(tmp_path: Path, n: int = 3) -> Path:
+    raw = tmp_path / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    images = np.random.default_rng(0).integers(0, 256, size=(n, 28, 28))
+    for prefix in ("train", "t10k"):
+        _write_idx(raw / f"{prefix}-images-idx3-ubyte", images)
+        _write_idx(raw / f"{prefix}-labels-idx1-ubyte", np.arange(n) % 10)
+    return raw
+
+
+def _damage(raw: Path, kind: str) -> Path:
+    images, labels = raw / "t10k-images-idx3-ubyte", raw / "t10k-labels-idx1-ubyte"
+    if kind == "truncated_images":
+        images.write_bytes(images.read_bytes()[:500])
+        return images
+    if kind == "truncated_labels":
+        labels.write_bytes(labels.read_bytes()[:9])
+        return labels
+    if kind == "empty_images":
+        images.write_bytes(b"")
+        return images
+    if kind == "html_images":  # what a download that hit an error page saves
+        images.write_bytes(b"<html><body>404 Not Found</body></html>")
+        return images
+    if kind == "gzipped_images":  # the .gz itself saved under the gunzipped name
+        images.write_bytes(b"\x1f\x8b\x08\x00" + images.read_bytes()[4:])
+        return images
+    if kind == "count_mismatch":
+        _write_idx(labels, np.array([1, 2]))
+        return labels
+    if kind == "label_out_of_range":
+        _write_idx(labels, np.array([1, 2, 200]))
+        return labels
+    raise AssertionError(kind)
+
+
+@pytest.mark.parametrize(
+    "kind",
+    [
+        "truncated_images",
+        "truncated_labels",
+        "empty_images",
+        "html_images",
+        "gzipped_images",
+        "count_mismatch",
+        "label_out_of_range",
+    ],
+)
+def test_corrupt_mnist_file_is_named(tmp_path, kind):
+    # Before: a bare AssertionError (html, gzip), ValueError "invalid literal for int()" (empty), a
+    # DatasetNotFoundError saying "was not found" for files that exist (truncated), or a silent load of 3
+    # images with 2 labels.
+    bad = _damage(_mnist_dir(tmp_path), kind)
+    for download in (False, True):
+        with pytest.raises(CorruptDatasetError) as err:
+            load_dataset("mnist", split="test", data_dir=tmp_path, download=download)
+        message = str(err.value)
+        assert str(bad) in message and "corrupt" in message and "Delete it" in message
+        assert isinstance(err.value, ValueError)
+    assert bad.exists()  # reported, not deleted
+    # the other split is intact and still loads
+    x, y = dataset_to_tensors(load_dataset("mnist", split="train", data_dir=tmp_path, download=False))
+    assert x.shape == (3, 1, 28, 28) and y.tolist() == [0, 1, 2]
+
+
+def test_data_dir_may_contain_dotdot(tmp_path):
+    _mnist_dir(tmp_path / "data")
+    ds = load_dataset("mnist", split="test", data_dir=tmp_path / "data" / ".." / "data", download=False)
+    assert len(ds) == 3
