@@ -85,6 +85,8 @@ THREAT_MODELS: tuple[str, ...] = tuple(t.value for t in ThreatModel)
 # Patterns are applied with fullmatch: with match and "$", "M\n" would pass ("$" matches before a final newline).
 _ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+\-]*")
 _PERCENT_PATTERN = re.compile(r"\d{1,3}(\.\d+)?")
+_DECIMAL = r"(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?"
+_EPS_PATTERN = re.compile(rf"{_DECIMAL}(?:/{_DECIMAL})?")  # "8/255", "0.5", "1e-05"; no spaces, signs or "_"
 _NOT_REPORTED = ("", "null")  # markers for "no reported accuracy" found in RobustBench's own files
 _STR_FIELDS = ("link", "name", "authors", "venue", "architecture", "footnote")
 # Fields every RobustBench file holds with a non-null value, and what to give (RobustBench's consumers read them:
@@ -262,17 +264,17 @@ def parse_eps(eps: str) -> float:
     """
     if not isinstance(eps, str):
         raise ValueError(f"eps={eps!r} is not allowed; allowed: a string such as '8/255' or '0.5'")
-    text = eps.strip()
+    if not _EPS_PATTERN.fullmatch(eps):
+        raise ValueError(
+            f"eps={eps!r} is not allowed; allowed: a number or fraction such as '8/255' or '0.5', without spaces"
+        )
     try:
-        if "/" in text:
-            num, den = text.split("/")
-            value = float(num) / float(den)
-        else:
-            value = float(text)
-    except (ValueError, ZeroDivisionError):
-        raise ValueError(f"eps={eps!r} is not allowed; allowed: a number or fraction such as '8/255'") from None
+        num, _, den = eps.partition("/")
+        value = float(num) / float(den) if den else float(num)
+    except ZeroDivisionError:
+        raise ValueError(f"eps={eps!r} is not allowed; allowed: a nonzero denominator") from None
     if not math.isfinite(value) or value <= 0:
-        raise ValueError(f"eps={eps!r} is not allowed; allowed: a positive value")
+        raise ValueError(f"eps={eps!r} is not allowed; allowed: a positive finite value")
     return value
 
 

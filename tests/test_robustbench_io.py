@@ -459,6 +459,13 @@ def test_non_finite_numbers_refused(tmp_path, extra, message):
     assert not any(tmp_path.rglob("*.json"))
 
 
+@pytest.mark.parametrize("text", ["8/255\n", " 0.5", "0.5 ", "1_0", "8 / 255", "-0.5", "inf", "nan", "8/255/2", "0x1"])
+def test_parse_eps_is_strict(text):
+    # Before: "8/255\n", " 0.5" and "1_0" (float() accepts spaces and underscores) passed validation.
+    with pytest.raises(ValueError, match="eps="):
+        parse_eps(text)
+
+
 def test_eps_infinite_refused():
     with pytest.raises(ValueError, match="eps='inf'"):
         validate_model_info(full_info(eps="inf"))
