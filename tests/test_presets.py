@@ -148,7 +148,7 @@ def test_extra_data_presets_need_the_data(tmp_path):
 
 @pytest.mark.slow
 def test_full_size_wrn34_smoke(tmp_path):
-    """The real WRN-34-10 on 2 batches of 2 images (measured: 36 s on 1 thread)."""
+    """The real WRN-34-10 on 2 batches of 2 images (measured: 17 s on 1 thread)."""
     res = run_preset("cifar10-wrn34-fire", out=tmp_path, smoke=True, smoke_full_size=True, verbose=False)
     assert res["config"]["model"] == "wrn34_10" and "widen factor 1" not in read_model_info(
         res["paths"]["model_info"]).architecture
