@@ -338,7 +338,9 @@ def place(
 
     >>> import tempfile
     >>> from fire_plugin.robustbench_io import write_model_info
-    >>> info = ModelInfo(dataset="cifar10", eps="8/255", clean_acc="86.00", autoattack_acc="60.00")
+    >>> info = ModelInfo(link="", name="Mine", authors="", additional_data=False, number_forward_passes=1,
+    ...                  venue="N/A", architecture="RN-18", dataset="cifar10", eps="8/255", clean_acc="86.00",
+    ...                  autoattack_acc="60.00")
     >>> with tempfile.TemporaryDirectory() as root:
     ...     p = place(write_model_info(root, "Mine", info))
     >>> p.above[-1].robust_acc > 60 > p.below[0].robust_acc
