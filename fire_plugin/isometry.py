@@ -1,0 +1,519 @@
+"""Partial-isometry regularization (eqs 5 and 10 to 15 of "Adversarial robustness with partial isometry").
+
+A model ``F`` maps an input ``x`` to ``theta = softmax(logits)`` on the simplex of ``m + 1`` classes. The
+regularizer asks ``F`` to be, on the leaf of the data foliation through ``x``, an isometry from the input space
+with the Euclidean metric scaled by ``(delta_m / epsilon)^2`` to the simplex with the Fisher metric (eq 2).
+
+Coordinates (section 3.4). ``theta = (theta^1, ..., theta^m)`` are the first ``m`` softmax components (the last,
+``theta^{m+1} = 1 - sum theta``, is dropped); ``mu = T1(theta) = 2 sqrt(theta)`` puts the simplex on the sphere of
+radius 2 (eq 11, with ``mu^{m+1} = 2 sqrt(theta^{m+1})``); ``t = T2(mu) = 2 mu / (2 - mu^{m+1})`` is the
+stereographic projection from the pole ``mu = (0, ..., 0, 2)`` (the vertex of class ``m + 1``), in which the
+Fisher metric is conformal: ``g_t = 4 / (1 + |t/2|^2)^2 I`` (eq 12).
+
+Domain. On the open simplex ``T2(T1(.))`` is a diffeomorphism onto ``{t : t^i > 0, |t| > 2}`` (the open positive
+orthant outside the ball of radius 2); ``|t| -> 2`` on the face ``theta^{m+1} = 0`` and ``|t| -> inf`` at the
+vertex of class ``m + 1``.
+
+Derivation of the scale. With ``J~ = d t / d x`` (``m x n``) and ``W`` an orthonormal basis of the leaf, eq 10 with
+the metric scale ``k = (delta_m / epsilon)^2`` (the scale the paper's ``P``, its condition 2 and the ``epsilon^2``
+of eq 14 use; eqs 7 and 10 print ``delta_m / epsilon``, which disagrees with them) reads
+``(W J~^T)^T g_t (W J~^T) = k I``, i.e. ``J~ J~^T = c(x) I`` with
+
+    c(x) = k (1 + |t/2|^2)^2 / 4 = delta_m^2 / (epsilon^2 (1 - sqrt(theta^{m+1}))^2),
+
+using ``1 + |t/2|^2 = 4 / (2 - mu^{m+1}) = 2 / (1 - sqrt(theta^{m+1}))``. The paper's closed form, eq 13,
+``delta_m^2 theta^{m+1} / (epsilon^2 (2 sqrt(theta^{m+1}) - ||theta||_1)^2)``, disagrees with its own
+intermediate expression ``delta_m^2 (|t/2|^2 + 1)^2 / (4 epsilon^2)``: both agree only at ``theta^{m+1} = 1/4``,
+and eq 13's denominator vanishes at ``theta^{m+1} = 3 - 2 sqrt(2)``. We implement the derivation above (see
+``tests/test_isometry.py::test_eq13_disagrees_with_the_derivation``).
+
+Numerics. Everything is computed from ``log_softmax``: with ``a = log theta^{1..m}``, ``q = log theta^{m+1}``,
+``log(1 - sqrt(theta^{m+1})) = logsumexp(a) - softplus(q / 2)`` (no cancellation, ``1 - theta^{m+1}`` is the sum
+of the other probabilities) and ``log t = log 2 + a / 2 - log(1 - sqrt(theta^{m+1}))``; no square root of a
+probability is taken, so no infinite gradient appears at small probabilities. The penalty factors out the
+conformal factor: with ``L = d log t / d x`` (bounded by the input gradients of the log-softmax) and ``mu`` as
+above, ``epsilon^2 (J~ J~^T - c I) = (epsilon^2 mu_i mu_j (L L^T)_ij - delta_m^2 delta_ij) / s^2`` with
+``s = 1 - sqrt(theta^{m+1})``.
+The last factor is the chart's conformal factor: it grows without bound as ``theta^{m+1} -> 1``, so samples the
+model assigns confidently to the last class weigh more in eq 14 (``exp`` of twice the logit gap of that class);
+this is the paper's penalty, not a numerical artifact.
+
+Example:
+    >>> import torch
+    >>> model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 3))
+    >>> x = torch.rand(4, 1, 4, 4)
+    >>> isometry_jacobian(model, x).shape
+    torch.Size([4, 2, 16])
+    >>> partial_isometry_penalty(model, x, epsilon=1.0).shape
+    torch.Size([])
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from fire_plugin.engine import Objective, ObjectiveOutput
+
+__all__ = [
+    "ESTIMATORS",
+    "PAPER_DELTA_OVER_EPSILON",
+    "PartialIsometryObjective",
+    "delta_m",
+    "eta_schedule",
+    "isometry_jacobian",
+    "isometry_scale",
+    "log_t_from_logits",
+    "partial_isometry_loss",
+    "partial_isometry_penalty",
+    "t1",
+    "t2",
+    "t_from_logits",
+    "theta_from_logits",
+]
+
+_logger = logging.getLogger(__name__)
+
+ESTIMATORS = ("exact", "hutchinson")
+PAPER_DELTA_OVER_EPSILON = 1e-3  # section 4.2: epsilon = delta_m / 1e-3
+
+
+# ----------------------------------------------------------------------------------------------- validation
+
+
+def _check_epsilon(epsilon: float) -> float:
+    if isinstance(epsilon, bool) or not isinstance(epsilon, (int, float)) or not math.isfinite(epsilon) or epsilon <= 0:
+        raise ValueError(f"epsilon={epsilon!r} is not allowed; allowed: a finite number > 0")
+    return float(epsilon)
+
+
+def _check_eta(name: str, eta: float) -> float:
+    if isinstance(eta, bool) or not isinstance(eta, (int, float)) or not 0.0 <= eta <= 1.0:
+        raise ValueError(f"{name}={eta!r} is not allowed; allowed: a number in [0, 1]")
+    return float(eta)
+
+
+def _check_eta_range(eta_min: float, eta_max: float) -> None:
+    _check_eta("eta_min", eta_min)
+    _check_eta("eta_max", eta_max)
+    if eta_min > eta_max:
+        raise ValueError(f"eta_min={eta_min!r} is not allowed; allowed: eta_min <= eta_max={eta_max!r}")
+    if eta_min == 0.0 and eta_max > 0.0:
+        raise ValueError(
+            f"eta_min={eta_min!r} is not allowed with eta_max={eta_max!r}; allowed: eta_min > 0 (the schedule is "
+            "geometric), or eta_min = eta_max = 0"
+        )
+
+
+def _check_estimator(estimator: str, n_probes: int) -> None:
+    if estimator not in ESTIMATORS:
+        raise ValueError(f"estimator={estimator!r} is not allowed; allowed: {list(ESTIMATORS)}")
+    if isinstance(n_probes, bool) or not isinstance(n_probes, int) or n_probes < 1:
+        raise ValueError(f"n_probes={n_probes!r} is not allowed; allowed: an int >= 1")
+
+
+def _check_no_batch_coupling(model: nn.Module) -> None:
+    for name, module in model.named_modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm) and module.training:
+            raise ValueError(
+                f"model has the BatchNorm layer {name or type(module).__name__!r} in training mode: batch statistics "
+                "couple the samples, so the per-sample Jacobian of the partial-isometry penalty is not defined "
+                "(and running statistics would be updated by the Jacobian passes); allowed: models without "
+                "BatchNorm in training mode (use GroupNorm/LayerNorm, or put the BatchNorm layers in eval mode)"
+            )
+
+
+# ----------------------------------------------------------------------------------------------- constants
+
+
+def delta_m(num_classes: int) -> float:
+    """``delta_m = 2 arccos(1 / sqrt(m + 1))`` (eq 5) for ``num_classes = m + 1``: the largest Fisher-Rao distance
+    from a point of the simplex to the decision boundaries.
+
+    >>> round(delta_m(10), 6)
+    2.498092
+    >>> round(delta_m(2), 6) == round(math.pi / 2, 6)
+    True
+    """
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
+        raise ValueError(f"num_classes={num_classes!r} is not allowed; allowed: an int >= 2")
+    return 2.0 * math.acos(1.0 / math.sqrt(num_classes))
+
+
+def eta_schedule(epoch: int, epochs: int, eta_min: float = 0.002, eta_max: float = 0.006) -> float:
+    """The per-epoch weight ``eta`` of section 4.2: geometric from ``eta_min`` (epoch 0) to ``eta_max`` (last epoch).
+
+    ``eta = eta_min * (eta_max / eta_min) ** (epoch / (epochs - 1))`` with a 0-based ``epoch`` (the paper's
+    ``i = epoch + 1``); ``epochs = 1`` gives ``eta_min``. The last epoch returns ``eta_max`` exactly.
+
+    >>> [round(eta_schedule(e, 3), 6) for e in range(3)]
+    [0.002, 0.003464, 0.006]
+    """
+    _check_eta_range(eta_min, eta_max)
+    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
+        raise ValueError(f"epochs={epochs!r} is not allowed; allowed: an int >= 1")
+    if isinstance(epoch, bool) or not isinstance(epoch, int) or not 0 <= epoch < epochs:
+        raise ValueError(f"epoch={epoch!r} is not allowed; allowed: an int in [0, epochs={epochs})")
+    if epochs == 1 or eta_min == eta_max:
+        return float(eta_min)
+    if epoch == epochs - 1:
+        return float(eta_max)
+    return float(eta_min * (eta_max / eta_min) ** (epoch / (epochs - 1)))
+
+
+# ----------------------------------------------------------------------------------------------- coordinates
+
+
+def theta_from_logits(logits: Tensor) -> Tensor:
+    """``theta``: the softmax of ``logits`` without its last component, ``(..., m + 1) -> (..., m)``.
+
+    >>> theta_from_logits(torch.zeros(1, 4))
+    tensor([[0.2500, 0.2500, 0.2500]])
+    """
+    return torch.softmax(logits, dim=-1)[..., :-1]
+
+
+def t1(theta: Tensor) -> Tensor:
+    """``mu = T1(theta) = 2 sqrt(theta)`` (section 3.4), element-wise; ``theta`` in the open simplex (``theta > 0``).
+
+    >>> t1(torch.tensor([0.25, 0.25]))
+    tensor([1., 1.])
+    """
+    return 2.0 * torch.sqrt(theta)
+
+
+def t2(mu: Tensor) -> Tensor:
+    """``t = T2(mu) = 2 mu / (2 - mu^{m+1})`` (eq 12), the stereographic projection of the sphere of radius 2.
+
+    ``mu`` holds the first ``m`` coordinates, ``|mu| < 2``; ``mu^{m+1} = sqrt(4 - |mu|^2)``. Prefer
+    :func:`t_from_logits` on logits (stable); this direct form serves as a reference.
+
+    >>> t2(torch.tensor([1.0, 1.0, 1.0]))
+    tensor([2., 2., 2.])
+    """
+    mu_last = torch.sqrt(4.0 - (mu * mu).sum(-1, keepdim=True))
+    return 2.0 * mu / (2.0 - mu_last)
+
+
+def _coordinates(logits: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """``(log t, mu, log(1 - sqrt(theta^{m+1})))`` from logits, in float32 or wider."""
+    if logits.dim() < 1 or logits.shape[-1] < 2:
+        raise ValueError(f"logits must have at least 2 classes in the last dimension, got shape {tuple(logits.shape)}")
+    dtype = torch.promote_types(logits.dtype, torch.float32)
+    lsm = torch.log_softmax(logits.to(dtype), dim=-1)
+    a, q = lsm[..., :-1], lsm[..., -1:]  # (..., m), (..., 1)
+    log_gap = torch.logsumexp(a, dim=-1, keepdim=True) - F.softplus(0.5 * q)  # log(1 - sqrt(theta^{m+1}))
+    half_a = 0.5 * a
+    log_t = math.log(2.0) + half_a - log_gap
+    return log_t, 2.0 * torch.exp(half_a), log_gap.squeeze(-1)
+
+
+def log_t_from_logits(logits: Tensor) -> Tensor:
+    """``log t``, the logarithm of :func:`t_from_logits` (finite for all finite logits), ``(..., m)``.
+
+    >>> log_t_from_logits(torch.zeros(1, 2)).exp()  # 2 sqrt(2) / (2 - sqrt(2))
+    tensor([[4.8284]])
+    """
+    return _coordinates(logits)[0]
+
+
+def t_from_logits(logits: Tensor) -> Tensor:
+    """``t = T2(T1(theta))`` computed stably from ``log_softmax(logits)``, ``(..., m + 1) -> (..., m)``.
+
+    Computed in float32 or wider. Values lie in ``{t^i > 0, |t| > 2}``; ``t`` overflows float32 only when the
+    last class beats another by a logit gap above about 170.
+
+    >>> t_from_logits(torch.zeros(1, 4))
+    tensor([[2., 2., 2.]])
+    """
+    return torch.exp(log_t_from_logits(logits))
+
+
+def isometry_scale(logits: Tensor, *, epsilon: float) -> Tensor:
+    """``c(x) = delta_m^2 / (epsilon^2 (1 - sqrt(theta^{m+1}))^2)``: the value of ``J~ J~^T / I`` that eq 10 demands.
+
+    Derived from the conformal metric of eq 12 (see the module docstring); it differs from the paper's eq 13.
+
+    >>> isometry_scale(torch.zeros(1, 2), epsilon=math.pi / 2)  # theta^{m+1} = 1/2, delta_1 = pi / 2
+    tensor([11.6569])
+    """
+    eps = _check_epsilon(epsilon)
+    _, _, log_gap = _coordinates(logits)
+    log_delta = math.log(delta_m(int(logits.shape[-1])))
+    return torch.exp(2.0 * (log_delta - math.log(eps) - log_gap))
+
+
+# ----------------------------------------------------------------------------------------------- Jacobians
+
+
+def _vjp(model: nn.Module, x: Tensor) -> tuple[Tensor, Callable[[Tensor], tuple[Tensor, ...]], Tensor]:
+    """``(log t, vjp_fn, logits)`` from one forward pass; ``vjp_fn(v)`` is ``(L^T v,)`` with ``L = d log t / d x``."""
+
+    def fn(inp: Tensor) -> tuple[Tensor, Tensor]:
+        logits = model(inp)
+        return log_t_from_logits(logits), logits
+
+    log_t, vjp_fn, logits = torch.func.vjp(fn, x, has_aux=True)
+    return log_t, vjp_fn, logits
+
+
+def _row_chunk(batch: int, device: torch.device) -> int | None:
+    """Rows per vmapped call. On CPU the ``m * B`` cotangents of one call leave the cache: with LeNet, one row
+    (``B`` samples) per call is 1.6x (B=32) to 2.3x (B=128) faster than all ``m`` rows at once (one thread); on GPUs all
+    rows go in one call."""
+    return None if device.type == "cuda" else max(1, 32 // max(batch, 1))
+
+
+def _log_t_jacobian(vjp_fn: Callable[[Tensor], tuple[Tensor, ...]], log_t: Tensor) -> Tensor:
+    """``L = d log t / d x`` per sample, ``(B, m, n)``: ``m`` VJPs in one vmapped call (cotangent ``e_i`` for all)."""
+    batch, m = log_t.shape
+    eye = torch.eye(m, dtype=log_t.dtype, device=log_t.device).unsqueeze(1).expand(m, batch, m)  # (m, B, m)
+    rows = torch.func.vmap(vjp_fn, chunk_size=_row_chunk(batch, log_t.device))(eye)[0]  # (m, B, *x.shape[1:])
+    return rows.reshape(m, batch, -1).transpose(0, 1)  # (B, m, n)
+
+
+def _check_inputs(model: nn.Module, x: Tensor) -> None:
+    if not isinstance(x, Tensor) or not x.is_floating_point() or x.dim() < 2:
+        raise ValueError(f"x must be a floating point tensor of shape (B, ...), got {getattr(x, 'shape', type(x))}")
+    _check_no_batch_coupling(model)
+
+
+def isometry_jacobian(model: nn.Module, x: Tensor) -> Tensor:
+    """Per-sample Jacobian ``J~ = d T2(T1(F(x))) / d x`` of shape ``(B, m, n)``, ``n = x[0].numel()``.
+
+    One forward pass and ``m`` vector-Jacobian products batched with ``torch.func.vmap`` (no loop over samples
+    or rows). Differentiable with respect to the model's parameters. Samples must not interact through the model
+    (a ValueError is raised for BatchNorm in training mode). Rows are ``t * d log t / d x`` (the same chain rule).
+
+    Args:
+        model: maps ``(B, ...)`` inputs to ``(B, m + 1)`` logits.
+        x: inputs ``(B, ...)``.
+
+    >>> model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(6, 4))
+    >>> isometry_jacobian(model, torch.rand(5, 2, 3)).shape
+    torch.Size([5, 3, 6])
+    """
+    _check_inputs(model, x)
+    log_t, vjp_fn, _ = _vjp(model, x)
+    jac = _log_t_jacobian(vjp_fn, log_t)  # (B, m, n)
+    return torch.exp(log_t).unsqueeze(-1) * jac
+
+
+# ----------------------------------------------------------------------------------------------- penalty
+
+
+def _penalty_and_logits(
+    model: nn.Module, x: Tensor, *, epsilon: float, estimator: str, n_probes: int, squared: bool
+) -> tuple[Tensor, Tensor]:
+    """Per-sample penalty ``(B,)`` and the logits of the same forward pass."""
+    log_t, vjp_fn, logits = _vjp(model, x)
+    _, mu, log_gap = _coordinates(logits)  # (B, m), (B,)
+    mu = mu.to(log_t.dtype)
+    delta_sq = delta_m(int(logits.shape[-1])) ** 2
+    eps_sq = epsilon * epsilon
+    if estimator == "exact":
+        jac = _log_t_jacobian(vjp_fn, log_t)  # (B, m, n)
+        gram = jac @ jac.transpose(1, 2)  # (B, m, m)  L L^T
+        eye = torch.eye(gram.shape[-1], dtype=gram.dtype, device=gram.device)
+        inner = eps_sq * (mu.unsqueeze(-1) * gram * mu.unsqueeze(-2)) - delta_sq * eye  # (B, m, m)
+        if squared:
+            norm = inner.square().sum(dim=(-2, -1))
+        else:
+            norm = torch.linalg.matrix_norm(inner)  # Frobenius; zero-safe gradient
+    else:
+        # Rademacher probes from torch's global generator on x's device (restored with the engine's RNG state).
+        probes = torch.randint(0, 2, (n_probes, *log_t.shape), device=log_t.device).to(log_t.dtype) * 2 - 1
+        lt_v = torch.func.vmap(vjp_fn)(mu * probes)[0]  # (P, B, *x) = L^T (mu v)
+        # L u by the double-VJP trick: the VJP map w -> L^T w is linear in w; its VJP with cotangent u is L u.
+        _, vjp_of_vjp = torch.func.vjp(lambda w: vjp_fn(w)[0], torch.zeros_like(log_t))
+        l_u = torch.func.vmap(vjp_of_vjp)(lt_v)[0]  # (P, B, m)
+        av = eps_sq * mu * l_u - delta_sq * probes  # (P, B, m) = A v with A = eps^2 diag(mu) L L^T diag(mu) - delta^2 I
+        sq = av.square().sum(-1)  # (P, B), E[|A v|^2] = |A|_F^2
+        if squared:
+            norm = sq.mean(0)
+        else:  # sqrt of the probe mean, written as a norm for a zero-safe gradient
+            norm = torch.linalg.vector_norm(av.transpose(0, 1).reshape(av.shape[1], -1), dim=-1) / math.sqrt(n_probes)
+    conformal = torch.exp(-(4.0 if squared else 2.0) * log_gap).to(norm.dtype)  # (1 - sqrt(theta^{m+1}))^-2 or ^-4
+    return conformal * norm, logits
+
+
+def partial_isometry_penalty(
+    model: nn.Module,
+    x: Tensor,
+    *,
+    epsilon: float,
+    estimator: str = "exact",
+    n_probes: int = 1,
+    squared: bool = False,
+) -> Tensor:
+    """The partial-isometry penalty of eq 14, ``alpha = epsilon^2 ||J~ J~^T - c(x) I_m||_F``, averaged over the batch.
+
+    ``c(x)`` is our derivation from eq 12 (see the module docstring), not the paper's eq 13. Gradients flow to the
+    model's parameters (the penalty is trained). Computed in float32 or wider; the model's forward runs as given.
+
+    Estimators (both estimate the same quantity):
+
+    * ``"exact"``: forms ``J~`` (``m`` VJPs, one vmapped call) and returns eq 14 exactly; with ``squared=True``
+      it returns ``alpha^2 = epsilon^4 ||J~ J~^T - c I||_F^2`` per sample, averaged.
+    * ``"hutchinson"``: never forms ``J~``. With ``M = J~ J~^T - c I`` (symmetric) and Rademacher probes ``v``
+      (``E[v v^T] = I``), ``|M v|^2`` is an unbiased estimate of ``||M||_F^2``; each probe costs one VJP
+      (``J~^T v``) and one more VJP of that VJP map (``J~ u``, the double-VJP trick, which reuses the forward pass
+      and so stays consistent under dropout). With ``squared=True`` the estimate of ``alpha^2`` is unbiased; with
+      ``squared=False`` (eq 14) it is the square root of the mean over ``n_probes`` probes: biased low (Jensen),
+      consistent as ``n_probes`` grows.
+
+    Probes come from torch's global generator on ``x``'s device, so restoring the RNG state reproduces them.
+
+    Args:
+        model: maps ``(B, ...)`` inputs to ``(B, m + 1)`` logits; samples must not interact (no BatchNorm in
+            training mode: ValueError).
+        x: inputs ``(B, ...)``.
+        epsilon: the radius of eq 7 (input-space units); the paper's MNIST run takes ``delta_m / epsilon = 1e-3``,
+            i.e. ``epsilon = delta_m(10) / 1e-3``, about 2498.
+        estimator: ``"exact"`` or ``"hutchinson"``.
+        n_probes: probes of the Hutchinson estimator.
+        squared: return the squared norm (``alpha^2``) instead of eq 14's norm.
+
+    Returns:
+        A scalar: the batch mean of the per-sample penalty.
+
+    >>> model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 3))
+    >>> x = torch.rand(8, 1, 4, 4)
+    >>> p = partial_isometry_penalty(model, x, epsilon=1.0, estimator="hutchinson", n_probes=4)
+    >>> bool(p > 0)
+    True
+    """
+    eps = _check_epsilon(epsilon)
+    _check_estimator(estimator, n_probes)
+    _check_inputs(model, x)
+    penalty, _ = _penalty_and_logits(model, x, epsilon=eps, estimator=estimator, n_probes=n_probes, squared=squared)
+    return penalty.mean()
+
+
+def partial_isometry_loss(
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    *,
+    epsilon: float,
+    eta: float,
+    estimator: str = "exact",
+    n_probes: int = 1,
+    squared: bool = False,
+) -> tuple[Tensor, Tensor]:
+    """The loss of eq 15, ``(1 - eta) * CE(F(x), y) + eta * alpha``, and the logits of its (single) forward pass.
+
+    ``y`` holds class indices ``(B,)`` or soft targets ``(B, m + 1)``; cross-entropy differs from the paper's
+    relative entropy by the targets' entropy, a constant. ``alpha`` is :func:`partial_isometry_penalty`.
+
+    >>> model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 3))
+    >>> loss, logits = partial_isometry_loss(model, torch.rand(8, 1, 4, 4), torch.randint(0, 3, (8,)), epsilon=1.0,
+    ...                                      eta=0.01)
+    >>> loss.shape, logits.shape
+    (torch.Size([]), torch.Size([8, 3]))
+    """
+    eps = _check_epsilon(epsilon)
+    eta = _check_eta("eta", eta)
+    _check_estimator(estimator, n_probes)
+    _check_inputs(model, x)
+    penalty, logits = _penalty_and_logits(model, x, epsilon=eps, estimator=estimator, n_probes=n_probes,
+                                          squared=squared)
+    ce = F.cross_entropy(logits.to(penalty.dtype), y)
+    return (1.0 - eta) * ce + eta * penalty.mean(), logits
+
+
+# ----------------------------------------------------------------------------------------------- objective
+
+
+class PartialIsometryObjective(Objective):
+    """Training objective of eq 15 for :func:`fire_plugin.engine.fit`, with the geometric ``eta`` schedule.
+
+    Each epoch ``fit`` calls :meth:`set_epoch`, which sets ``eta = eta_schedule(epoch, epochs, eta_min, eta_max)``.
+    One training-mode forward pass serves both the cross-entropy and the penalty (and the accuracy bookkeeping).
+
+    Behaviour: the model is put in ``train()`` mode; a model with BatchNorm layers raises ValueError (batch
+    statistics couple the samples, so the per-sample Jacobian is undefined). Under CUDA autocast the objective
+    runs in full precision (autocast is disabled inside it). Hutchinson probes come from torch's global RNG on the
+    batch's device, which the engine's checkpoints restore, so resume is bit-identical.
+
+    Args:
+        epsilon: radius of eq 7 (input units); the paper's MNIST run: ``delta_m(10) / PAPER_DELTA_OVER_EPSILON``.
+        eta_min: ``eta`` of the first epoch (section 4.2: 0.002).
+        eta_max: ``eta`` of the last epoch (section 4.2: 0.006).
+        estimator: ``"exact"`` or ``"hutchinson"`` (see :func:`partial_isometry_penalty`).
+        n_probes: Hutchinson probes per sample.
+        squared: penalize ``alpha^2`` instead of eq 14's ``alpha``.
+
+    Example:
+        >>> obj = PartialIsometryObjective(epsilon=1.0)
+        >>> obj.set_epoch(2, 3)
+        >>> obj.eta
+        0.006
+        >>> model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 3))
+        >>> out = obj(model, torch.rand(4, 1, 4, 4), torch.tensor([0, 1, 2, 0]))
+        >>> out.logits_nat.shape
+        torch.Size([4, 3])
+    """
+
+    def __init__(
+        self,
+        *,
+        epsilon: float,
+        eta_min: float = 0.002,
+        eta_max: float = 0.006,
+        estimator: str = "exact",
+        n_probes: int = 1,
+        squared: bool = False,
+    ) -> None:
+        self.epsilon = _check_epsilon(epsilon)
+        _check_eta_range(eta_min, eta_max)
+        _check_estimator(estimator, n_probes)
+        self.eta_min = float(eta_min)
+        self.eta_max = float(eta_max)
+        self.estimator = estimator
+        self.n_probes = n_probes
+        self.squared = bool(squared)
+        self.eta = self.eta_min
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int, epochs: int) -> None:
+        self.eta = eta_schedule(epoch, epochs, self.eta_min, self.eta_max)
+        self.epoch = epoch
+
+    def __call__(
+        self, model: nn.Module, x: Tensor, y: Tensor, *, targets_fn: Callable[[Tensor], Tensor] | None = None
+    ) -> ObjectiveOutput:
+        model.train()
+        _check_inputs(model, x)
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            penalty, logits = _penalty_and_logits(
+                model, x, epsilon=self.epsilon, estimator=self.estimator, n_probes=self.n_probes, squared=self.squared
+            )
+            targets = y if targets_fn is None else targets_fn(logits)
+            ce = F.cross_entropy(logits.to(penalty.dtype), targets)
+            loss = (1.0 - self.eta) * ce + self.eta * penalty.mean()
+        return ObjectiveOutput(loss=loss, logits_nat=logits)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"eta": self.eta, "epoch": self.epoch}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state:
+            self.eta = float(state["eta"])
+            self.epoch = int(state["epoch"])
+
+    def config(self) -> dict[str, Any]:
+        """Hyperparameters compared by :func:`fire_plugin.engine.fit` when resuming."""
+        return {"objective": type(self).__name__, "epsilon": self.epsilon, "eta_min": self.eta_min,
+                "eta_max": self.eta_max, "estimator": self.estimator, "n_probes": self.n_probes,
+                "squared": self.squared}
+
+    def __repr__(self) -> str:
+        return (f"PartialIsometryObjective(epsilon={self.epsilon}, eta_min={self.eta_min}, eta_max={self.eta_max}, "
+                f"estimator={self.estimator!r}, n_probes={self.n_probes}, squared={self.squared})")
