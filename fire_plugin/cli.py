@@ -127,15 +127,17 @@ def _gaussian(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from fire_plugin.experiments import run_demo
+    from fire_plugin.experiments import DigitsRecipe, EvalSpec, run_demo
 
-    report = run_demo(Path(args.out), epochs=args.epochs, n_eval=args.n_eval, quiet=args.quiet)
-    print(f"{'model':<6} {'clean':>7} {'PGD-20':>7} {'FRPGD':>7} {'AA':>7} {'Avg':>7}  mean FRD")
-    for method, entry in report["models"].items():
-        r = entry["eval"]
-        print(f"{method:<6} {r['clean_acc']:7.3f} {r['pgd_acc']:7.3f} {r['frpgd_acc']:7.3f} "
-              f"{r['autoattack_acc']:7.3f} {r['avg_acc']:7.3f}  {entry['mean_frd_under_frpgd']:.3f}")
-    print(f"report: {Path(args.out) / 'demo_report.json'}; RobustBench JSON under {Path(args.out) / 'model_info'}")
+    recipe = DigitsRecipe(epochs=args.epochs, model=args.model)
+    spec = EvalSpec(aa_standard_n=args.aa_standard_n)
+    if args.quick:  # a smoke run of the whole pipeline: 2 epochs, 60 test images, APGD-CE only
+        recipe = DigitsRecipe(epochs=2, model=args.model)
+        spec = EvalSpec(n_eval=60, aa_attacks=("apgd-ce",), aa_standard_n=0, margin_n=5)
+    report = run_demo(args.out, recipe=recipe, spec=spec, workers=args.workers, verbose=not args.quiet)
+    print(report["table"])
+    print(f"\n{len(report['rows'])} methods in {report['wall_seconds']:.0f} s; table {report['files']['csv']}, "
+          f"report {Path(args.out) / 'demo_report.json'}, figures and RobustBench JSON under {args.out}")
     return 0
 
 
@@ -146,7 +148,7 @@ COMMANDS = {"train": _train, "evaluate": _evaluate, "gaussian": _gaussian, "demo
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from fire_plugin.experiments import METHODS
+    from fire_plugin.experiments import METHODS, DigitsRecipe, EvalSpec
 
     parser = argparse.ArgumentParser(prog="fire-plugin", description="Fisher-Rao adversarial robustness toolkit")
     parser.add_argument("--version", action="version", version=f"fire-plugin {__version__}")
@@ -212,8 +214,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help=SUBCOMMANDS["demo"])
     p.add_argument("--out", default="runs/demo")
-    p.add_argument("--epochs", type=_positive_int, default=8)
-    p.add_argument("--n-eval", type=_positive_int, default=100)
+    p.add_argument("--epochs", type=_positive_int, default=DigitsRecipe.epochs)
+    p.add_argument("--model", default=DigitsRecipe.model, help="digits architecture (lenet_pi or digits_cnn)")
+    p.add_argument("--aa-standard-n", type=int, default=EvalSpec.aa_standard_n,
+                   help="test images that also get standard AutoAttack (0: none)")
+    p.add_argument("--workers", type=_positive_int, default=None, help="runs in parallel (default: 2 cores)")
+    p.add_argument("--quick", action="store_true", help="a 1-minute smoke run of the whole pipeline")
     p.add_argument("--quiet", action="store_true")
     return parser
 

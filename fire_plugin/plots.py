@@ -28,6 +28,9 @@ __all__ = [
     "plot_fisher_rao_vs_euclidean",
     "plot_training_history",
     "plot_accuracy_bars",
+    "plot_robustness_scatter",
+    "plot_training_curves",
+    "plot_weight_tradeoff",
 ]
 
 _REG_TITLES = {"fisher_rao": "FIRE (Fisher-Rao d^2)", "kl": "TRADES (KL)", "hellinger": "Hellinger (H^2)"}
@@ -311,4 +314,74 @@ def plot_leaderboard(placement: Placement, *, label_neighbours: bool = True) -> 
     ax.set_title(f"RobustBench {placement.dataset} {placement.threat_model}", fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="upper left")
+    return fig
+
+
+# --------------------------------------------------------------------------------------------------
+# digits experiments (demo, weight sweep)
+
+
+def plot_robustness_scatter(rows: Sequence[Mapping[str, Any]], *, x_key: str = "clean", y_key: str = "aa",
+                            x_label: str = "clean accuracy", y_label: str = "robust accuracy") -> Figure:
+    """Clean vs robust accuracy, one labelled point per method (rows with ``method``, ``x_key``, ``y_key``).
+
+    >>> fig = plot_robustness_scatter([{"method": "fire", "clean": 0.9, "aa": 0.6}])
+    >>> len(fig.axes)
+    1
+    """
+    fig = Figure(figsize=(5.2, 4.2), constrained_layout=True)
+    ax = fig.subplots()
+    for row in rows:
+        ax.scatter(row[x_key], row[y_key], s=40)
+        ax.annotate(str(row["method"]), (row[x_key], row[y_key]), textcoords="offset points", xytext=(5, 4),
+                    fontsize=9)
+    ax.set_xlabel(x_label)
+    ax.set_ylabel(y_label)
+    ax.grid(alpha=0.3)
+    return fig
+
+
+def plot_training_curves(histories: Mapping[str, Sequence[Mapping[str, Any]]]) -> Figure:
+    """Training loss and natural training accuracy per epoch, one line per method.
+
+    >>> fig = plot_training_curves({"ce": [{"epoch": 0, "loss": 1.0, "nat_acc": 0.5, "lr": 0.1}]})
+    >>> len(fig.axes)
+    3
+    """
+    fig = Figure(figsize=(12, 3.4), constrained_layout=True)
+    ax_loss, ax_acc, ax_lr = fig.subplots(1, 3)
+    for name, history in histories.items():
+        epochs = [int(r["epoch"]) + 1 for r in history]
+        ax_loss.plot(epochs, [r["loss"] for r in history], label=name)
+        ax_acc.plot(epochs, [r["nat_acc"] for r in history], label=name)
+        ax_lr.plot(epochs, [r["lr"] for r in history], label=name)
+    ax_loss.set_ylabel("training loss (of the method's objective)")
+    ax_acc.set_ylabel("natural training accuracy")
+    ax_lr.set_ylabel("learning rate")
+    for ax in (ax_loss, ax_acc, ax_lr):
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+    ax_acc.legend(fontsize=8)
+    return fig
+
+
+def plot_weight_tradeoff(rows: Sequence[Mapping[str, Any]], *, references: Sequence[Mapping[str, Any]] = (),
+                         keys: Sequence[tuple[str, str]] = (("clean", "clean"), ("aa", "robust"))) -> Figure:
+    """Fig. 7 style: accuracies vs the FIRE weight ``lam`` (rows with ``weight``), reference methods as lines.
+
+    >>> fig = plot_weight_tradeoff([{"weight": 1.0, "clean": 0.9, "aa": 0.5}, {"weight": 3.0, "clean": 0.8, "aa": 0.6}])
+    >>> len(fig.axes)
+    1
+    """
+    fig = Figure(figsize=(5.6, 4.0), constrained_layout=True)
+    ax = fig.subplots()
+    rows = sorted(rows, key=lambda r: r["weight"])
+    for (key, label), color in zip(keys, ("tab:blue", "tab:red", "tab:green"), strict=False):
+        ax.plot([r["weight"] for r in rows], [r[key] for r in rows], marker="o", color=color, label=f"FIRE {label}")
+        for ref, style in zip(references, ("--", ":", "-."), strict=False):
+            ax.axhline(ref[key], color=color, linestyle=style, alpha=0.7, label=f"{ref['method']} {label}")
+    ax.set_xlabel("lam (weight of d^2, d = 2 arccos BC)")
+    ax.set_ylabel("accuracy")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
     return fig
