@@ -22,14 +22,24 @@ Path length. Each step adds the closed-form Fisher-Rao distance (Theorem 2 of Pi
 metric estimate: the sum is exact on a monotone one-dimensional path (binary logistic model), converges to the path
 length as ``step`` shrinks, accounts for clamping to the input box, and is never below the FR distance between the
 path's end points (triangle inequality). The last step is refined by bisection so that the crossing is located
-within 1% of a step; the path ends just past the decision boundary.
+within 1% of a step; the path ends just past the decision boundary. Where the damping dominates ``G_x`` (saturated
+softmax), a step of damped length ``step`` is up to ``step / sqrt(damping)`` long in l2 and can jump across the
+whole boundary region in one go; a step that moves the prediction by more than ``2 * step`` (FR distance) is
+therefore shortened along its direction, by bisection, to at most ``step``, so that paths follow the geometry and
+their lengths converge as ``step`` shrinks.
+
+What the flow does. As ``damping -> 0`` with a Jacobian of full rank ``m - 1``, ``L v`` is proportional to
+``e_y / p_y - e_k / p_k``: the step moves probability from ``y`` to ``k`` and leaves every other class unchanged
+(to first order). The path then runs along the arc ``p_y + p_k = const`` of the simplex, and another class ``c``
+shields ``k`` exactly when ``p_c > (p_y + p_k) / 2`` at the start (the paper's "shielding necessitates
+intermediate mass"); larger damping, large steps and the input box make the flow deviate from this.
 
 Solvers for ``(G_x + lambda I) v = g`` (``g = L^T e`` with ``e = e_y - e_k``):
 
 * ``"exact"``: the Woodbury (push-through) identity ``(L^T D L + lambda I)^{-1} L^T = L^T (D K + lambda I)^{-1}``
   with ``D = diag(p)`` and the ``m x m`` Gram matrix ``K = L L^T`` (equivalently, with ``A = D^{1/2} L``,
   ``(A^T A + lambda I)^{-1} A^T = A^T (A A^T + lambda I)^{-1}``), so ``v = L^T c`` with
-  ``c = (D K + lambda I)^{-1} e``: ``m`` vector-Jacobian products (batched with ``torch.func.vmap``) and an
+  ``c = (D K + lambda I)^{-1} e``: ``m - 1`` vector-Jacobian products (batched with ``torch.func.vmap``) and an
   ``m x m`` solve in float64; no cancellation as ``lambda -> 0`` and no division by ``p``.
 * ``"cg"``: conjugate gradients on ``G_x + lambda I`` with matrix-free products ``G_x u = L^T (p * (L u))`` (one
   Jacobian-vector and one vector-Jacobian product per iteration), for many classes.
@@ -93,6 +103,8 @@ _AUTO_EXACT_MAX_CLASSES = 32
 _DENSE_MAX_DIM = 4096
 _BISECT_TOL = 0.01  # the crossing is located within this fraction of a step
 _BISECT_ITERS = math.ceil(math.log2(1.0 / _BISECT_TOL))  # 7 halvings: 1/128 < 0.01
+_MAX_STEP_RATIO = 2.0  # a step moving the prediction farther than 2 * step (FR distance) is shortened
+_SHORTEN_ITERS = 12  # bisection on the step fraction: to 1/4096 of the step
 _STALL_PATIENCE = 5  # consecutive steps without a decrease of L_k
 _PROGRESS_RTOL = 1e-6  # a decrease of L_k below 1e-6 * (1 + |L_k|) is float32 noise, not progress
 _CG_RTOL = 1e-7  # CG stops when ||r|| <= 1e-7 ||g|| for every sample of the batch
@@ -120,11 +132,20 @@ class _LogProb:
         return F.log_softmax(logits.to(work), dim=-1)
 
 
-def _jacobian(vjp_fn: Callable[[Tensor], tuple[Tensor, ...]], s: int, m: int, like: Tensor) -> Tensor:
-    """``L`` of shape ``(S, m, n)``: ``m`` vector-Jacobian products, batched with ``vmap``."""
-    eye = torch.eye(m, dtype=like.dtype, device=like.device).unsqueeze(1).expand(m, s, m)  # (m, S, m)
-    (jac,) = vmap(vjp_fn)(eye)  # (m, S, n)
-    return jac.transpose(0, 1)
+def _jacobian(vjp_fn: Callable[[Tensor], tuple[Tensor, ...]], logp: Tensor) -> Tensor:
+    """``L`` of shape ``(S, m, n)`` in float64 from ``m - 1`` vector-Jacobian products, batched with ``vmap``.
+
+    With logits ``z`` and ``Z = dz/dx``, ``L = (I - 1 p^T) Z`` is unchanged when a common row is added to ``Z``, so
+    the differences ``Z_c - Z_0`` (the VJPs of ``log p`` with cotangents ``e_c - e_0``, which sum to 0) suffice.
+    """
+    s, m = logp.shape
+    eye = torch.eye(m, dtype=logp.dtype, device=logp.device)
+    cotangents = (eye[1:] - eye[0]).unsqueeze(1).expand(m - 1, s, m)  # (m - 1, S, m)
+    (diffs,) = vmap(vjp_fn)(cotangents)  # (m - 1, S, n): Z_c - Z_0
+    diffs = diffs.transpose(0, 1).double()  # (S, m - 1, n)
+    p = logp.detach().double().exp()
+    mean = (p[:, 1:].unsqueeze(1) @ diffs).squeeze(1)  # sum_c p_c (Z_c - Z_0), (S, n)
+    return torch.cat([torch.zeros_like(diffs[:, :1]), diffs], dim=1) - mean.unsqueeze(1)
 
 
 def _solve_exact(
@@ -133,7 +154,7 @@ def _solve_exact(
 ) -> tuple[Tensor, Tensor]:
     s, m = logp.shape
     if "jac" not in cache:
-        cache["jac"] = _jacobian(vjp_fn, s, m, logp).double()  # (S, m, n)
+        cache["jac"] = _jacobian(vjp_fn, logp)  # (S, m, n)
     jac = cache["jac"] if mask is None else cache["jac"] * mask.unsqueeze(1)
     gram = jac @ jac.transpose(1, 2)  # K = L L^T, (S, m, m)
     p = logp.double().exp()
@@ -153,7 +174,7 @@ def _solve_dense(
     if n > _DENSE_MAX_DIM:
         raise ValueError(f"solver='dense' builds an n x n matrix; n={n} is too large, allowed: n <= {_DENSE_MAX_DIM}")
     if "jac" not in cache:
-        cache["jac"] = _jacobian(vjp_fn, s, m, logp).double()  # (S, m, n)
+        cache["jac"] = _jacobian(vjp_fn, logp)  # (S, m, n)
     jac = cache["jac"] if mask is None else cache["jac"] * mask.unsqueeze(1)
     p = logp.double().exp()
     metric = jac.transpose(1, 2) @ (p.unsqueeze(-1) * jac)  # G_x, (S, n, n)
@@ -647,12 +668,36 @@ def trace_margins(
                         v, g_v = solve(fn, a_x, logp, vjp_fn, e, float(damping), cg_iters, (~blocked).double(),
                                        cache)
                 logp = logp.detach()
-                ok = torch.isfinite(g_v) & (g_v > 0) & torch.isfinite(v).all(-1)
+                valid = torch.isfinite(g_v) & torch.isfinite(v).all(-1)
+                stuck = valid & (g_v <= 0)  # no descent direction for L_k (on the free face of the box): stalled
+                ok = valid & ~stuck
                 scale = torch.where(ok, -float(step) / g_v.clamp_min(1e-300).sqrt(), 0.0)
                 delta = torch.nan_to_num(v) * scale.unsqueeze(-1)  # (S, n) float64, decreases L_k
                 x_new = clip((a_x.double() + delta).to(a_x.dtype))
                 with torch.no_grad():
                     logp_new = fn(x_new)
+                # A step moving the prediction by more than _MAX_STEP_RATIO * step in FR distance (where the
+                # damping dominates G_x, the step is up to step / sqrt(damping) long in l2) is shortened along its
+                # direction to at most `step`, so that the path keeps following the geometry.
+                too_long = ok & (fisher_rao(logp.double(), logp_new.double()) > _MAX_STEP_RATIO * step)
+                if bool(too_long.any()):
+                    idx = too_long.nonzero().flatten()
+                    xs, ds, lp = a_x[idx].double(), delta[idx], logp[idx].double()
+                    lo = torch.zeros(len(idx), dtype=torch.float64, device=device)
+                    hi = torch.ones_like(lo)
+                    x_lo, logp_lo = a_x[idx], logp[idx]
+                    for _ in range(_SHORTEN_ITERS):
+                        mid = (lo + hi) / 2
+                        x_mid = clip((xs + mid.unsqueeze(-1) * ds).to(a_x.dtype))
+                        with torch.no_grad():
+                            logp_mid = fn(x_mid)
+                        short = fisher_rao(lp, logp_mid.double()) <= step
+                        lo = torch.where(short, mid, lo)
+                        hi = torch.where(short, hi, mid)
+                        x_lo = torch.where(short.unsqueeze(-1), x_mid, x_lo)
+                        logp_lo = torch.where(short.unsqueeze(-1), logp_mid, logp_lo)
+                    delta[idx] = ds * lo.unsqueeze(-1)
+                    x_new[idx], logp_new[idx] = x_lo, logp_lo
                 flip = (logp_new.argmax(-1) != src) & ok
                 if bool(flip.any()):
                     idx = flip.nonzero().flatten()
@@ -671,11 +716,12 @@ def trace_margins(
                         x_hi = torch.where(crossed.unsqueeze(-1), x_mid, x_hi)
                         logp_hi = torch.where(crossed.unsqueeze(-1), logp_mid, logp_hi)
                     x_new[idx], logp_new[idx] = x_hi, logp_hi
-                finite = ok & torch.isfinite(logp_new).all(-1)
-                x_new = torch.where(finite.unsqueeze(-1), x_new, a_x)
-                increment = fisher_rao(logp.double(), torch.where(finite.unsqueeze(-1), logp_new, logp).double())
-                a_len = a_len + torch.where(finite, increment, 0.0)
-                a_steps = a_steps + finite.long()
+                finite = valid & torch.isfinite(logp_new).all(-1)
+                moved = ok & finite
+                x_new = torch.where(ok.unsqueeze(-1), x_new, a_x)
+                increment = fisher_rao(logp.double(), torch.where(moved.unsqueeze(-1), logp_new, logp).double())
+                a_len = a_len + torch.where(moved, increment, 0.0)
+                a_steps = a_steps + moved.long()
                 gap = (logp[rows, src] - logp[rows, tgt]).double()
                 gap_new = (logp_new[rows, src] - logp_new[rows, tgt]).double()
                 progress = (gap - gap_new) > _PROGRESS_RTOL * (1.0 + gap.abs())
@@ -683,7 +729,7 @@ def trace_margins(
                 a_x = x_new.detach()
 
                 code = torch.full_like(a_id, -1)  # index into STATUSES, -1: continue
-                code = torch.where(a_stall >= _STALL_PATIENCE, STATUSES.index("stalled"), code)
+                code = torch.where((a_stall >= _STALL_PATIENCE) | stuck, STATUSES.index("stalled"), code)
                 code = torch.where(a_steps >= max_steps, STATUSES.index("max_steps"), code)
                 code = torch.where(a_len >= max_length, STATUSES.index("max_length"), code)
                 code = torch.where(flip & finite, STATUSES.index("flipped"), code)

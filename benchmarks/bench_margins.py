@@ -1,0 +1,94 @@
+"""Fisher-Rao margin tracing: paths per second of the "exact" (Woodbury) and "cg" solvers against a dense baseline.
+
+Peer: the dense baseline builds the explicit ``n x n`` data-space Fisher information ``G_x`` per path and calls
+``torch.linalg.solve`` (``trace_margins(..., solver="dense")``), in the same tracing loop, same run. Models: timm
+``digits_cnn`` (1x8x8, n = 64) and ``small_cnn`` (1x28x28, n = 784), random weights (timing does not depend on
+them), 4 inputs x 9 targets = 36 paths advancing together, each path exactly ``STEPS`` natural-gradient steps
+(a tiny step length, so that no path flips or stalls before). One torch thread; process CPU time
+(``time.process_time``), so other jobs on the shared cores do not count.
+
+Targets: exact >= 10x the dense baseline at n = 784 and >= 2x cg.
+
+Run: ``python benchmarks/bench_margins.py`` (about a minute; ``--quick`` for a smoke run).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import timm
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _timing import interleaved_times  # noqa: E402
+
+import fire_plugin.models  # noqa: E402,F401  (registers the architectures with timm)
+from fire_plugin.margins import trace_margins  # noqa: E402
+
+STEPS = 3
+N_INPUTS = 4
+SOLVERS = ("exact", "cg", "dense")
+MODELS = (("digits_cnn", 8), ("small_cnn", 28))
+
+
+def _workload(name: str, size: int, solver: str) -> Any:
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        model = timm.create_model(name, num_classes=10, in_chans=1).eval()
+        x = torch.rand(N_INPUTS, 1, size, size)
+    with torch.no_grad():
+        y = model(x).argmax(1)  # every input starts "correct", so all 9 paths per input are traced
+
+    def run() -> object:
+        result = trace_margins(model, x, y, step=1e-4, max_steps=STEPS, solver=solver, batch_size=64,
+                               verbose=False)
+        assert (result.steps == STEPS).all(), "a benchmark path ended early"
+        return result
+
+    return run
+
+
+def run(quick: bool = False) -> list[dict[str, Any]]:
+    """Measure paths/second of each solver on each model; rows ``{"name", "ratio", "target", "peer"}`` plus the
+    absolute rates. ``ratio`` is a speed-up (higher is better)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    rows: list[dict[str, Any]] = []
+    try:
+        for name, size in MODELS:
+            fns = {solver: _workload(name, size, solver) for solver in SOLVERS}
+            times = interleaved_times(fns, rounds=1 if quick else 3, repeats=1 if quick else 3,
+                                      clock=time.process_time)
+            n_paths = N_INPUTS * 9
+            rate = {s: n_paths / t for s, t in times.items()}
+            n = size * size
+            common = {f"paths_per_s_{s}": rate[s] for s in SOLVERS} | {"steps_per_path": STEPS, "threads": 1}
+            rows.append({"name": f"margins exact vs dense ({name}, n={n})", "ratio": rate["exact"] / rate["dense"],
+                         "target": 10.0 if n == 784 else None, "peer": "dense n x n G_x + torch.linalg.solve",
+                         **common})
+            rows.append({"name": f"margins exact vs cg ({name}, n={n})", "ratio": rate["exact"] / rate["cg"],
+                         "target": 2.0, "peer": "conjugate gradients (20 iterations, JVP + VJP)", **common})
+    finally:
+        torch.set_num_threads(previous)
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="one round, one repeat")
+    args = parser.parse_args()
+    rows = run(quick=args.quick)
+    print(f"{'benchmark':48s} {'ratio':>8s} {'target':>7s} {'exact/s':>9s} {'cg/s':>9s} {'dense/s':>9s}")
+    for r in rows:
+        target = f"{r['target']:.0f}x" if r["target"] else "-"
+        print(f"{r['name']:48s} {r['ratio']:7.2f}x {target:>7s} {r['paths_per_s_exact']:9.2f} "
+              f"{r['paths_per_s_cg']:9.2f} {r['paths_per_s_dense']:9.2f}")
+    print(f"(paths of {STEPS} steps, 1 torch thread, process CPU time; ratio = speed-up of exact over the peer)")
+
+
+if __name__ == "__main__":
+    main()
