@@ -277,9 +277,9 @@ def _centred_autograd(a: Tensor, b: Tensor, q: Tensor, dim: int, bound: float) -
 def _sqrt_gap_autograd(a: Tensor, b: Tensor, dim: int) -> tuple[Tensor, Tensor]:
     """``(gap, sqrt q)`` as :func:`_sqrt_gap` computes them, from differentiable ops."""
     sqrt_q = torch.exp(0.5 * torch.log_softmax(b, dim))
-    x, large, only_a = _centred_autograd(a, b, sqrt_q.square(), dim, 2.0 * _HALF_LOG_RATIO_BOUND[a.dtype])
-    g = torch.where(only_a, -1.0, torch.expm1(0.5 * x))  # e^(c / 2) - 1; sqrt p = 0 where only a is masked
     q = sqrt_q.square()
+    c, large, only_a = _centred_autograd(a, b, q, dim, 2.0 * _HALF_LOG_RATIO_BOUND[a.dtype])
+    g = torch.where(only_a, -1.0, torch.expm1(0.5 * c))  # e^(c / 2) - 1; sqrt p = 0 where only a is masked
     a_m1 = (q * g * (g + 2.0)).sum(dim, keepdim=True)  # A - 1 = 2 E_q[g] + E_q[g^2]
     sqrt_a = torch.sqrt(1.0 + a_m1)
     centred = sqrt_q * (g - a_m1 / (sqrt_a + 1.0)) / sqrt_a
