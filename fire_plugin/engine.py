@@ -188,8 +188,8 @@ def _distributed_loader(loader: DataLoader, *, seed: int) -> DataLoader:
     A loader whose batch sampler has a ``shard(num_replicas, rank)`` method (the mixed original/extra batches of
     :func:`fire_plugin.data.mixed_loader`) is sharded by that method instead, so that every batch keeps its mix.
     """
-    workers = {"num_workers": loader.num_workers, "collate_fn": loader.collate_fn, "pin_memory": loader.pin_memory,
-               "persistent_workers": loader.persistent_workers}
+    workers: dict[str, Any] = {"num_workers": loader.num_workers, "collate_fn": loader.collate_fn,
+                               "pin_memory": loader.pin_memory, "persistent_workers": loader.persistent_workers}
     if loader.num_workers > 0:
         workers["prefetch_factor"] = loader.prefetch_factor
     shard = getattr(loader.batch_sampler, "shard", None)
@@ -357,8 +357,8 @@ class ModelEMA:
         decay = self.current_decay()
         source = dict(unwrap_model(model).named_parameters())
         mine = dict(self.module.named_parameters())
-        averaged = [mine[name] for name in self._param_names if mine[name].is_floating_point()]
-        current = [source[name].detach() for name in self._param_names if mine[name].is_floating_point()]
+        averaged: list[Tensor] = [mine[name] for name in self._param_names if mine[name].is_floating_point()]
+        current: list[Tensor] = [source[name].detach() for name in self._param_names if mine[name].is_floating_point()]
         if averaged:
             torch._foreach_mul_(averaged, decay)
             torch._foreach_add_(averaged, current, alpha=1.0 - decay)
