@@ -34,7 +34,7 @@ classifier = PyTorchClassifier(
 attack = ProjectedGradientDescent(classifier, norm=np.inf, eps=0.1, eps_step=0.025, max_iter=10, verbose=False)
 
 # trainer = AdversarialTrainerTRADESPyTorch(classifier, attack, beta=6.0)
-trainer = FIRETrainer(classifier, lam=6.0, eps=0.1, eps_step=0.025, max_iter=10)  # <- the one changed line
+trainer = FIRETrainer(classifier, lam=3.0, eps=0.1, eps_step=0.025, max_iter=10)  # <- the one changed line
 trainer.fit(x_train, y_train, nb_epochs=5, batch_size=64, validation_data=(x_test, y_test))
 
 clean = np.mean(np.argmax(classifier.predict(x_test), axis=1) == y_test)

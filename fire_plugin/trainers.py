@@ -3,7 +3,7 @@
 :class:`FIRETrainer` drops into an ART pipeline where ``AdversarialTrainerTRADESPyTorch`` stands::
 
     trainer = AdversarialTrainerTRADESPyTorch(classifier, attack, beta=6.0)   # before
-    trainer = FIRETrainer(classifier, lam=6.0, eps=0.3, eps_step=0.01, max_iter=40)  # after
+    trainer = FIRETrainer(classifier, lam=3.0, eps=0.3, eps_step=0.01, max_iter=40)  # after
 
 Unlike ART 1.20's TRADES trainer it accepts any ``torch.optim.lr_scheduler.LRScheduler``, reports accuracy from
 the model's logits (also for ``nn.Sequential`` models), applies the classifier's preprocessing exactly once and
@@ -29,9 +29,10 @@ from torch.utils.data import DataLoader, TensorDataset
 from fire_plugin.attacks import NORMS, DivergencePGD
 from fire_plugin.distances import DIVERGENCES
 from fire_plugin.engine import AdversarialObjective, IndexedDataset, Objective, SelfAdaptiveTargets, fit
+from fire_plugin.isometry import PartialIsometryObjective
 from fire_plugin.losses import DivergenceRegularizedLoss
 
-__all__ = ["EngineTrainer", "FIRETrainer", "HellingerTrainer", "TRADESTrainer"]
+__all__ = ["EngineTrainer", "FIRETrainer", "HellingerTrainer", "PartialIsometryTrainer", "TRADESTrainer"]
 
 _logger = logging.getLogger(__name__)
 
@@ -428,3 +429,77 @@ class HellingerTrainer(FIRETrainer):
         if "divergence" in kwargs:
             raise ValueError("HellingerTrainer fixes divergence='hellinger'; use FIRETrainer to choose")
         super().__init__(classifier, lam=lam, divergence="hellinger", **kwargs)
+
+
+class PartialIsometryTrainer(EngineTrainer):
+    """Partial-isometry regularized training (eq 15 of "Adversarial robustness with partial isometry").
+
+    Minimizes ``(1 - eta) * CE(f(x), y) + eta * alpha(x)`` with ``alpha`` the penalty of eq 14
+    (:func:`fire_plugin.isometry.partial_isometry_penalty`; its ``c(x)`` is derived from eq 12, see
+    :mod:`fire_plugin.isometry`) and ``eta`` growing geometrically from ``eta_min`` (first epoch) to ``eta_max``
+    (last epoch of each ``fit`` call), as in section 4.2. No attack is run; validation reports natural accuracy.
+
+    ``epsilon`` is in the classifier's input space (pixels within ``clip_values``), like FIRETrainer's ``eps``: the
+    penalty is computed on the classifier seen in [0, 1] units with ``epsilon / (clip_max - clip_min)``, which is
+    the same penalty. The classifier's preprocessing (e.g. standardisation) is part of the differentiated map.
+    Models with BatchNorm layers are refused (the per-sample Jacobian is undefined under batch statistics).
+
+    Args:
+        classifier: an ART ``PyTorchClassifier`` with an optimizer.
+        epsilon: radius of eq 7 in input units; the paper's MNIST run uses
+            ``delta_m(10) / fire_plugin.isometry.PAPER_DELTA_OVER_EPSILON`` (about 2498).
+        eta_min: weight of the penalty at the first epoch (paper: 0.002).
+        eta_max: weight at the last epoch (paper: 0.006).
+        estimator: ``"exact"`` (``m`` VJPs per batch) or ``"hutchinson"`` (``n_probes`` random probes).
+        n_probes: probes of the Hutchinson estimator.
+        verbose: tqdm progress over epochs and batches.
+
+    Example:
+        >>> import numpy as np, torch
+        >>> from art.estimators.classification import PyTorchClassifier
+        >>> net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10))
+        >>> clf = PyTorchClassifier(net, loss=torch.nn.CrossEntropyLoss(), input_shape=(1, 8, 8), nb_classes=10,
+        ...                         optimizer=torch.optim.SGD(net.parameters(), lr=0.1), clip_values=(0.0, 1.0))
+        >>> trainer = PartialIsometryTrainer(clf, epsilon=10.0, verbose=False)
+        >>> x, y = np.random.rand(32, 1, 8, 8).astype(np.float32), np.random.randint(0, 10, 32)
+        >>> trainer.fit(x, y, nb_epochs=2, batch_size=16)
+        >>> len(trainer.history)
+        2
+    """
+
+    def __init__(
+        self,
+        classifier: PyTorchClassifier,
+        *,
+        epsilon: float,
+        eta_min: float = 0.002,
+        eta_max: float = 0.006,
+        estimator: str = "exact",
+        n_probes: int = 1,
+        verbose: bool = True,
+    ) -> None:
+        super().__init__(classifier, verbose=verbose)
+        self.epsilon = epsilon
+        self.eta_min = eta_min
+        self.eta_max = eta_max
+        self.estimator = estimator
+        self.n_probes = n_probes
+        self._objective()  # validates the hyperparameters (ValueError naming the argument)
+        for name, module in classifier.model.named_modules():
+            if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                raise ValueError(
+                    f"the classifier's model has the BatchNorm layer {name!r}: batch statistics couple the samples, "
+                    "so the partial-isometry penalty (a per-sample Jacobian) is undefined; allowed: models without "
+                    "BatchNorm (GroupNorm/LayerNorm work)"
+                )
+
+    def _objective(self) -> Objective:
+        eps = self.epsilon
+        if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not (0 < eps < float("inf")):
+            raise ValueError(f"epsilon={eps!r} is not allowed; allowed: a finite number > 0 (input units)")
+        return PartialIsometryObjective(epsilon=self.epsilon / (self._high - self._low), eta_min=self.eta_min,
+                                        eta_max=self.eta_max, estimator=self.estimator, n_probes=self.n_probes)
+
+    def _run_config(self) -> dict[str, Any]:
+        return {"trainer": type(self).__name__, "epsilon": float(self.epsilon), "eta_min": float(self.eta_min),
+                "eta_max": float(self.eta_max), "estimator": self.estimator, "n_probes": int(self.n_probes)}
