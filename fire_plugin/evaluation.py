@@ -7,7 +7,9 @@
   through ``torchattacks.PGD`` / ``torchattacks.PGDL2``;
 * ``frpgd``: the Fisher-Rao PGD of FIRE (:class:`fire_plugin.attacks.FRPGD` / ``FRPGDL2``), same budget;
 * ``autoattack``: AutoAttack ``version="standard"`` (APGD-CE, APGD-T, FAB-T, Square) through
-  ``pyautoattack.AutoAttack`` directly (``robustbench.benchmark`` does not work with pyautoattack).
+  ``pyautoattack.AutoAttack`` directly (``robustbench.benchmark`` does not work with pyautoattack);
+* ``fr_margin``: the Fisher-Rao margin of :func:`fire_plugin.margins.fr_margin` (natural-gradient tracing toward
+  every other class), mean and median over the examples; not an accuracy.
 
 A robust accuracy counts the examples classified correctly both clean and after the attack (AutoAttack's
 rule: an example already misclassified is not robust), so every robust accuracy is at most the clean one.
@@ -19,7 +21,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -33,12 +35,13 @@ from tqdm.auto import tqdm
 
 from fire_plugin.attacks import FRPGD, FRPGDL2
 from fire_plugin.data import dataset_to_tensors
+from fire_plugin.margins import fr_margin
 
 __all__ = ["ATTACKS", "AUTOATTACK_STANDARD", "NORMS", "EvalResult", "evaluate"]
 
 _logger = logging.getLogger(__name__)
 
-ATTACKS: tuple[str, ...] = ("clean", "pgd", "frpgd", "autoattack")
+ATTACKS: tuple[str, ...] = ("clean", "pgd", "frpgd", "autoattack", "fr_margin")
 NORMS: tuple[str, ...] = ("Linf", "L2")
 AUTOATTACK_STANDARD: tuple[str, ...] = ("apgd-ce", "apgd-t", "fab-t", "square")
 """The attacks of AutoAttack's ``version="standard"``, in their order."""
@@ -62,6 +65,10 @@ class EvalResult:
         pgd_alpha: step size of PGD and FRPGD.
         autoattack_version: ``"standard"``, or ``"custom:<attacks>"`` for a subset run with
             ``autoattack_attacks`` (not valid for RobustBench); None without AutoAttack.
+        fr_margin_mean: mean Fisher-Rao margin over the examples (0 for a misclassified example; an example
+            that no path flipped within the tracing budget counts as ``max_length``, a lower bound); None when
+            not run.
+        fr_margin_median: median of the same margins.
 
     >>> r = EvalResult(n_examples=10, eps=0.1, norm="Linf", clean_acc=0.9, autoattack_acc=0.5)
     >>> round(r.avg_acc, 6)
@@ -80,6 +87,8 @@ class EvalResult:
     pgd_steps: int = 20
     pgd_alpha: float | None = None
     autoattack_version: str | None = None
+    fr_margin_mean: float | None = None
+    fr_margin_median: float | None = None
 
     def __post_init__(self) -> None:
         self._update_avg()
@@ -237,6 +246,7 @@ def evaluate(
     pgd_steps: int = 20,
     pgd_alpha: float | None = None,
     autoattack_attacks: Sequence[str] | None = None,
+    margin_kwargs: Mapping[str, Any] | None = None,
     verbose: bool = True,
 ) -> EvalResult:
     """Clean, PGD, FRPGD and AutoAttack accuracy of ``model`` on the same examples, with wall times.
@@ -253,7 +263,7 @@ def evaluate(
         y: labels ``(N,)`` when ``data`` is a tensor.
         eps: perturbation radius (Linf: 8/255 CIFAR, 0.3 MNIST in the paper; L2: 0.5 CIFAR).
         norm: ``"Linf"`` or ``"L2"``.
-        attacks: any of ``"clean"``, ``"pgd"``, ``"frpgd"``, ``"autoattack"``.
+        attacks: any of ``"clean"``, ``"pgd"``, ``"frpgd"``, ``"autoattack"``, ``"fr_margin"``.
         n_examples: evaluate the first ``n_examples`` only (RobustBench uses 10,000 on CIFAR).
         batch_size: examples per forward/attack batch.
         seed: seed of the random starts and of AutoAttack.
@@ -261,6 +271,8 @@ def evaluate(
         pgd_alpha: step size of PGD and FRPGD; ``eps / 4`` when None.
         autoattack_attacks: None for standard AutoAttack (what RobustBench and the paper report), or a
             subset of ``AUTOATTACK_STANDARD`` run with the standard settings, for quick checks.
+        margin_kwargs: keyword arguments of :func:`fire_plugin.margins.trace_margins` for ``"fr_margin"``
+            (``damping``, ``step``, ``max_length``, ``targets``, ...); ``eps`` and ``norm`` do not apply to it.
         verbose: show tqdm progress bars.
 
     Returns:
@@ -323,11 +335,23 @@ def evaluate(
                 ok = _attack_correct(run_aa, model, x_ok, y_ok, device, batch_size, "AutoAttack", verbose)
             result.autoattack_acc = ok.sum().item() / n
             result.times["autoattack"] = time.perf_counter() - start
+
+        if "fr_margin" in attacks:
+            start = time.perf_counter()
+            kwargs = {"batch_size": batch_size, "verbose": verbose, **(margin_kwargs or {})}
+            max_length = float(kwargs.get("max_length", 20.0))
+            margins = torch.zeros(n, dtype=torch.float64)  # misclassified examples: margin 0
+            if len(idx):
+                traced = torch.as_tensor(fr_margin(model, x_ok, y_ok, **kwargs))
+                margins[idx] = traced.clamp(max=max_length)  # not flipped within the budget: >= max_length
+            result.fr_margin_mean = margins.mean().item()
+            result.fr_margin_median = margins.median().item()
+            result.times["fr_margin"] = time.perf_counter() - start
     finally:
         model.train(was_training)
     result._update_avg()
     _logger.info(
-        "evaluated %d examples (%s, eps=%.4g): clean=%s pgd=%s frpgd=%s autoattack=%s avg=%s times=%s",
+        "evaluated %d examples (%s, eps=%.4g): clean=%s pgd=%s frpgd=%s autoattack=%s avg=%s fr_margin=%s times=%s",
         n,
         norm,
         eps,
@@ -336,6 +360,7 @@ def evaluate(
         result.frpgd_acc,
         result.autoattack_acc,
         result.avg_acc,
+        result.fr_margin_mean,
         {k: round(v, 2) for k, v in result.times.items()},
     )
     return result

@@ -328,3 +328,20 @@ def test_inputs_outside_the_box():
         trace_margins(model, torch.rand(2, 4) + 1.0, torch.tensor([0, 1]), verbose=False)
     assert len(trace_margins(model, torch.rand(2, 4) + 1.0, torch.tensor([0, 1]), clamp=None, max_steps=1,
                              verbose=False)) == 4
+
+
+def test_evaluate_fr_margin_entry(digits_model, digits_trace):
+    from fire_plugin.evaluation import ATTACKS, evaluate
+
+    x, y, result = digits_trace
+    assert "fr_margin" in ATTACKS
+    r = evaluate(digits_model, x, y, eps=0.1, attacks=("clean", "fr_margin"), verbose=False)
+    expected = result.input_margins()  # 0 for misclassified; every correct input flipped here
+    assert np.isfinite(expected).all()
+    assert r.fr_margin_mean == pytest.approx(expected.mean(), rel=1e-12)
+    assert r.fr_margin_median == pytest.approx(float(torch.as_tensor(expected).median()), rel=1e-12)
+    assert set(r.times) == {"clean", "fr_margin"} and r.times["fr_margin"] > 0
+    assert r.pgd_acc is None and r.to_dict()["fr_margin_mean"] == r.fr_margin_mean
+    capped = evaluate(digits_model, x, y, eps=0.1, attacks=("fr_margin",), verbose=False,
+                      margin_kwargs={"max_length": 0.5})
+    assert capped.fr_margin_mean <= 0.5 and capped.fr_margin_median <= 0.5
