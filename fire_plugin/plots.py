@@ -18,8 +18,7 @@ import numpy as np
 from matplotlib.figure import Figure
 from numpy.typing import ArrayLike
 
-if TYPE_CHECKING:
-    from fire_plugin.gaussian import AccuracyCurve, GaussianModel, SweepResult
+from fire_plugin.gaussian import AccuracyCurve, GaussianModel, SweepResult, fisher_rao_binary
 
 __all__ = [
     "plot_tradeoff",
@@ -165,8 +164,6 @@ def plot_fisher_rao_ball(
     >>> len(fig.axes)
     1
     """
-    from fire_plugin.gaussian import fisher_rao_binary
-
     if not thetas:
         raise ValueError("thetas must hold at least one {title: theta} entry, got an empty mapping")
     if not (np.isfinite(eps) and eps > 0):
@@ -201,8 +198,6 @@ def plot_fisher_rao_vs_euclidean(*, h_max: float = 10.0, n_points: int = 81) -> 
     >>> len(plot_fisher_rao_vs_euclidean(n_points=11).axes)
     2
     """
-    from fire_plugin.gaussian import fisher_rao_binary
-
     if not (np.isfinite(h_max) and h_max > 0):
         raise ValueError(f"h_max must be a finite number > 0, got {h_max!r}")
     if n_points < 2:
@@ -384,4 +379,113 @@ def plot_weight_tradeoff(rows: Sequence[Mapping[str, Any]], *, references: Seque
     ax.set_ylabel("accuracy")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
+    return fig
+
+
+# --------------------------------------------------------------------------------------------------
+# Fisher-Rao margins and class shielding (fire_plugin.margins)
+
+if TYPE_CHECKING:
+    from fire_plugin.margins import MarginResult, ShieldingReport
+
+__all__ += ["plot_path_matrix", "plot_class_margins", "plot_margin_histograms"]
+
+
+def plot_path_matrix(report: ShieldingReport) -> Figure:
+    """Heat map of the path matrix: rows are source classes, columns the first class reached, colour the share of
+    the row's paths (%), annotated with counts; the diagonal holds the paths that did not flip.
+
+    >>> from fire_plugin.margins import MarginResult, shielding_report
+    >>> r = MarginResult.empty(num_classes=3)
+    >>> len(plot_path_matrix(shielding_report(r)).axes)
+    2
+    """
+    counts = np.asarray(report.path_matrix, dtype=np.float64)
+    rows = counts.sum(axis=1, keepdims=True)
+    share = np.divide(100.0 * counts, rows, out=np.zeros_like(counts), where=rows > 0)
+    m = len(report.class_names)
+    size = 1.6 + 0.55 * m
+    fig = Figure(figsize=(size + 1.2, size), layout="constrained")
+    ax = fig.add_subplot()
+    image = ax.imshow(share, cmap="viridis", vmin=0.0, vmax=100.0)
+    for i in range(m):
+        for j in range(m):
+            if counts[i, j]:
+                ax.text(j, i, f"{int(counts[i, j])}", ha="center", va="center", fontsize=7,
+                        color="white" if share[i, j] < 60 else "black")
+    ax.set_xticks(range(m), report.class_names, rotation=45, ha="right", fontsize=8)
+    ax.set_yticks(range(m), report.class_names, fontsize=8)
+    ax.set_xlabel("first class reached")
+    ax.set_ylabel("source class")
+    ax.set_title(f"path matrix ({report.total_flipped} of {report.total_paths} paths flipped; diagonal: not flipped)",
+                 fontsize=9)
+    fig.colorbar(image, ax=ax, label="share of the source's paths (%)")
+    return fig
+
+
+def plot_class_margins(reports: ShieldingReport | Mapping[str, ShieldingReport]) -> Figure:
+    """Per class: mean Fisher-Rao margin (left) and mean ``||delta||_2`` at the flip (right) of the class's own
+    successful paths, one bar per report (e.g. CE vs FIRE); shielding % is written above the FR bars.
+
+    >>> from fire_plugin.margins import MarginResult, shielding_report
+    >>> report = shielding_report(MarginResult.empty(num_classes=3))
+    >>> len(plot_class_margins({"ce": report, "fire": report}).axes)
+    2
+    """
+    named = {"": reports} if not isinstance(reports, Mapping) else dict(reports)
+    if not named:
+        raise ValueError("reports must hold at least one ShieldingReport, got an empty mapping")
+    first = next(iter(named.values()))
+    names = first.class_names
+    m = len(names)
+    fig = Figure(figsize=(max(7.0, 1.0 + 0.9 * m * 2), 3.6), layout="constrained")
+    ax_fr, ax_l2 = fig.subplots(1, 2)
+    width = 0.8 / len(named)
+    xs = np.arange(m)
+    for i, (label, report) in enumerate(named.items()):
+        if list(report.class_names) != list(names):
+            raise ValueError(f"reports[{label!r}] has classes {report.class_names}; allowed: the same as {names}")
+        offset = (i - (len(named) - 1) / 2) * width
+        bars = ax_fr.bar(xs + offset, report.mean_fr_margin, width, label=label or None)
+        ax_fr.bar_label(bars, labels=[f"{v:.0f}%" if np.isfinite(v) else "" for v in report.shielding_pct],
+                        fontsize=6)
+        ax_l2.bar(xs + offset, report.mean_l2, width, label=label or None)
+    for ax, ylabel in ((ax_fr, "mean FR margin (label: shielding %)"), (ax_l2, "mean ||delta||_2 at the flip")):
+        ax.set_xticks(xs, names, rotation=45, ha="right", fontsize=8)
+        ax.set_ylabel(ylabel, fontsize=9)
+        ax.grid(axis="y", alpha=0.3)
+        if len(named) > 1:
+            ax.legend(fontsize=8)
+    return fig
+
+
+def plot_margin_histograms(results: MarginResult | Mapping[str, MarginResult], *, bins: int = 30) -> Figure:
+    """Histograms of the traced FR lengths of the flipped paths (left) and of the per-input FR margins, the minimum
+    over targets (right), one overlaid histogram per result (e.g. CE vs FIRE).
+
+    >>> from fire_plugin.margins import MarginResult
+    >>> len(plot_margin_histograms(MarginResult.empty(num_classes=3)).axes)
+    2
+    """
+    named = {"": results} if not isinstance(results, Mapping) else dict(results)
+    if not named:
+        raise ValueError("results must hold at least one MarginResult, got an empty mapping")
+    if bins < 1:
+        raise ValueError(f"bins={bins!r} is not allowed; allowed: a positive int")
+    fig = Figure(figsize=(9.0, 3.4), layout="constrained")
+    ax_paths, ax_inputs = fig.subplots(1, 2)
+    for label, result in named.items():
+        lengths = result.fr_length[result.flipped]
+        margins = result.input_margins()
+        margins = margins[np.isfinite(margins) & (margins > 0)]
+        for ax, values in ((ax_paths, lengths), (ax_inputs, margins)):
+            if len(values):
+                ax.hist(values, bins=bins, alpha=0.55, label=f"{label} (n={len(values)})".strip())
+    ax_paths.set_xlabel("traced FR length of flipped paths")
+    ax_inputs.set_xlabel("FR margin per input (min over targets)")
+    for ax in (ax_paths, ax_inputs):
+        ax.set_ylabel("count")
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
     return fig
