@@ -103,7 +103,7 @@ def test_every_preset_runs_a_smoke_run(name, tmp_path):
     if "isometry" in name and not _isometry_available():
         pytest.skip("fire_plugin.isometry.PartialIsometryObjective is not there yet")
     start = time.perf_counter()
-    res = run_preset(name, out=tmp_path, smoke=True, verbose=False)
+    res = run_preset(name, out=tmp_path, smoke=True, tiny=True, verbose=False)
     seconds = time.perf_counter() - start
     assert seconds < 15, seconds  # measured 0.4 - 0.8 s each (1 thread)
     cfg = json.loads((tmp_path / "config.json").read_text())
@@ -125,17 +125,19 @@ def test_every_preset_runs_a_smoke_run(name, tmp_path):
 
 
 def test_rerun_resumes_and_a_changed_config_is_refused(tmp_path):
-    first = run_preset("mnist-smallcnn-fire", out=tmp_path, smoke=True, verbose=False)
-    again = run_preset("mnist-smallcnn-fire", out=tmp_path, smoke=True, verbose=False)  # finished: saved results
+    first = run_preset("mnist-smallcnn-fire", out=tmp_path, smoke=True, tiny=True, verbose=False)
+    # finished: the saved results come back
+    again = run_preset("mnist-smallcnn-fire", out=tmp_path, smoke=True, tiny=True, verbose=False)
     assert again == json.loads(json.dumps(first))
     (tmp_path / "results.json").unlink()  # an interrupted run: training resumes from last.pt (nothing left to do)
-    resumed = run_preset("mnist-smallcnn-fire", out=tmp_path, smoke=True, verbose=False)
+    resumed = run_preset("mnist-smallcnn-fire", out=tmp_path, smoke=True, tiny=True, verbose=False)
     assert resumed["history"] == first["history"] and resumed["eval"]["clean_acc"] == first["eval"]["clean_acc"]
     (tmp_path / "results.json").unlink()
     with pytest.raises(ConfigMismatchError, match=r"lam: checkpoint 3.0 vs now 6.0"):
-        run_preset("mnist-smallcnn-fire", overrides=["lam=6"], out=tmp_path, smoke=True, verbose=False)
+        run_preset("mnist-smallcnn-fire", overrides=["lam=6"], out=tmp_path, smoke=True, tiny=True, verbose=False)
     # runtime keys (workers, evaluation size, ...) may change on resume
-    run_preset("mnist-smallcnn-fire", overrides=["workers=0", "eval_n=8"], out=tmp_path, smoke=True, verbose=False)
+    run_preset("mnist-smallcnn-fire", overrides=["workers=0", "compile=false"], out=tmp_path, smoke=True, tiny=True,
+               verbose=False)
 
 
 def test_extra_data_presets_need_the_data(tmp_path):
@@ -149,7 +151,7 @@ def test_extra_data_presets_need_the_data(tmp_path):
 @pytest.mark.slow
 def test_full_size_wrn34_smoke(tmp_path):
     """The real WRN-34-10 on 2 batches of 2 images (measured: 17 s on 1 thread)."""
-    res = run_preset("cifar10-wrn34-fire", out=tmp_path, smoke=True, smoke_full_size=True, verbose=False)
+    res = run_preset("cifar10-wrn34-fire", out=tmp_path, smoke=True, verbose=False)
     assert res["config"]["model"] == "wrn34_10" and "widen factor 1" not in read_model_info(
         res["paths"]["model_info"]).architecture
 
