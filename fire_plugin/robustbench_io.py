@@ -370,11 +370,11 @@ def validate_model_info(info: ModelInfo, *, threat_model: str | ThreatModel | No
     if passes is not None and (isinstance(passes, bool) or not isinstance(passes, int) or passes < 1):
         problems.append(f"number_forward_passes={passes!r} is not a positive int")
     if info.dataset is None:
-        problems.append("dataset is missing")
+        problems.append("dataset is missing: give the dataset such as 'cifar10'")
     elif not isinstance(info.dataset, str) or not _ID_PATTERN.fullmatch(info.dataset) or ".." in info.dataset:
         problems.append(f"dataset={info.dataset!r} is not a dataset name such as 'cifar10'")
     if info.clean_acc is None:
-        problems.append("clean_acc is missing")
+        problems.append("clean_acc is missing: give the clean accuracy in percent such as '84.92'")
     else:
         _check_percent("clean_acc", info.clean_acc, problems)
     if info.autoattack_acc is not None:
@@ -382,7 +382,12 @@ def validate_model_info(info: ModelInfo, *, threat_model: str | ThreatModel | No
     if info.reported is not None:
         _check_percent("reported", info.reported, problems, allow_not_reported=True)
     for name in _PERCENT_EXTRAS:
-        if name in info.extra:
+        if name in info.extra and info.extra[name] is None:
+            problems.append(
+                f"{name}=None is not allowed (RobustBench's leaderboard reads float({name})): give a percent "
+                "string such as '52.10' or remove the key"
+            )
+        elif name in info.extra:
             _check_percent(name, info.extra[name], problems)
     for name in _NUMBER_EXTRAS:
         if name in info.extra and not _is_number_string(info.extra[name]):
@@ -400,9 +405,12 @@ def validate_model_info(info: ModelInfo, *, threat_model: str | ThreatModel | No
     threat = None if threat_model is None else _threat_model_value(threat_model)
     if threat in ("Linf", "L2"):
         if info.eps is None:
-            problems.append(f"eps is missing (required for threat_model={threat_model!r})")
+            problems.append(f"eps is missing (required for threat_model={threat_model!r}): give it such as '8/255'")
         if info.autoattack_acc is None:
-            problems.append(f"autoattack_acc is missing (required for threat_model={threat_model!r})")
+            problems.append(
+                f"autoattack_acc is missing (required for threat_model={threat_model!r}; RobustBench's leaderboard "
+                "sorts by it): give the AutoAttack accuracy in percent such as '53.08'"
+            )
     elif threat in ("corruptions", "corruptions_3d"):
         for name in ("corruptions_acc", "corruptions_acc_3d")[: 2 if threat == "corruptions_3d" else 1]:
             if name not in info.extra:
