@@ -24,7 +24,7 @@ from fire_plugin.losses import ACELoss, DivergenceRegularizedLoss, FIRELoss, Hel
 from fire_plugin.models import MODEL_NAMES
 from fire_plugin.pretrained import load_pretrained
 from fire_plugin.robustbench_io import ModelInfo, read_model_info, write_model_info
-from fire_plugin.trainers import FIRETrainer, HellingerTrainer, TRADESTrainer
+from fire_plugin.trainers import FIRETrainer, HellingerTrainer, PartialIsometryTrainer, TRADESTrainer
 
 _ensure_autoattack_alias()  # before any `import robustbench` of the user's
 
@@ -44,6 +44,7 @@ __all__ = [
     "GaussianModel",
     "HellingerTrainer",
     "ModelInfo",
+    "PartialIsometryTrainer",
     "TRADESTrainer",
     "evaluate",
     "load_dataset",

@@ -14,7 +14,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 import fire_plugin  # noqa: F401
-from fire_plugin.trainers import FIRETrainer, HellingerTrainer, TRADESTrainer
+from fire_plugin.trainers import FIRETrainer, HellingerTrainer, PartialIsometryTrainer, TRADESTrainer
 
 
 class Net(nn.Module):  # a non-Sequential model
@@ -175,3 +175,75 @@ def test_fire_is_more_robust_than_ce_on_digits(digits_train, digits_test):
         results[name] = (clean, _pgd20_accuracy(model, xt, yt, 0.1))
     assert results["fire"][1] > results["ce"][1] + 0.05, results
     assert results["fire"][0] > 0.8, results
+
+
+# ----------------------------------------------------------------------------------------------- partial isometry
+
+
+def test_partial_isometry_trainer_fits_with_the_eta_schedule_and_ART_kwargs(small_digits, tmp_path):
+    from fire_plugin.isometry import partial_isometry_penalty
+
+    torch.manual_seed(0)
+    x, y = small_digits
+    clf = _classifier(Net(), lr=0.05)
+    trainer = PartialIsometryTrainer(clf, epsilon=20.0, eta_min=0.01, eta_max=0.04, verbose=False)
+    assert isinstance(trainer, Trainer)
+    sched = torch.optim.lr_scheduler.StepLR(clf._optimizer, step_size=1, gamma=0.5)
+    trainer.fit(x, y, validation_data=(x[:32], y[:32]), batch_size=32, nb_epochs=3, scheduler=sched,
+                training_mode=True)
+    assert [r["epoch"] for r in trainer.history] == [0, 1, 2]
+    assert trainer.history[2]["lr"] == pytest.approx(0.0125)
+    assert trainer.history[0]["adv_acc"] is None and trainer.history[0]["val_nat_acc"] is not None
+    # the loss of eq 15 with the last epoch's eta = 0.04, recomputed on the first batch of a fresh objective
+    objective = trainer._objective()
+    objective.set_epoch(2, 3)
+    xt, yt = torch.tensor(x[:32]), torch.tensor(y[:32])
+    out = objective(trainer.module, xt, yt)
+    ce = nn.functional.cross_entropy(trainer.module(xt), yt)
+    penalty = partial_isometry_penalty(trainer.module, xt, epsilon=20.0)
+    assert out.loss.item() == pytest.approx((0.96 * ce + 0.04 * penalty).item(), rel=1e-5)
+    # the generator path and a checkpointed, resumable run
+    trainer.fit_generator(NumpyDataGenerator(x, y, batch_size=40, shuffle=True), nb_epochs=1)
+    assert len(trainer.history) == 4
+    ckpt = PartialIsometryTrainer(_classifier(Net()), epsilon=20.0, estimator="hutchinson", verbose=False)
+    ckpt.fit(x, y, batch_size=40, nb_epochs=1, checkpoint_dir=tmp_path)
+    ckpt.fit(x, y, batch_size=40, nb_epochs=2, checkpoint_dir=tmp_path)
+    assert [r["epoch"] for r in ckpt.history] == [0, 1]
+
+
+def test_partial_isometry_trainer_epsilon_is_in_pixel_units(small_digits):
+    """clip_values (0, 255) with a model that divides by 255 and epsilon * 255 trains like (0, 1) and epsilon."""
+    x, y = small_digits
+
+    class Scaled(nn.Module):
+        def __init__(self, inner: nn.Module) -> None:
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, v: torch.Tensor) -> torch.Tensor:
+            return self.inner(v / 255.0)
+
+    weights = []
+    for clip, scale in (((0.0, 1.0), 1.0), ((0.0, 255.0), 255.0)):
+        torch.manual_seed(0)
+        net = Net()
+        model = net if scale == 1.0 else Scaled(net)
+        clf = _classifier(model, lr=0.05, clip=clip)
+        PartialIsometryTrainer(clf, epsilon=20.0 * scale, eta_min=0.05, eta_max=0.05, verbose=False).fit(
+            x * scale, y, batch_size=40, nb_epochs=1, shuffle=False)
+        weights.append(torch.cat([p.detach().flatten() for p in net.parameters()]))
+    torch.testing.assert_close(weights[0], weights[1], rtol=1e-4, atol=1e-5)
+
+
+def test_partial_isometry_trainer_bad_arguments():
+    clf = _classifier(Net())
+    for kwargs, name in (({"epsilon": 0.0}, "epsilon"), ({"epsilon": -1.0}, "epsilon"),
+                         ({"epsilon": 1.0, "eta_min": 0.5, "eta_max": 0.1}, "eta_min"),
+                         ({"epsilon": 1.0, "eta_max": 1.5}, "eta_max"),
+                         ({"epsilon": 1.0, "estimator": "power"}, "estimator"),
+                         ({"epsilon": 1.0, "n_probes": 0}, "n_probes")):
+        with pytest.raises(ValueError, match=rf"\b{name}="):
+            PartialIsometryTrainer(clf, **kwargs)
+    bn = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.Flatten(), nn.Linear(4 * 6 * 6, 10))
+    with pytest.raises(ValueError, match="BatchNorm"):
+        PartialIsometryTrainer(_classifier(bn), epsilon=1.0)
