@@ -189,7 +189,7 @@ def _damaged(path: Path, kind: str) -> Path:
     if kind == "empty":
         path.write_bytes(b"")
     elif kind == "random":
-        path.write_bytes(torch.randint(0, 256, (4096,), generator=torch.Generator().manual_seed(0)).byte().numpy().tobytes())
+        path.write_bytes(bytes(torch.randint(0, 256, (4096,), generator=torch.Generator().manual_seed(0)).tolist()))
     elif kind == "html":  # what a download that hit a quota page saves
         path.write_bytes(b"<!DOCTYPE html><html><title>Google Drive - Quota exceeded</title></html>")
     else:
