@@ -109,7 +109,7 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def _gaussian(args: argparse.Namespace) -> int:
-    from fire_plugin.gaussian import run_report
+    from fire_plugin.gaussian_report import run_report
 
     sigma = None
     if args.sigma is not None:
