@@ -345,3 +345,40 @@ def test_evaluate_fr_margin_entry(digits_model, digits_trace):
     capped = evaluate(digits_model, x, y, eps=0.1, attacks=("fr_margin",), verbose=False,
                       margin_kwargs={"max_length": 0.5})
     assert capped.fr_margin_mean <= 0.5 and capped.fr_margin_median <= 0.5
+
+
+# ------------------------------------------------------------------------------------------ report pipeline
+
+
+def test_run_margins_digits(digits_model, digits_test, tmp_path):
+    from fire_plugin.margins_report import CLASS_NAMES, run_margins
+
+    x, y = digits_test
+    out = run_margins(digits_model, x, y, tmp_path / "digits", class_names=CLASS_NAMES["digits"], n_inputs=6,
+                      verbose=False, targets=[0, 1, 2])
+    result = out["result"]
+    assert result.n_inputs == 6 and len(result) == 6 * 3 - int((y[:6] < 3).sum())
+    payload = json.loads((tmp_path / "digits" / "margins.json").read_text())
+    assert set(payload) == {"inputs", "summary", "result", "report"}
+    assert payload["summary"]["n_paths"] == len(result) and payload["report"]["class_names"][3] == "3"
+    back = MarginResult.from_dict(payload["result"])
+    np.testing.assert_array_equal(back.fr_length, result.fr_length)
+    csv_lines = (tmp_path / "digits" / "margins.csv").read_text().splitlines()
+    assert len(csv_lines) == 1 + len(result)
+    for name in ("path_matrix", "class_margins", "margin_histograms"):
+        assert (tmp_path / "digits" / f"{name}.png").read_bytes()[:4] == b"\x89PNG"
+    assert "| class | shielding %" in (tmp_path / "digits" / "shielding.md").read_text()
+
+
+def test_run_margins_pretrained_resnet18(tmp_path):
+    from fire_plugin.margins_report import margins_from_names
+
+    out = margins_from_names("autoattack-resnet18", dataset="cifar10", n_inputs=2, synthetic="always",
+                             out_dir=tmp_path, verbose=False, targets=[0], max_steps=2)
+    assert out["inputs"].startswith("SYNTHETIC")
+    result = out["result"]
+    assert result.n_inputs == 2 and result.num_classes == 10 and len(result) == 2  # predicted cat and dog
+    assert set(result.status) <= {"flipped", "max_steps"} and (result.steps <= 2).all()
+    assert (result.fr_length > 0).all()
+    assert out["report"].class_names[0] == "airplane"
+    assert json.loads((tmp_path / "margins.json").read_text())["inputs"].startswith("SYNTHETIC")
