@@ -82,16 +82,32 @@ def _floats(text: str) -> list[float]:
 def _train(args: argparse.Namespace) -> int:
     from fire_plugin.experiments import train
 
+    if args.preset is not None or args.smoke or args.overrides:
+        return _train_preset(args)
+    if args.out is None:
+        raise ValueError("--out is required (where checkpoints, summary.json and the curves go)")
     summary = train(
         out=args.out, dataset=args.dataset, model=args.model, method=args.method, weight=args.lam, eps=args.eps,
         eps_step=args.eps_step, steps=args.steps, norm=args.norm, epochs=args.epochs, batch_size=args.batch_size,
         lr=args.lr, weight_decay=args.weight_decay, schedule=args.schedule, self_adaptive=args.self_adaptive,
         sat_warmup=args.sat_warmup, amp=args.amp, sync_bn=args.sync_bn, validate=args.validate,
         resume=not args.no_resume, workers=args.workers, data_dir=args.data_dir, seed=args.seed,
-        verbose=not args.quiet,
+        ema=args.ema, compile=args.compile, verbose=not args.quiet,
     )
     last = summary["history"][-1] if summary["history"] else {}
     print(json.dumps({k: v for k, v in summary.items() if k != "history"} | {"last_epoch": last}, indent=2))
+    return 0
+
+
+def _train_preset(args: argparse.Namespace) -> int:
+    from fire_plugin.presets import run_preset
+
+    if args.preset is None:
+        raise ValueError("--set and --smoke apply to presets: add --preset NAME (see fire-plugin train --help)")
+    out = args.out if args.out is not None else str(Path("runs") / args.preset)
+    result = run_preset(args.preset, overrides=args.overrides, out=out, smoke=args.smoke,
+                        resume=not args.no_resume, verbose=not args.quiet)
+    print(json.dumps({k: v for k, v in result.items() if k != "history"}, indent=2, default=str))
     return 0
 
 
@@ -149,6 +165,7 @@ COMMANDS = {"train": _train, "evaluate": _evaluate, "gaussian": _gaussian, "demo
 
 def build_parser() -> argparse.ArgumentParser:
     from fire_plugin.experiments import METHODS, DigitsRecipe, EvalSpec
+    from fire_plugin.presets import list_presets
 
     parser = argparse.ArgumentParser(prog="fire-plugin", description="Fisher-Rao adversarial robustness toolkit")
     parser.add_argument("--version", action="version", version=f"fire-plugin {__version__}")
@@ -182,7 +199,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=0)
     p.add_argument("--data-dir", default="data")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", required=True)
+    p.add_argument("--ema", type=_positive_float, default=None, metavar="DECAY",
+                   help="keep an EMA of the weights (e.g. 0.999, with warm-up); evaluated and checkpointed")
+    p.add_argument("--compile", action="store_true", help="torch.compile the model (pays off on GPUs)")
+    p.add_argument("--preset", default=None, choices=list_presets(),
+                   help="a paper recipe (config file); other options then come from the preset")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override one preset key (repeatable), e.g. --set epochs=10 --set eps=8/255")
+    p.add_argument("--smoke", action="store_true",
+                   help="run the preset for a few batches on CPU with synthetic data of its shape")
+    p.add_argument("--out", default=None, help="output directory (required without --preset)")
     p.add_argument("--quiet", action="store_true")
 
     p = sub.add_parser("evaluate", help=SUBCOMMANDS["evaluate"])

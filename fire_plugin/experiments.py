@@ -191,6 +191,8 @@ def train(
     workers: int = 0,
     data_dir: str | os.PathLike[str] = "data",
     seed: int = 0,
+    ema: float | None = None,
+    compile: bool = False,
     verbose: bool = True,
 ) -> dict[str, Any]:
     """Train ``model`` on ``dataset`` with ``method``; write ``summary.json``, ``training.png`` and checkpoints.
@@ -202,7 +204,7 @@ def train(
     from torch.utils.data import DataLoader
 
     from fire_plugin.data import DATASETS, load_dataset
-    from fire_plugin.engine import IndexedDataset, SelfAdaptiveTargets, distributed_info, fit, lr_scheduler
+    from fire_plugin.engine import IndexedDataset, ModelEMA, SelfAdaptiveTargets, distributed_info, fit, lr_scheduler
 
     _check_method(method)
     if dataset not in DATASETS:
@@ -227,13 +229,15 @@ def train(
                                 num_classes=info.num_classes)
     config = {"method": method, "model": model, "dataset": dataset, "weight": weight, "eps": eps, "eps_step": step,
               "steps": steps, "norm": norm, "epochs": epochs, "batch_size": batch_size, "lr": lr,
-              "weight_decay": weight_decay, "schedule": schedule, "self_adaptive": self_adaptive, "seed": seed}
+              "weight_decay": weight_decay, "schedule": schedule, "self_adaptive": self_adaptive, "seed": seed,
+              "ema": ema}
+    average = ModelEMA(net, decay=ema) if ema is not None else None
     start = time.perf_counter()
     history = fit(
         net, loader, epochs=epochs, objective=objective, optimizer=optimizer, scheduler=scheduler,
         val_loader=val_loader, checkpoint_dir=out_dir / "checkpoints", resume=resume,
         config={k: v for k, v in config.items() if k != "epochs"}, amp=amp, self_adaptive=sat,
-        sync_batchnorm=sync_bn, seed=seed, verbose=verbose,
+        sync_batchnorm=sync_bn, seed=seed, ema=average, compile=compile, verbose=verbose,
     )
     summary = {**config, "lam": weight, "seconds": time.perf_counter() - start, "history": history,
                "checkpoint": str(out_dir / "checkpoints" / "last.pt")}

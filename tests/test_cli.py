@@ -136,3 +136,15 @@ def test_checkpoint_errors_name_the_file(tmp_path, capsys):
     assert main(["evaluate", "--model", "digits_cnn", "--checkpoint", str(tmp_path), "--dataset", "digits",
                  "--eps", "0.1", "--attacks", "clean", "--out", str(tmp_path / "e")]) == 2
     assert "directory" in capsys.readouterr().err
+
+
+def test_train_preset_smoke_and_bad_overrides(tmp_path, capsys):
+    out = tmp_path / "p"
+    assert main(["train", "--preset", "mnist-smallcnn-trades", "--smoke", "--out", str(out), "--quiet"]) == 0
+    assert (out / "config.json").exists()
+    capsys.readouterr()
+    assert main(["train", "--preset", "mnist-smallcnn-trades", "--smoke", "--set", "no_such_key=1",
+                 "--out", str(tmp_path / "q"), "--quiet"]) == 2
+    assert "no_such_key" in capsys.readouterr().err
+    assert main(["train", "--set", "epochs=3", "--out", str(tmp_path / "r")]) == 2
+    assert "--preset" in capsys.readouterr().err
