@@ -259,7 +259,7 @@ def _vjp(model: nn.Module, x: Tensor) -> tuple[Tensor, Callable[[Tensor], tuple[
         logits = model(inp)
         return log_t_from_logits(logits), logits
 
-    log_t, vjp_fn, logits = torch.func.vjp(fn, x, has_aux=True)
+    log_t, vjp_fn, logits = torch.func.vjp(fn, x, has_aux=True)  # type: ignore[misc]
     return log_t, vjp_fn, logits
 
 
@@ -331,7 +331,7 @@ def _penalty_and_logits(
         probes = torch.randint(0, 2, (n_probes, *log_t.shape), device=log_t.device).to(log_t.dtype) * 2 - 1
         lt_v = torch.func.vmap(vjp_fn)(mu * probes)[0]  # (P, B, *x) = L^T (mu v)
         # L u by the double-VJP trick: the VJP map w -> L^T w is linear in w; its VJP with cotangent u is L u.
-        _, vjp_of_vjp = torch.func.vjp(lambda w: vjp_fn(w)[0], torch.zeros_like(log_t))
+        vjp_of_vjp = torch.func.vjp(lambda w: vjp_fn(w)[0], torch.zeros_like(log_t))[1]
         l_u = torch.func.vmap(vjp_of_vjp)(lt_v)[0]  # (P, B, m)
         av = eps_sq * mu * l_u - delta_sq * probes  # (P, B, m) = A v with A = eps^2 diag(mu) L L^T diag(mu) - delta^2 I
         sq = av.square().sum(-1)  # (P, B), E[|A v|^2] = |A|_F^2
