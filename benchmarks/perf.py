@@ -96,7 +96,8 @@ def _check_row(row: Any) -> str | None:
 
 def run_all(quick: bool = False, *, names: Sequence[str] | None = None,
             bench_dir: str | Path | None = None) -> list[dict[str, Any]]:
-    """Run the benchmarks in one process; rows with ``bench``, ``met`` (True/False/None) and ``seconds`` added.
+    """Run the benchmarks in one process; rows get ``bench``, ``met`` (True/False/None) and ``wall_seconds``
+    (of the whole benchmark module).
 
     A missing module, one without ``run``, one that raises or returns a malformed row gives a row with a ``note``
     (``"skipped: ..."`` or ``"failed: ..."``) and ``ratio`` None; the others still run.
@@ -135,7 +136,7 @@ def run_all(quick: bool = False, *, names: Sequence[str] | None = None,
             continue
         for r in out:
             rows.append({"bench": name, **r, "ratio": float(r["ratio"]), "met": target_met(r["ratio"], r["target"]),
-                         "seconds": round(seconds, 1)})
+                         "wall_seconds": round(seconds, 1)})
         _logger.info("bench_%s.py: %d rows in %.0f s (wall)", name, len(out), seconds)
     return rows
 
