@@ -187,7 +187,7 @@ def _solve_dense(
 
 def _fisher_matvec(fn: _LogProb, x: Tensor, p: Tensor, vjp_fn: Any, u: Tensor) -> Tensor:
     """``G_x u = L^T (p * (L u))`` for each sample: one JVP and one VJP. ``u`` (S, n); returns float64."""
-    _, lu = jvp(fn, (x,), (u.to(x.dtype),))  # (S, m)
+    lu = jvp(fn, (x,), (u.to(x.dtype),))[1]  # (S, m)
     (gu,) = vjp_fn((p * lu).to(lu.dtype))
     return gu.double()
 
@@ -243,10 +243,10 @@ def _pick_solver(solver: str, m: int) -> str:
 
 
 def _model_device(model: nn.Module) -> torch.device:
-    for tensor in model.parameters():
-        return tensor.device
-    for tensor in model.buffers():
-        return tensor.device
+    for param in model.parameters():
+        return param.device
+    for buffer in model.buffers():
+        return buffer.device
     return torch.device("cpu")
 
 
@@ -280,7 +280,7 @@ def data_fisher_matvec(model: nn.Module, x: Tensor, u: Tensor) -> Tensor:
     if not isinstance(u, Tensor) or u.shape != x.shape:
         raise ValueError(f"u of shape {tuple(getattr(u, 'shape', ()))} is not allowed; allowed: {tuple(x.shape)}")
     fn = _LogProb(model, shape)
-    logp, vjp_fn = vjp(fn, flat)
+    logp, vjp_fn, *_ = vjp(fn, flat)
     gu = _fisher_matvec(fn, flat, logp.detach().exp(), vjp_fn, u.detach().to(flat.device).flatten(1))
     return gu.view(x.shape)
 
@@ -321,7 +321,7 @@ def natural_gradient_direction(
     _check_positive("cg_iters", cg_iters, integer=True)
     flat, shape = _flat_inputs(model, x)
     fn = _LogProb(model, shape)
-    logp, vjp_fn = vjp(fn, flat)
+    logp, vjp_fn, *_ = vjp(fn, flat)
     m = logp.shape[1]
     name = _pick_solver(solver, m)
     yy = torch.as_tensor(y, device=flat.device).long()
@@ -427,9 +427,9 @@ class MarginResult:
         if data.get("schema") != _SCHEMA:
             raise ValueError(f"schema={data.get('schema')!r} is not allowed; allowed: {_SCHEMA!r}")
         paths = data["paths"]
-        dtypes = {"flipped": bool, "shielded": bool, "fr_length": np.float64, "l2": np.float64,
-                  "linf": np.float64, "status": "<U13"}
-        columns = {k: np.asarray(paths[k], dtype=dtypes.get(k, np.int64)) for k in _COLUMNS}
+        dtypes: dict[str, Any] = {"flipped": bool, "shielded": bool, "fr_length": np.float64, "l2": np.float64,
+                                  "linf": np.float64, "status": "<U13"}
+        columns: dict[str, Any] = {k: np.asarray(paths[k], dtype=dtypes.get(k, np.int64)) for k in _COLUMNS}
         settings = dict(data["settings"])
         if settings.get("clamp") is not None:
             settings["clamp"] = tuple(settings["clamp"])
@@ -614,7 +614,7 @@ def trace_margins(
         pred0 = logp0.argmax(-1).cpu()
         p_input, p_target = _path_targets(targets, yy, m)
         n_paths = len(p_input)
-        settings = {"n_inputs": len(x0), "damping": float(damping), "step": float(step), "clamp": box,
+        settings: dict[str, Any] = {"n_inputs": len(x0), "damping": float(damping), "step": float(step), "clamp": box,
                     "solver": name, "max_length": float(max_length), "max_steps": int(max_steps)}
         if n_paths == 0:
             return MarginResult.empty(m, **settings)
@@ -656,7 +656,7 @@ def trace_margins(
                     break
                 src, tgt = y_d[p_input_d[a_id]], p_target_d[a_id]
                 rows = torch.arange(len(a_id), device=device)
-                logp, vjp_fn = vjp(fn, a_x)  # (S, m)
+                logp, vjp_fn, *_ = vjp(fn, a_x)  # (S, m)
                 e = F.one_hot(src, m).double() - F.one_hot(tgt, m).double()
                 cache: dict[str, Tensor] = {}
                 v, g_v = solve(fn, a_x, logp, vjp_fn, e, float(damping), cg_iters, None, cache)
