@@ -407,7 +407,7 @@ def plot_path_matrix(report: ShieldingReport) -> Figure:
     size = 1.6 + 0.55 * m
     fig = Figure(figsize=(size + 1.2, size), layout="constrained")
     ax = fig.add_subplot()
-    image = ax.imshow(share, cmap="viridis", vmin=0.0, vmax=100.0)
+    image = ax.imshow(share, cmap="viridis", vmin=0.0, vmax=max(1.0, float(share.max())))
     for i in range(m):
         for j in range(m):
             if counts[i, j]:
@@ -438,7 +438,7 @@ def plot_class_margins(reports: ShieldingReport | Mapping[str, ShieldingReport])
     first = next(iter(named.values()))
     names = first.class_names
     m = len(names)
-    fig = Figure(figsize=(max(7.0, 1.0 + 0.9 * m * 2), 3.6), layout="constrained")
+    fig = Figure(figsize=(max(7.0, 2.0 + 1.0 * m), 3.6), layout="constrained")
     ax_fr, ax_l2 = fig.subplots(1, 2)
     width = 0.8 / len(named)
     xs = np.arange(m)
