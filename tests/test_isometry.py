@@ -395,3 +395,54 @@ def test_resume_with_the_eta_schedule_is_bit_identical(digits_train, tmp_path, e
     assert [h["loss"] for h in hist_full] == [h["loss"] for h in hist_resumed]
     for a, b in zip(full.state_dict().values(), resumed.state_dict().values(), strict=True):
         assert torch.equal(a, b)
+
+
+@pytest.mark.slow
+def test_partial_isometry_is_more_robust_than_ce_on_digits(digits_train, digits_test):
+    """digits_cnn, 30 epochs, batch 32, SGD lr 0.05 momentum 0.9, cosine decay; PGD-Linf 40 steps of 0.01 (the
+    paper's attack) on the 450 test digits; robust accuracy counts every test image.
+
+    Regularized: eq 15 with delta_m / epsilon = 1 (epsilon = delta_m(10), about 2.5, in [0, 1] pixel units) and
+    eta from 0.02 to 0.06 (10x the paper's). Measured (CPU, 1 torch thread, torch 2.14.1):
+
+    ============  ======  ========  ========  ========
+    model         clean   eps 0.05  eps 0.1   eps 0.2
+    ============  ======  ========  ========  ========
+    CE            0.993   0.893     0.556     0.047
+    regularized   0.891   0.867     0.764     0.122
+    ============  ======  ========  ========  ========
+
+    The paper's own setting (delta_m / epsilon = 1e-3, eta 0.002 to 0.006, plain SGD lr 0.01) collapses to a
+    constant prediction on digits (clean 0.100): its penalty, scaled by epsilon^2 = 6.2e6, outweighs the
+    cross-entropy. We assert half of the measured gaps at eps 0.1 (0.208) and eps 0.2 (0.075).
+    """
+    import timm
+    import torchattacks
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from fire_plugin.engine import CrossEntropyObjective, fit
+
+    x, y = digits_train
+    xt, yt = digits_test
+    results = {}
+    for name in ("ce", "pi"):
+        torch.manual_seed(0)
+        model = timm.create_model("digits_cnn", num_classes=10)
+        opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+        loader = DataLoader(TensorDataset(x, y), batch_size=32, shuffle=True)
+        objective = (CrossEntropyObjective() if name == "ce" else
+                     PartialIsometryObjective(epsilon=delta_m(10), eta_min=0.02, eta_max=0.06))
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=30)
+        fit(model, loader, epochs=30, objective=objective, optimizer=opt, scheduler=sched, verbose=False)
+        model.eval()
+        with torch.no_grad():
+            row = {"clean": float((model(xt).argmax(1) == yt).float().mean())}
+        for eps in (0.05, 0.1, 0.2):
+            torch.manual_seed(0)
+            adv = torchattacks.PGD(model, eps=eps, alpha=0.01, steps=40, random_start=True)(xt, yt)
+            with torch.no_grad():
+                row[eps] = float((model(adv).argmax(1) == yt).float().mean())
+        results[name] = row
+    assert results["pi"][0.1] > results["ce"][0.1] + 0.1, results
+    assert results["pi"][0.2] > results["ce"][0.2] + 0.035, results
+    assert results["pi"]["clean"] > 0.8, results
