@@ -13,9 +13,13 @@ Fisher-Rao (FR) margin of ``(x, y)`` is the FR length of the shortest path that 
 
 Sign of the step. The paper's algorithm solves ``(G_x + lambda I) v = g`` with ``g = grad L_k``, sets
 ``delta = v / sqrt(g^T v)`` and updates ``x <- x + delta`` (its step 6). Since ``g^T v > 0``, that update *increases*
-``L_k`` to first order, i.e. it moves deeper into class ``y`` and away from ``k``, and never flips the prediction.
-We take ``x <- x - step * delta``, which decreases ``L_k`` (moves toward ``k``); ``step = 1`` gives the paper's unit
-steps.
+``L_k`` to first order, i.e. it moves deeper into class ``y`` and away from ``k``, the opposite of what the loop
+("while argmax = y") needs. We take ``x <- x - step * delta``, which decreases ``L_k`` (moves toward ``k``);
+``step = 1`` gives the paper's unit steps.
+
+Input box. Every point is clamped to ``clamp`` (``[0, 1]`` by default, recorded in the result). Coordinates pinned
+at the box that a step would push outward are removed from the problem (``L`` restricted to the free coordinates,
+the solve repeated), so paths slide along the faces of the box instead of stalling against them.
 
 Path length. Each step adds the closed-form Fisher-Rao distance (Theorem 2 of Picot et al.,
 :func:`fire_plugin.distances.fisher_rao`) between the predictions before and after the step, not the first-order
