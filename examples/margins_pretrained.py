@@ -32,6 +32,7 @@ from fire_plugin.attacks import FRPGD
 from fire_plugin.data import DATASETS, load_dataset
 from fire_plugin.engine import AdversarialObjective, CrossEntropyObjective, fit, lr_scheduler
 from fire_plugin.losses import FIRELoss
+from fire_plugin.margins import arc_margins
 from fire_plugin.margins_report import CLASS_NAMES, margin_inputs, run_margins
 from fire_plugin.models import load_pretrained
 from fire_plugin.plots import plot_class_margins, plot_margin_histograms
@@ -79,11 +80,21 @@ def part_digits(args: argparse.Namespace, out: Path) -> None:
                           n_inputs=args.digits_inputs, inputs_note=f"digits test images 0..{args.digits_inputs - 1}",
                           step=args.step)
         results[method], reports[method] = run["result"], run["report"]
+        result = run["result"]
+        with torch.no_grad():
+            probs = torch.softmax(model(x[: result.n_inputs]).double(), dim=1)
+        arc, arc_first = arc_margins(probs[torch.as_tensor(result.index)], result.source, result.target)
+        done = result.flipped & np.isfinite(arc)
+        deviation = np.abs(result.fr_length[done] / arc[done] - 1)
         s = run["summary"]
         print(f"\n=== digits_cnn trained with {method.upper()} ({args.epochs} epochs, {train_s:.0f} s CPU; clean "
               f"test accuracy {acc:.3f}); {s['n_flipped']} of {s['n_traced']} paths flipped, {s['n_shielded']} "
               f"shielded; per-input FR margin mean {s['input_margin_mean']:.3f}, median "
               f"{s['input_margin_median']:.3f}; traced in {time.process_time() - start:.1f} s CPU")
+        print(f"confidence alone (arc_margins, from p(x)): median |traced / predicted - 1| "
+              f"{np.median(deviation):.4f}, correlation {np.corrcoef(result.fr_length[done], arc[done])[0, 1]:.3f}, "
+              f"first class predicted on {(arc_first == result.first_class)[done].mean():.1%} of the paths; "
+              f"median max-probability {probs.max(1).values.median().item():.4f}")
         print(run["report"].to_markdown())
     ce, fire = results["ce"].input_margins(), results["fire"].input_margins()
     both = np.isfinite(ce) & np.isfinite(fire) & (ce > 0) & (fire > 0)

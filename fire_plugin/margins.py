@@ -88,6 +88,7 @@ __all__ = [
     "STATUSES",
     "MarginResult",
     "ShieldingReport",
+    "arc_margins",
     "data_fisher_matvec",
     "fr_margin",
     "natural_gradient_direction",
@@ -807,6 +808,49 @@ def fr_margin(model: nn.Module, x: Tensor, y: Tensor, **kwargs: Any) -> np.ndarr
     (2,)
     """
     return trace_margins(model, x, y, **kwargs).input_margins()
+
+
+def arc_margins(probs: Tensor | np.ndarray, source: Any, target: Any) -> tuple[np.ndarray, np.ndarray]:
+    """FR length and first class reached of the ``damping -> 0`` natural-gradient flow, from the start's
+    probabilities alone.
+
+    With a Jacobian of full rank ``m - 1`` along the path and no input box, the flow toward ``k`` moves probability
+    from ``y`` to ``k`` only: ``p_y(t) = p_y - t``, ``p_k(t) = p_k + t``, every other class fixed, i.e. along the arc
+    ``p_y + p_k = r`` of the simplex at angle ``theta = arctan sqrt(p_k(t) / p_y(t))``, with FR length
+    ``2 sqrt(r) |d theta|``. It ends where ``p_y(t)`` meets ``max(p_k(t), q)``, ``q`` the largest other probability:
+    at ``theta = pi / 4`` (reaching ``k``) or, when ``q > r / 2``, at ``p_y(t) = q`` (shielded by that class).
+    Comparing traced lengths with these tells how much of a model's FR margins its confidence alone explains.
+
+    Args:
+        probs: ``(P, m)`` probabilities at the start of each path.
+        source: ``(P,)`` source classes (the argmax of ``probs``; NaN is returned otherwise).
+        target: ``(P,)`` target classes.
+
+    Returns:
+        ``(length, first_class)``, float64 and int64 arrays ``(P,)``.
+
+    >>> length, first = arc_margins(np.array([[0.5, 0.4, 0.1], [0.5, 0.1, 0.4]]), [0, 0], [2, 2])
+    >>> first.tolist(), np.round(length, 3).tolist()
+    ([1, 2], [0.302, 0.106])
+    """
+    p = np.asarray(probs, dtype=np.float64)
+    src, tgt = np.asarray(source, dtype=np.int64), np.asarray(target, dtype=np.int64)
+    if p.ndim != 2 or src.shape != (len(p),) or tgt.shape != (len(p),):
+        raise ValueError(f"probs {p.shape}, source {src.shape}, target {tgt.shape}: allowed (P, m), (P,), (P,)")
+    rows = np.arange(len(p))
+    p_y, p_k = p[rows, src], p[rows, tgt]
+    others = p.copy()
+    others[rows, src] = -np.inf
+    others[rows, tgt] = -np.inf
+    shield_class = others.argmax(axis=1)
+    q = others[rows, shield_class] if p.shape[1] > 2 else np.zeros(len(p))
+    r = p_y + p_k
+    shielded = q > r / 2
+    with np.errstate(divide="ignore", invalid="ignore"):
+        end = np.where(shielded, np.arctan(np.sqrt((r - q) / q)), math.pi / 4)
+        length = 2 * np.sqrt(r) * (end - np.arctan(np.sqrt(p_k / p_y)))
+    length[p_y < p.max(axis=1)] = np.nan  # the source is not the predicted class
+    return length, np.where(shielded, shield_class, tgt)
 
 
 # --------------------------------------------------------------------------------------------------

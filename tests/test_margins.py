@@ -15,6 +15,7 @@ from fire_plugin.data import DATASETS
 from fire_plugin.distances import fisher_rao
 from fire_plugin.margins import (
     MarginResult,
+    arc_margins,
     data_fisher_matvec,
     fr_margin,
     natural_gradient_direction,
@@ -110,7 +111,7 @@ def test_linear_softmax_margin_is_the_two_class_arc():
     y = p.argmax(1)
     result = trace_margins(model, x, y, damping=1e-9, step=0.01, clamp=None, verbose=False)
     assert result.flipped.all()
-    errors = []
+    errors, lengths, firsts = [], [], []
     for i, (idx, k) in enumerate(zip(result.index, result.target, strict=True)):
         probs = p[idx].clone()
         p_y, p_k = float(probs[y[idx]]), float(probs[k])
@@ -122,11 +123,16 @@ def test_linear_softmax_margin_is_the_two_class_arc():
         expected = 2 * math.sqrt(r) * (end - math.atan(math.sqrt(p_k / p_y)))
         assert result.shielded[i] == shield
         assert result.first_class[i] == (c if shield else k)
+        lengths.append(expected)
+        firsts.append(c if shield else k)
         errors.append(abs(result.fr_length[i] / expected - 1))
     assert result.shielded.any() and not result.shielded.all()
     # measured: max relative error 0.011 (Euler drift of the other classes near a shield, O(step)); 0.004 without
     # shielding
     assert max(errors) < 0.02
+    arc, first = arc_margins(p[torch.as_tensor(result.index)], result.source, result.target)
+    np.testing.assert_allclose(arc, lengths, rtol=1e-12)
+    assert first.tolist() == firsts
 
 
 def test_logistic_budget_and_stall_statuses():
