@@ -271,7 +271,8 @@ def _row_chunk(batch: int, device: torch.device) -> int | None:
 
 
 def _log_t_jacobian(vjp_fn: Callable[[Tensor], tuple[Tensor, ...]], log_t: Tensor) -> Tensor:
-    """``L = d log t / d x`` per sample, ``(B, m, n)``: ``m`` VJPs in one vmapped call (cotangent ``e_i`` for all)."""
+    """``L = d log t / d x`` per sample, ``(B, m, n)``: ``m`` VJPs (cotangent ``e_i`` for every sample) under
+    ``torch.func.vmap``, which on CPU evaluates them in chunks of rows (:func:`_row_chunk`)."""
     batch, m = log_t.shape
     eye = torch.eye(m, dtype=log_t.dtype, device=log_t.device).unsqueeze(1).expand(m, batch, m)  # (m, B, m)
     rows = torch.func.vmap(vjp_fn, chunk_size=_row_chunk(batch, log_t.device))(eye)[0]  # (m, B, *x.shape[1:])
@@ -287,8 +288,9 @@ def _check_inputs(model: nn.Module, x: Tensor) -> None:
 def isometry_jacobian(model: nn.Module, x: Tensor) -> Tensor:
     """Per-sample Jacobian ``J~ = d T2(T1(F(x))) / d x`` of shape ``(B, m, n)``, ``n = x[0].numel()``.
 
-    One forward pass and ``m`` vector-Jacobian products batched with ``torch.func.vmap`` (no loop over samples
-    or rows). Differentiable with respect to the model's parameters. Samples must not interact through the model
+    One forward pass and ``m`` vector-Jacobian products under ``torch.func.vmap``, each batched over the samples
+    (on CPU vmap runs them in chunks of rows, which is faster there; no Python loop over samples or rows).
+    Differentiable with respect to the model's parameters. Samples must not interact through the model
     (a ValueError is raised for BatchNorm in training mode). Rows are ``t * d log t / d x`` (the same chain rule).
 
     Args:
@@ -359,7 +361,7 @@ def partial_isometry_penalty(
 
     Estimators (both estimate the same quantity):
 
-    * ``"exact"``: forms ``J~`` (``m`` VJPs, one vmapped call) and returns eq 14 exactly; with ``squared=True``
+    * ``"exact"``: forms ``J~`` (``m`` VJPs under vmap) and returns eq 14 exactly; with ``squared=True``
       it returns ``alpha^2 = epsilon^4 ||J~ J~^T - c I||_F^2`` per sample, averaged.
     * ``"hutchinson"``: never forms ``J~``. With ``M = J~ J~^T - c I`` (symmetric) and Rademacher probes ``v``
       (``E[v v^T] = I``), ``|M v|^2`` is an unbiased estimate of ``||M||_F^2``; each probe costs one VJP
