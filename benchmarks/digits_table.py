@@ -22,6 +22,7 @@ from fire_plugin.experiments import (
     DigitsRecipe,
     EvalSpec,
     paired_differences,
+    run_many,
     run_one,
     summarize,
 )
@@ -60,15 +61,15 @@ def sweep(out: Path, models: list[str], lams: list[float], epochs: int) -> dict:
     return {"rows": rows}
 
 
-def table(out: Path, seeds: int, epochs: int, model: str, standard_full: bool) -> dict:
+def table(out: Path, seeds: int, epochs: int, model: str, standard_full: bool, workers: int) -> dict:
     spec = EvalSpec(aa_attacks=None if standard_full else ("apgd-ce", "apgd-t"),
                     aa_standard_n=None if standard_full else 100, margin_n=30)
     recipe = DigitsRecipe(model=model, epochs=epochs)
+    jobs = [{"method": m, "out": str(out / m / f"seed{s}"), "weight": None, "seed": s, "recipe": recipe,
+             "spec": spec} for s in range(seeds) for m in TABLE_METHODS]
     results: dict[str, list[dict]] = {m: [] for m in TABLE_METHODS}
-    jobs = [(m, s) for s in range(seeds) for m in TABLE_METHODS]
-    for method, seed in tqdm(jobs, desc="runs"):
-        results[method].append(run_one(method, out=out / method / f"seed{seed}", seed=seed, recipe=recipe,
-                                       spec=spec, verbose=False))
+    for job, result in zip(jobs, run_many(jobs, workers, verbose=True), strict=True):
+        results[job["method"]].append(result)
     summary = {m: summarize(rs) for m, rs in results.items()}
     diff = paired_differences(results["fire"], results["trades"])
     label = results["fire"][0]["aa_label"]
@@ -102,14 +103,14 @@ def main() -> None:
     p.add_argument("--model", default=DigitsRecipe.model)
     p.add_argument("--standard-full", action="store_true",
                    help="standard AutoAttack on all 450 test images (about 3 min per run on one core)")
-    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--workers", type=int, default=2, help="runs in parallel processes (1 torch thread each)")
     args = parser.parse_args()
-    torch.set_num_threads(getattr(args, "threads", 1))
+    torch.set_num_threads(1)
     start = time.perf_counter()
     if args.command == "sweep":
         payload = sweep(args.out, args.models, args.lams, args.epochs)
     else:
-        payload = table(args.out, args.seeds, args.epochs, args.model, args.standard_full)
+        payload = table(args.out, args.seeds, args.epochs, args.model, args.standard_full, args.workers)
     payload["wall_seconds"] = time.perf_counter() - start
     payload["torch_threads"] = torch.get_num_threads()
     args.out.mkdir(parents=True, exist_ok=True)

@@ -37,6 +37,7 @@ __all__ = [
     "DEMO_METHODS",
     "paired_differences",
     "run_demo",
+    "run_many",
     "run_one",
     "summarize",
     "evaluate_checkpoint",
@@ -498,12 +499,16 @@ def _run_job(job: dict[str, Any]) -> dict[str, Any]:
                    spec=job["spec"], verbose=False)
 
 
-def _run_jobs(jobs: list[dict[str, Any]], workers: int, verbose: bool) -> list[dict[str, Any]]:
-    """Run independent :func:`run_one` jobs, ``workers`` processes at a time (each resumable on its own)."""
+def run_many(jobs: list[dict[str, Any]], workers: int, verbose: bool, desc: str = "runs") -> list[dict[str, Any]]:
+    """Run independent :func:`run_one` jobs, ``workers`` processes at a time (each resumable on its own).
+
+    Each job is a dict with ``method``, ``out``, ``weight``, ``seed``, ``recipe`` and ``spec``; results come back
+    in the order of ``jobs``.
+    """
     from tqdm.auto import tqdm
 
     results: list[dict[str, Any] | None] = [None] * len(jobs)
-    bar = tqdm(total=len(jobs), desc="demo runs", disable=not verbose)
+    bar = tqdm(total=len(jobs), desc=desc, disable=not verbose)
     if workers <= 1:
         for i, job in enumerate(jobs):
             results[i] = _run_job(job)
@@ -568,7 +573,7 @@ def run_demo(
               "methods": [[label, method, weight] for label, method, weight in methods],
               "tradeoff_lams": list(tradeoff_lams), "torch_threads_per_run": 1, "workers": workers}
     (out_dir / "config.json").write_text(json.dumps(config, indent=2))
-    results = _run_jobs(jobs, workers, verbose)
+    results = run_many(jobs, workers, verbose, desc="demo runs")
 
     rows: list[dict[str, Any]] = []
     files: dict[str, str] = {}
