@@ -53,6 +53,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -252,30 +253,78 @@ def isometry_scale(logits: Tensor, *, epsilon: float) -> Tensor:
 # ----------------------------------------------------------------------------------------------- Jacobians
 
 
-def _vjp(model: nn.Module, x: Tensor) -> tuple[Tensor, Callable[[Tensor], tuple[Tensor, ...]], Tensor]:
-    """``(log t, vjp_fn, logits)`` from one forward pass; ``vjp_fn(v)`` is ``(L^T v,)`` with ``L = d log t / d x``."""
+@dataclass
+class _Linearization:
+    """One forward pass of ``log t`` and the batched linear maps of ``L = d log t / d x`` around it.
+
+    ``vjp(V)``: ``(P, B, m) -> (P, B, *x.shape[1:])``, rows ``L^T v``; ``jvp(U)``: ``(P, B, *x.shape[1:]) ->
+    (P, B, m)``, rows ``L u`` (the double-VJP trick: the VJP of the linear map ``w -> L^T w``). Both keep the graph,
+    so results are differentiable with respect to the model's parameters.
+    """
+
+    log_t: Tensor  # (B, m)
+    logits: Tensor  # (B, m + 1)
+    vjp: Callable[[Tensor], Tensor]
+    jvp: Callable[[Tensor], Tensor]
+
+
+def _row_chunk(batch: int, device: torch.device) -> int | None:
+    """Cotangents per vmapped call. On CPU the ``m * B`` cotangents of one call leave the cache: with LeNet, one
+    row (``B`` samples) per call is 1.6x (B=32) to 2.3x (B=128) faster than all ``m`` rows at once (one thread); on
+    GPUs everything goes in one call."""
+    return None if device.type == "cuda" else max(1, 32 // max(batch, 1))
+
+
+def _linearize(model: nn.Module, x: Tensor) -> _Linearization:
+    """:class:`_Linearization` of ``x -> log t(model(x))`` with ``torch.func`` (vmap over VJPs).
+
+    A ``DistributedDataParallel`` model cannot run its forward under ``torch.func`` transforms; it gets the same
+    maps from ``torch.autograd.grad`` (``is_grads_batched``, i.e. vmap over the backward pass), which keeps DDP's
+    forward and its gradient synchronization in the final backward.
+    """
+    if isinstance(model, nn.parallel.DistributedDataParallel):
+        return _linearize_autograd(model, x)
 
     def fn(inp: Tensor) -> tuple[Tensor, Tensor]:
         logits = model(inp)
         return log_t_from_logits(logits), logits
 
     log_t, vjp_fn, logits = torch.func.vjp(fn, x, has_aux=True)  # type: ignore[misc]
-    return log_t, vjp_fn, logits
+    chunk = _row_chunk(int(x.shape[0]), x.device)
+
+    def vjp(v: Tensor) -> Tensor:
+        return torch.func.vmap(vjp_fn, chunk_size=chunk)(v)[0]
+
+    def jvp(u: Tensor) -> Tensor:
+        vjp_of_vjp = torch.func.vjp(lambda w: vjp_fn(w)[0], torch.zeros_like(log_t))[1]
+        return torch.func.vmap(vjp_of_vjp, chunk_size=chunk)(u)[0]
+
+    return _Linearization(log_t, logits, vjp, jvp)
 
 
-def _row_chunk(batch: int, device: torch.device) -> int | None:
-    """Rows per vmapped call. On CPU the ``m * B`` cotangents of one call leave the cache: with LeNet, one row
-    (``B`` samples) per call is 1.6x (B=32) to 2.3x (B=128) faster than all ``m`` rows at once (one thread); on GPUs all
-    rows go in one call."""
-    return None if device.type == "cuda" else max(1, 32 // max(batch, 1))
+def _linearize_autograd(model: nn.Module, x: Tensor) -> _Linearization:
+    """:func:`_linearize` with ``torch.autograd.grad`` (for models whose forward cannot run under torch.func)."""
+    inp = x if x.requires_grad else x.detach().requires_grad_(True)
+    logits = model(inp)
+    log_t = log_t_from_logits(logits)
+
+    def vjp(v: Tensor) -> Tensor:
+        return torch.autograd.grad(log_t, inp, v, is_grads_batched=True, create_graph=True)[0]
+
+    def jvp(u: Tensor) -> Tensor:
+        w = torch.zeros_like(log_t, requires_grad=True)
+        lt_w = torch.autograd.grad(log_t, inp, w, create_graph=True)[0]  # L^T w, linear in w
+        return torch.autograd.grad(lt_w, w, u, is_grads_batched=True, create_graph=True)[0]
+
+    return _Linearization(log_t, logits, vjp, jvp)
 
 
-def _log_t_jacobian(vjp_fn: Callable[[Tensor], tuple[Tensor, ...]], log_t: Tensor) -> Tensor:
-    """``L = d log t / d x`` per sample, ``(B, m, n)``: ``m`` VJPs (cotangent ``e_i`` for every sample) under
-    ``torch.func.vmap``, which on CPU evaluates them in chunks of rows (:func:`_row_chunk`)."""
-    batch, m = log_t.shape
-    eye = torch.eye(m, dtype=log_t.dtype, device=log_t.device).unsqueeze(1).expand(m, batch, m)  # (m, B, m)
-    rows = torch.func.vmap(vjp_fn, chunk_size=_row_chunk(batch, log_t.device))(eye)[0]  # (m, B, *x.shape[1:])
+def _log_t_jacobian(lin: _Linearization) -> Tensor:
+    """``L = d log t / d x`` per sample, ``(B, m, n)``: ``m`` VJPs (cotangent ``e_i`` for every sample) under vmap,
+    which on CPU evaluates them in chunks of rows (:func:`_row_chunk`)."""
+    batch, m = lin.log_t.shape
+    eye = torch.eye(m, dtype=lin.log_t.dtype, device=lin.log_t.device).unsqueeze(1).expand(m, batch, m)  # (m, B, m)
+    rows = lin.vjp(eye)  # (m, B, *x.shape[1:])
     return rows.reshape(m, batch, -1).transpose(0, 1)  # (B, m, n)
 
 
@@ -302,9 +351,8 @@ def isometry_jacobian(model: nn.Module, x: Tensor) -> Tensor:
     torch.Size([5, 3, 6])
     """
     _check_inputs(model, x)
-    log_t, vjp_fn, _ = _vjp(model, x)
-    jac = _log_t_jacobian(vjp_fn, log_t)  # (B, m, n)
-    return torch.exp(log_t).unsqueeze(-1) * jac
+    lin = _linearize(model, x)
+    return torch.exp(lin.log_t).unsqueeze(-1) * _log_t_jacobian(lin)  # (B, m, n)
 
 
 # ----------------------------------------------------------------------------------------------- penalty
@@ -314,13 +362,14 @@ def _penalty_and_logits(
     model: nn.Module, x: Tensor, *, epsilon: float, estimator: str, n_probes: int, squared: bool
 ) -> tuple[Tensor, Tensor]:
     """Per-sample penalty ``(B,)`` and the logits of the same forward pass."""
-    log_t, vjp_fn, logits = _vjp(model, x)
+    lin = _linearize(model, x)
+    log_t, logits = lin.log_t, lin.logits
     _, mu, log_gap = _coordinates(logits)  # (B, m), (B,)
     mu = mu.to(log_t.dtype)
     delta_sq = delta_m(int(logits.shape[-1])) ** 2
     eps_sq = epsilon * epsilon
     if estimator == "exact":
-        jac = _log_t_jacobian(vjp_fn, log_t)  # (B, m, n)
+        jac = _log_t_jacobian(lin)  # (B, m, n)
         gram = jac @ jac.transpose(1, 2)  # (B, m, m)  L L^T
         eye = torch.eye(gram.shape[-1], dtype=gram.dtype, device=gram.device)
         inner = eps_sq * (mu.unsqueeze(-1) * gram * mu.unsqueeze(-2)) - delta_sq * eye  # (B, m, m)
@@ -331,10 +380,8 @@ def _penalty_and_logits(
     else:
         # Rademacher probes from torch's global generator on x's device (restored with the engine's RNG state).
         probes = torch.randint(0, 2, (n_probes, *log_t.shape), device=log_t.device).to(log_t.dtype) * 2 - 1
-        lt_v = torch.func.vmap(vjp_fn)(mu * probes)[0]  # (P, B, *x) = L^T (mu v)
-        # L u by the double-VJP trick: the VJP map w -> L^T w is linear in w; its VJP with cotangent u is L u.
-        vjp_of_vjp = torch.func.vjp(lambda w: vjp_fn(w)[0], torch.zeros_like(log_t))[1]
-        l_u = torch.func.vmap(vjp_of_vjp)(lt_v)[0]  # (P, B, m)
+        lt_v = lin.vjp(mu * probes)  # (P, B, *x) = L^T (mu v)
+        l_u = lin.jvp(lt_v)  # (P, B, m) = L L^T (mu v), by the double-VJP trick
         av = eps_sq * mu * l_u - delta_sq * probes  # (P, B, m) = A v with A = eps^2 diag(mu) L L^T diag(mu) - delta^2 I
         sq = av.square().sum(-1)  # (P, B), E[|A v|^2] = |A|_F^2
         if squared:
