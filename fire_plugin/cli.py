@@ -31,6 +31,7 @@ SUBCOMMANDS = {
     "evaluate": "clean / PGD-20 / FRPGD / AutoAttack accuracy and a RobustBench model_info JSON",
     "gaussian": "the Gaussian/logistic lab of the FIRE paper: closed forms, Pareto front, sweeps, figures",
     "demo": "the main job on the embedded digits data: every method trained, evaluated, compared",
+    "margins": "Fisher-Rao margins by natural-gradient tracing and the class-shielding table of a model",
 }
 
 _log = logging.getLogger("fire_plugin.cli")
@@ -157,7 +158,23 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"train": _train, "evaluate": _evaluate, "gaussian": _gaussian, "demo": _demo}
+def _margins(args: argparse.Namespace) -> int:
+    from fire_plugin.margins_report import margins_from_names
+
+    targets = None if args.targets is None else [int(t) for t in args.targets.replace(",", " ").split()]
+    out = margins_from_names(
+        args.model, dataset=args.dataset, out_dir=args.out, checkpoint=args.checkpoint, model_dir=args.model_dir,
+        data_dir=args.data_dir, n_inputs=args.n_inputs, synthetic=args.synthetic, seed=args.seed, inputs=args.inputs,
+        verbose=not args.quiet, targets=targets, damping=args.damping, step=args.step, max_length=args.max_length,
+        max_steps=args.max_steps, solver=args.solver, cg_iters=args.cg_iters, batch_size=args.batch_size,
+    )
+    print(json.dumps(out.get("summary", {}), indent=2, default=str))
+    print(out["report"].to_markdown())
+    print(f"inputs: {out['inputs']}; files: " + ", ".join(str(v) for v in out["files"].values()))
+    return 0
+
+
+COMMANDS = {"train": _train, "evaluate": _evaluate, "gaussian": _gaussian, "demo": _demo, "margins": _margins}
 
 
 # --------------------------------------------------------------------------------------------------- parser
@@ -246,6 +263,29 @@ def build_parser() -> argparse.ArgumentParser:
                    help="test images that also get standard AutoAttack (0: none)")
     p.add_argument("--workers", type=_positive_int, default=None, help="runs in parallel (default: 2 cores)")
     p.add_argument("--quick", action="store_true", help="a 1-minute smoke run of the whole pipeline")
+    p.add_argument("--quiet", action="store_true")
+
+    p = sub.add_parser("margins", help=SUBCOMMANDS["margins"])
+    p.add_argument("--model", required=True,
+                   help="autoattack-resnet18, a RobustBench zoo name, or an architecture with --checkpoint")
+    p.add_argument("--checkpoint", default=None)
+    p.add_argument("--dataset", default="digits", choices=["digits", "mnist", "cifar10", "cifar100"])
+    p.add_argument("--inputs", default=None, help="a .pt file of (images, labels) to trace instead of test images")
+    p.add_argument("--n-inputs", type=_positive_int, default=100)
+    p.add_argument("--synthetic", default="auto", choices=["auto", "never", "always"],
+                   help="synthetic inputs of the dataset's shape when its test images are not on disk (labelled)")
+    p.add_argument("--targets", default=None, help="target classes, e.g. '3,5' (default: every other class)")
+    p.add_argument("--damping", type=_positive_float, default=1e-3)
+    p.add_argument("--step", type=_positive_float, default=0.1)
+    p.add_argument("--max-length", type=_positive_float, default=20.0)
+    p.add_argument("--max-steps", type=_positive_int, default=1000)
+    p.add_argument("--solver", default="auto", choices=["auto", "exact", "cg", "dense"])
+    p.add_argument("--cg-iters", type=_positive_int, default=20)
+    p.add_argument("--batch-size", type=_positive_int, default=256)
+    p.add_argument("--model-dir", default="models")
+    p.add_argument("--data-dir", default="data")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default="runs/margins")
     p.add_argument("--quiet", action="store_true")
     return parser
 

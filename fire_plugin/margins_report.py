@@ -215,6 +215,7 @@ def margins_from_names(
     n_inputs: int = 100,
     synthetic: str = "auto",
     seed: int = 0,
+    inputs: str | os.PathLike[str] | None = None,
     verbose: bool = True,
     **trace_kw: Any,
 ) -> dict[str, Any]:
@@ -232,6 +233,8 @@ def margins_from_names(
         n_inputs: number of test inputs.
         synthetic: ``"auto"``, ``"never"`` or ``"always"`` (see :func:`margin_inputs`).
         seed: seed of synthetic inputs.
+        inputs: a ``.pt`` file holding ``(images, labels)`` (a tuple or a dict with ``"x"``/``"y"``; images in
+            [0, 1], ``(N, C, H, W)``), loaded with ``weights_only=True``; replaces the dataset's test images.
         verbose: progress bar.
         **trace_kw: passed to :func:`fire_plugin.margins.trace_margins`.
 
@@ -239,9 +242,38 @@ def margins_from_names(
         The dict of :func:`run_margins`, plus ``"inputs"`` (where the inputs come from).
     """
     net = load_pretrained(model, dataset=dataset, checkpoint=checkpoint, model_dir=model_dir)
-    x, y, what = margin_inputs(dataset, model=net, n_inputs=n_inputs, data_dir=data_dir, synthetic=synthetic,
-                               seed=seed)
+    if inputs is not None:
+        x, y = load_inputs(inputs)
+        x, y, what = x[:n_inputs], y[:n_inputs], f"{len(x[:n_inputs])} inputs from {inputs}"
+    else:
+        x, y, what = margin_inputs(dataset, model=net, n_inputs=n_inputs, data_dir=data_dir, synthetic=synthetic,
+                                   seed=seed)
     out = run_margins(net, x, y, out_dir, class_names=CLASS_NAMES.get(dataset), n_inputs=None, inputs_note=what,
                       verbose=verbose, **trace_kw)
     out["inputs"] = what
     return out
+
+
+def load_inputs(path: str | os.PathLike[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Images and labels from a ``.pt`` file: ``(x, y)`` or ``{"x": x, "y": y}``; errors name the file.
+
+    >>> import tempfile, os
+    >>> with tempfile.TemporaryDirectory() as d:
+    ...     torch.save((torch.rand(2, 1, 8, 8), torch.tensor([0, 1])), os.path.join(d, "in.pt"))
+    ...     tuple(load_inputs(os.path.join(d, "in.pt"))[0].shape)
+    (2, 1, 8, 8)
+    """
+    from fire_plugin.engine import load_checkpoint
+
+    obj: Any = load_checkpoint(path)
+    if isinstance(obj, dict) and {"x", "y"} <= set(obj):
+        obj = (obj["x"], obj["y"])
+    if not (isinstance(obj, (tuple, list)) and len(obj) == 2 and all(isinstance(t, torch.Tensor) for t in obj)):
+        raise ValueError(f"inputs file {str(path)!r} must hold (images, labels) tensors or {{'x': ..., 'y': ...}}")
+    x, y = obj
+    if x.dim() != 4 or not x.is_floating_point() or y.dim() != 1 or len(x) != len(y):
+        raise ValueError(f"inputs file {str(path)!r}: images must be float (N, C, H, W) and labels (N,), got "
+                         f"{tuple(x.shape)} {x.dtype} and {tuple(y.shape)}")
+    if len(x) and (float(x.min()) < 0 or float(x.max()) > 1):
+        raise ValueError(f"inputs file {str(path)!r}: images must lie in [0, 1]")
+    return x, y.long()

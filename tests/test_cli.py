@@ -148,3 +148,28 @@ def test_train_preset_smoke_and_bad_overrides(tmp_path, capsys):
     assert "no_such_key" in capsys.readouterr().err
     assert main(["train", "--set", "epochs=3", "--out", str(tmp_path / "r")]) == 2
     assert "--preset" in capsys.readouterr().err
+
+
+def test_margins_on_digits_and_on_the_shipped_resnet18(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["train", *_TINY, "--method", "ce", "--out", str(run)]) == 0
+    out = tmp_path / "m"
+    assert main(["margins", "--model", "digits_cnn", "--checkpoint", str(run / "checkpoints" / "last.pt"),
+                 "--dataset", "digits", "--n-inputs", "4", "--max-steps", "30", "--out", str(out), "--quiet"]) == 0
+    printed = capsys.readouterr().out
+    assert "digits test images" in printed
+    data = json.loads((out / "margins.json").read_text())
+    assert len(data["result"]["paths"]["source"]) == 4 * 9  # every other class of every input
+    assert all((out / name).exists() for name in ("path_matrix.png", "class_margins.png", "margin_histograms.png"))
+    # a file of inputs instead of test images
+    import torch
+
+    torch.save((torch.rand(2, 1, 8, 8), torch.tensor([1, 2])), tmp_path / "in.pt")
+    assert main(["margins", "--model", "digits_cnn", "--checkpoint", str(run / "checkpoints" / "last.pt"),
+                 "--dataset", "digits", "--inputs", str(tmp_path / "in.pt"), "--targets", "3",
+                 "--max-steps", "5", "--out", str(tmp_path / "m2"), "--quiet"]) == 0
+    assert "2 inputs from" in capsys.readouterr().out
+    assert main(["margins", "--model", "autoattack-resnet18", "--dataset", "cifar10", "--n-inputs", "2",
+                 "--synthetic", "always", "--targets", "3", "--max-steps", "2", "--out", str(tmp_path / "r18"),
+                 "--quiet"]) == 0
+    assert "SYNTHETIC" in capsys.readouterr().out
