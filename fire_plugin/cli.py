@@ -32,6 +32,8 @@ SUBCOMMANDS = {
     "gaussian": "the Gaussian/logistic lab of the FIRE paper: closed forms, Pareto front, sweeps, figures",
     "demo": "the main job on the embedded digits data: every method trained, evaluated, compared",
     "margins": "Fisher-Rao margins by natural-gradient tracing and the class-shielding table of a model",
+    "leaderboard": "place a RobustBench model_info JSON among the leaderboard's entries (rank, neighbours, figure)",
+    "bench": "the perf suite: every benchmark's ratio against its named peer, in one table",
 }
 
 _log = logging.getLogger("fire_plugin.cli")
@@ -174,7 +176,38 @@ def _margins(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"train": _train, "evaluate": _evaluate, "gaussian": _gaussian, "demo": _demo, "margins": _margins}
+def _leaderboard(args: argparse.Namespace) -> int:
+    from fire_plugin.leaderboard import place, write_placement
+    from fire_plugin.plots import plot_leaderboard
+
+    placement = place(args.model_info, entries_dir=args.model_info_dir, threat_model=args.threat_model,
+                      neighbours=args.neighbours)
+    files = write_placement(placement, args.out)
+    figure = Path(args.out) / "placement.png"
+    plot_leaderboard(placement).savefig(figure, dpi=120)
+    print(files["markdown"].read_text() if "markdown" in files else placement)
+    print("files: " + ", ".join(str(v) for v in [*files.values(), figure]))
+    return 0
+
+
+def _bench(args: argparse.Namespace) -> int:
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "perf.py"
+    if not path.exists():
+        raise ValueError(f"the perf suite lives in the source checkout's benchmarks/ folder ({path} not found); run "
+                         "it from a clone of the repository")
+    spec = importlib.util.spec_from_file_location("fire_plugin_perf", path)
+    module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
+    assert spec is not None and spec.loader is not None
+    spec.loader.exec_module(module)
+    argv = [*(["--quick"] if args.quick else []), *(["--json", args.json] if args.json else []),
+            *[f"--only={name}" for name in args.only or []], *(["--strict"] if args.strict else [])]
+    return int(module.main(argv))
+
+
+COMMANDS = {"train": _train, "evaluate": _evaluate, "gaussian": _gaussian, "demo": _demo, "margins": _margins,
+            "leaderboard": _leaderboard, "bench": _bench}
 
 
 # --------------------------------------------------------------------------------------------------- parser
@@ -287,6 +320,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="runs/margins")
     p.add_argument("--quiet", action="store_true")
+
+    p = sub.add_parser("leaderboard", help=SUBCOMMANDS["leaderboard"])
+    p.add_argument("--model-info", required=True, help="a RobustBench model_info JSON (e.g. from evaluate)")
+    p.add_argument("--model-info-dir", default=None,
+                   help="a RobustBench checkout's model_info folder (default: the snapshot shipped with the package)")
+    p.add_argument("--threat-model", default=None, choices=["Linf", "L2"],
+                   help="default: the folder the file sits in (model_info/<dataset>/<threat>/)")
+    p.add_argument("--neighbours", type=_positive_int, default=3)
+    p.add_argument("--out", default="runs/leaderboard")
+
+    p = sub.add_parser("bench", help=SUBCOMMANDS["bench"])
+    p.add_argument("--quick", action="store_true", help="reduced versions (a smoke run: noisy ratios)")
+    p.add_argument("--json", default=None, help="save the table as JSON here")
+    p.add_argument("--only", action="append", metavar="NAME", help="trainers, distances, attacks, isometry, margins")
+    p.add_argument("--strict", action="store_true", help="exit 1 when a target is missed")
     return parser
 
 

@@ -173,3 +173,29 @@ def test_margins_on_digits_and_on_the_shipped_resnet18(tmp_path, capsys):
                  "--synthetic", "always", "--targets", "3", "--max-steps", "2", "--out", str(tmp_path / "r18"),
                  "--quiet"]) == 0
     assert "SYNTHETIC" in capsys.readouterr().out
+
+
+def _write_info(path, dataset="cifar10", clean="83.50", aa="52.00"):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({
+        "link": "", "name": "test model", "authors": "", "additional_data": False, "number_forward_passes": 1,
+        "dataset": dataset, "venue": "N/A", "architecture": "WideResNet-34-10", "eps": "8/255", "clean_acc": clean,
+        "reported": aa, "autoattack_acc": aa}))
+
+
+def test_leaderboard_places_a_file_and_refuses_digits(tmp_path, capsys):
+    info = tmp_path / "model_info" / "cifar10" / "Linf" / "Test2026Model.json"
+    _write_info(info)
+    assert main(["leaderboard", "--model-info", str(info), "--out", str(tmp_path / "lb")]) == 0
+    out = capsys.readouterr().out
+    assert "**Test2026Model**" in out and (tmp_path / "lb" / "placement.png").exists()
+    digits = tmp_path / "model_info" / "digits" / "Linf" / "Test2026Digits.json"
+    _write_info(digits, dataset="digits")
+    assert main(["leaderboard", "--model-info", str(digits), "--out", str(tmp_path / "lb2")]) == 2
+    assert "digits" in capsys.readouterr().err
+
+
+def test_bench_quick_runs_one_benchmark(tmp_path, capsys):
+    assert main(["bench", "--quick", "--only", "distances", "--json", str(tmp_path / "perf.json")]) == 0
+    rows = json.loads((tmp_path / "perf.json").read_text())["rows"]
+    assert rows and all(r["ratio"] > 0 for r in rows if r.get("ratio") is not None)
