@@ -17,10 +17,26 @@ from fire_plugin.distances import (
     hellinger_squared,
     kl_divergence,
 )
-from fire_plugin.engine import EpochStats, NonFiniteLossError, SelfAdaptiveTargets, adversarial_step, fit, train_epoch
+from fire_plugin.engine import (
+    AdversarialObjective,
+    ConfigMismatchError,
+    CrossEntropyObjective,
+    EpochStats,
+    ModelEMA,
+    NonFiniteLossError,
+    Objective,
+    ObjectiveOutput,
+    SelfAdaptiveTargets,
+    adversarial_step,
+    fit,
+    lr_scheduler,
+    train_epoch,
+)
 from fire_plugin.evaluation import EvalResult, evaluate
 from fire_plugin.gaussian import GaussianModel, paper_setting
+from fire_plugin.isometry import PartialIsometryObjective, delta_m, isometry_jacobian, partial_isometry_penalty
 from fire_plugin.losses import ACELoss, DivergenceRegularizedLoss, FIRELoss, HellingerLoss, MARTLoss, TRADESLoss
+from fire_plugin.margins import MarginResult, fr_margin, shielding_report, trace_margins
 from fire_plugin.models import MODEL_NAMES
 from fire_plugin.pretrained import load_pretrained
 from fire_plugin.robustbench_io import ModelInfo, read_model_info, write_model_info
@@ -31,6 +47,21 @@ _ensure_autoattack_alias()  # before any `import robustbench` of the user's
 __version__ = "0.1.0"
 
 __all__ = [
+    "AdversarialObjective",
+    "ConfigMismatchError",
+    "CrossEntropyObjective",
+    "MarginResult",
+    "ModelEMA",
+    "Objective",
+    "ObjectiveOutput",
+    "PartialIsometryObjective",
+    "delta_m",
+    "fr_margin",
+    "isometry_jacobian",
+    "lr_scheduler",
+    "partial_isometry_penalty",
+    "shielding_report",
+    "trace_margins",
     "DIVERGENCES",
     "FRPGD",
     "FRPGDL2",
