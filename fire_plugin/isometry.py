@@ -257,15 +257,16 @@ def isometry_scale(logits: Tensor, *, epsilon: float) -> Tensor:
 class _Linearization:
     """One forward pass of ``log t`` and the batched linear maps of ``L = d log t / d x`` around it.
 
-    ``vjp(V)``: ``(P, B, m) -> (P, B, *x.shape[1:])``, rows ``L^T v``; ``jvp(U)``: ``(P, B, *x.shape[1:]) ->
-    (P, B, m)``, rows ``L u`` (the double-VJP trick: the VJP of the linear map ``w -> L^T w``). Both keep the graph,
-    so results are differentiable with respect to the model's parameters.
+    ``vjp(V)``: ``(P, B, m) -> (P, B, *x.shape[1:])``, rows ``L^T v``; ``probe(V)``: ``(L^T v, L L^T v)`` of shapes
+    ``(P, B, *x.shape[1:])`` and ``(P, B, m)``, the second by the double-VJP trick (the VJP of the linear map
+    ``w -> L^T w``, built at ``w = v`` so that its primal is the first output). Results keep the graph, so they are
+    differentiable with respect to the model's parameters.
     """
 
     log_t: Tensor  # (B, m)
     logits: Tensor  # (B, m + 1)
     vjp: Callable[[Tensor], Tensor]
-    jvp: Callable[[Tensor], Tensor]
+    probe: Callable[[Tensor], tuple[Tensor, Tensor]]
 
 
 def _row_chunk(batch: int, device: torch.device) -> int | None:
@@ -295,11 +296,17 @@ def _linearize(model: nn.Module, x: Tensor) -> _Linearization:
     def vjp(v: Tensor) -> Tensor:
         return torch.func.vmap(vjp_fn, chunk_size=chunk)(v)[0]
 
-    def jvp(u: Tensor) -> Tensor:
-        vjp_of_vjp = torch.func.vjp(lambda w: vjp_fn(w)[0], torch.zeros_like(log_t))[1]
-        return torch.func.vmap(vjp_of_vjp, chunk_size=chunk)(u)[0]
+    def one_probe(v: Tensor) -> tuple[Tensor, Tensor]:
+        lt_v, vjp_of_vjp = torch.func.vjp(lambda w: vjp_fn(w)[0], v)
+        return lt_v, vjp_of_vjp(lt_v)[0]
 
-    return _Linearization(log_t, logits, vjp, jvp)
+    def probe(v: Tensor) -> tuple[Tensor, Tensor]:
+        if v.shape[0] == 1:  # no vmap for a single probe (measured 4% faster on LeNet)
+            lt_v, l_lt_v = one_probe(v[0])
+            return lt_v.unsqueeze(0), l_lt_v.unsqueeze(0)
+        return torch.func.vmap(one_probe, chunk_size=chunk)(v)
+
+    return _Linearization(log_t, logits, vjp, probe)
 
 
 def _linearize_autograd(model: nn.Module, x: Tensor) -> _Linearization:
@@ -311,12 +318,13 @@ def _linearize_autograd(model: nn.Module, x: Tensor) -> _Linearization:
     def vjp(v: Tensor) -> Tensor:
         return torch.autograd.grad(log_t, inp, v, is_grads_batched=True, create_graph=True)[0]
 
-    def jvp(u: Tensor) -> Tensor:
+    def probe(v: Tensor) -> tuple[Tensor, Tensor]:
+        lt_v = vjp(v)
         w = torch.zeros_like(log_t, requires_grad=True)
         lt_w = torch.autograd.grad(log_t, inp, w, create_graph=True)[0]  # L^T w, linear in w
-        return torch.autograd.grad(lt_w, w, u, is_grads_batched=True, create_graph=True)[0]
+        return lt_v, torch.autograd.grad(lt_w, w, lt_v, is_grads_batched=True, create_graph=True)[0]
 
-    return _Linearization(log_t, logits, vjp, jvp)
+    return _Linearization(log_t, logits, vjp, probe)
 
 
 def _log_t_jacobian(lin: _Linearization) -> Tensor:
@@ -380,8 +388,7 @@ def _penalty_and_logits(
     else:
         # Rademacher probes from torch's global generator on x's device (restored with the engine's RNG state).
         probes = torch.randint(0, 2, (n_probes, *log_t.shape), device=log_t.device).to(log_t.dtype) * 2 - 1
-        lt_v = lin.vjp(mu * probes)  # (P, B, *x) = L^T (mu v)
-        l_u = lin.jvp(lt_v)  # (P, B, m) = L L^T (mu v), by the double-VJP trick
+        _, l_u = lin.probe(mu * probes)  # (P, B, m) = L L^T (mu v), one VJP and one VJP of it per probe
         av = eps_sq * mu * l_u - delta_sq * probes  # (P, B, m) = A v with A = eps^2 diag(mu) L L^T diag(mu) - delta^2 I
         sq = av.square().sum(-1)  # (P, B), E[|A v|^2] = |A|_F^2
         if squared:
