@@ -297,7 +297,7 @@ def _linearize(model: nn.Module, x: Tensor) -> _Linearization:
         return torch.func.vmap(vjp_fn, chunk_size=chunk)(v)[0]
 
     def one_probe(v: Tensor) -> tuple[Tensor, Tensor]:
-        lt_v, vjp_of_vjp = torch.func.vjp(lambda w: vjp_fn(w)[0], v)
+        lt_v, vjp_of_vjp = torch.func.vjp(lambda w: vjp_fn(w)[0], v)  # type: ignore[misc]
         return lt_v, vjp_of_vjp(lt_v)[0]
 
     def probe(v: Tensor) -> tuple[Tensor, Tensor]:
