@@ -11,8 +11,8 @@ Model: the paper's LeNet (``lenet_pi``: conv 32, conv 64, fc 128; section 4.2) o
 (c) relative error of the one-probe and the 16-probe Hutchinson estimates of the batch-mean squared penalty
     against the exact value, batch 128 (information; the estimate is unbiased, its error is its noise).
 
-Measured (CPU, 1 torch thread, process CPU time, 5 rounds x 2): exact 12.7x (batch 32) and 12.9x (batch 128),
-Hutchinson 3.9x and 4.0x, Jacobian speed-up over the loop 1.6x, Hutchinson relative error 0.106 (1 probe) and
+Measured (CPU, 1 torch thread, process CPU time, 5 rounds x 2): exact 12.4x (batch 32) and 12.8x (batch 128),
+Hutchinson 3.5x and 3.5x, Jacobian speed-up over the loop 1.7x, Hutchinson relative error 0.106 (1 probe) and
 0.011 (16 probes).
 
 Why (a) cannot reach 10x for exact on this model: the exact penalty needs the Jacobian (one forward pass and
