@@ -498,6 +498,12 @@ class PartialIsometryObjective(Objective):
     runs in full precision (autocast is disabled inside it). Hutchinson probes come from torch's global RNG on the
     batch's device, which the engine's checkpoints restore, so resume is bit-identical.
 
+    Choosing ``epsilon``: the paper's MNIST setting (``delta_m / epsilon = 1e-3``, ``epsilon^2 = 6.2e6``) makes the
+    penalty outweigh the cross-entropy on sklearn's digits (a constant predictor, 10% accuracy). Measured on digits
+    (``digits_cnn``, 30 epochs, SGD 0.05 with momentum and cosine decay, 1 torch thread): ``epsilon = delta_m(10)``
+    with ``eta`` from 0.02 to 0.06 gave clean 0.891 and PGD-Linf-40 (eps 0.1) 0.764, against 0.993 and 0.556 for
+    cross-entropy alone (``tests/test_isometry.py``, slow test).
+
     Args:
         epsilon: radius of eq 7 (input units); the paper's MNIST run: ``delta_m(10) / PAPER_DELTA_OVER_EPSILON``.
         eta_min: ``eta`` of the first epoch (section 4.2: 0.002).
