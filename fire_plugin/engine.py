@@ -800,7 +800,7 @@ def load_checkpoint(path: str | Path, *, map_location: str | torch.device | None
             ) from err
         raise ValueError(f"checkpoint {str(path)!r} is corrupt or not a torch checkpoint; delete it or pass "
                          f"another file ({err})") from err
-    except (EOFError, RuntimeError, OSError) as err:
+    except Exception as err:  # torch's unpickler raises many types on damaged bytes (EOFError, IndexError, ...)
         raise ValueError(f"checkpoint {str(path)!r} is corrupt or truncated; delete it or pass another file "
                          f"({type(err).__name__}: {err})") from err
 

@@ -391,8 +391,8 @@ def run_one(
     _check_method(method)
     weight = DEFAULT_WEIGHTS[method] if weight is None else float(weight)
     out_dir = check_output_dir(out)
-    config = {"method": method, "weight": weight, "seed": seed, "recipe": dataclasses.asdict(recipe),
-              "spec": {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(spec).items()}}
+    config = json.loads(json.dumps({"method": method, "weight": weight, "seed": seed,  # tuples become lists
+                                    "recipe": dataclasses.asdict(recipe), "spec": dataclasses.asdict(spec)}))
     done = _result_matches(out_dir / "result.json", config)
     if done is not None:
         return done
@@ -440,9 +440,10 @@ def run_one(
     payload = {"config": config, "eval": evaluation, "aa_label": aa_label, "aa_standard_subset": standard,
                "fr_margin": margin, "train_seconds": float(sum(r["seconds"] for r in history)),
                "diverged": any(r.get("diverged") for r in history), "history": history}
-    (out_dir / "result.json").write_text(json.dumps(payload, indent=2))
+    text = json.dumps(payload, indent=2)
+    (out_dir / "result.json").write_text(text)
     torch.save(net.state_dict(), out_dir / "model.pt")
-    return payload
+    return json.loads(text)  # the same object a later call reads back
 
 
 def _metrics(result: dict[str, Any]) -> dict[str, float | None]:

@@ -266,7 +266,7 @@ def test_bad_checkpoint_files_are_named(tmp_path):
     with pytest.raises(ValueError, match=r"empty\.pt.*empty"):
         load_checkpoint(empty)
     noise = tmp_path / "noise.pt"
-    noise.write_bytes(os.urandom(256))
+    noise.write_bytes(bytes(torch.randint(0, 256, (256,), generator=torch.Generator().manual_seed(0)).tolist()))
     with pytest.raises(ValueError, match=r"noise\.pt.*corrupt"):
         load_checkpoint(noise)
     good = tmp_path / "good.pt"
