@@ -153,9 +153,9 @@ def test_fire_is_more_robust_than_ce_on_digits(digits_train, digits_test):
     """Same model, data, optimizer, seed and 10 epochs; eps = 0.1 on [0, 1] digits; FIRE's attack: 5 steps of 0.05.
 
     Measured (CPU, torch 2.14.1): with 1 torch thread, as this test runs, CE clean 0.971 / PGD-20 0.571 and FIRE
-    (lam = 6) clean 0.942 / PGD-20 0.729 (gap 0.158); benchmarks/digits_robustness.py with 2 threads gave CE
-    0.969 / 0.580 and FIRE 0.898 / 0.678 (gap 0.098; TRADES beta = 6: 0.947 / 0.811). The thread count changes the
-    floating-point order and so the short training run. We assert a 0.05 gap, half of the smaller measured one.
+    (lam = 6) clean 0.942 / PGD-20 0.729 (gap 0.158); an earlier run with 2 threads gave CE 0.969 / 0.580 and
+    FIRE 0.898 / 0.678 (gap 0.098). The thread count changes the floating-point order and so the short training
+    run. We assert a 0.05 gap, half of the smaller measured one.
     """
     x, y = digits_train
     xt, yt = digits_test
