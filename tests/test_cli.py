@@ -199,3 +199,10 @@ def test_bench_quick_runs_one_benchmark(tmp_path, capsys):
     assert main(["bench", "--quick", "--only", "distances", "--json", str(tmp_path / "perf.json")]) == 0
     rows = json.loads((tmp_path / "perf.json").read_text())["rows"]
     assert rows and all(r["ratio"] > 0 for r in rows if r.get("ratio") is not None)
+
+
+def test_train_isometry_method(tmp_path):
+    run = tmp_path / "iso"
+    assert main(["train", *_TINY, "--method", "isometry", "--out", str(run)]) == 0
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["method"] == "isometry" and summary["history"][0]["adv_acc"] is None
