@@ -472,7 +472,8 @@ def paired_differences(a: list[dict[str, Any]], b: list[dict[str, Any]]) -> dict
     pairs = [(_metrics(r), _metrics(by_seed[r["config"]["seed"]])) for r in a if r["config"]["seed"] in by_seed]
     out: dict[str, dict[str, float | None]] = {}
     for key in ("clean", "aa", "avg", "pgd", "fr_margin"):
-        diffs = np.array([x[key] - y[key] for x, y in pairs if x[key] is not None and y[key] is not None])
+        diffs = np.array([float(x[key]) - float(y[key]) for x, y in pairs  # type: ignore[arg-type]
+                          if x[key] is not None and y[key] is not None])
         out[key] = {"mean": float(diffs.mean()) if diffs.size else None,
                     "std": float(diffs.std(ddof=1)) if diffs.size > 1 else None,
                     "min": float(diffs.min()) if diffs.size else None,
@@ -559,7 +560,7 @@ def run_demo(
     start = time.perf_counter()
     out_dir = check_output_dir(out)
     workers = workers if workers is not None else min(2, os.cpu_count() or 1)
-    jobs = []
+    jobs: list[dict[str, Any]] = []
     for label, method, weight in methods:
         w = DEFAULT_WEIGHTS[method] if weight is None else weight
         jobs.append({"label": label, "method": method, "weight": w, "seed": seed, "recipe": recipe, "spec": spec,

@@ -265,7 +265,7 @@ def load_inputs(path: str | os.PathLike[str]) -> tuple[torch.Tensor, torch.Tenso
     """
     from fire_plugin.engine import load_checkpoint
 
-    obj: Any = load_checkpoint(path)
+    obj: Any = load_checkpoint(Path(path))
     if isinstance(obj, dict) and {"x", "y"} <= set(obj):
         obj = (obj["x"], obj["y"])
     if not (isinstance(obj, (tuple, list)) and len(obj) == 2 and all(isinstance(t, torch.Tensor) for t in obj)):
