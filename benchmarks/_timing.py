@@ -92,7 +92,7 @@ def format_table(rows: list[dict[str, object]]) -> str:
     lines = ["| benchmark | ratio | target | met | peer | detail |", "|---|---:|---|---|---|---|"]
     for r in rows:
         ratio = r.get("ratio")
-        met = target_met(ratio, r.get("target"))  # type: ignore[arg-type]
+        met = r["met"] if "met" in r else target_met(ratio, r.get("target"))  # type: ignore[arg-type]
         cells = [str(r.get("name", "")), "-" if ratio is None else f"{ratio:.3f}", str(r.get("target") or "-"),
                  {True: "yes", False: "NO", None: "-"}[met], str(r.get("peer", "")),
                  str(r.get("note") or r.get("detail") or "")]

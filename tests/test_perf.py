@@ -65,11 +65,14 @@ def test_run_all_contract_and_notes(fake_dir: Path) -> None:
     good = by_bench["good"]
     assert [(r["ratio"], r["met"]) for r in good] == [(0.5, True), (2.0, None)]
     assert all(r["peer"] and r["target"] is not None for r in good)
+    # a target outside the contract: the ratio is kept, the verdict is not guessed, the note says why
+    numeric = by_bench.pop("numeric_target")
+    assert [(r["ratio"], r["met"]) for r in numeric] == [(1.0, None)]
+    assert numeric[0]["note"].startswith("failed") and "target=2.0" in numeric[0]["note"]
     notes = {b: rs[0].get("note", "") for b, rs in by_bench.items() if b != "good"}
     assert notes["missing"].startswith("skipped") and "bench_missing.py" in notes["missing"]
     assert notes["no_run"].startswith("skipped")
     assert notes["raises"].startswith("failed") and "boom" in notes["raises"]
-    assert "target=2.0" in notes["numeric_target"]
     assert "['peer']" in notes["no_peer"]
     assert "ratio=nan" in notes["nan"]
     assert all(by_bench[b][0]["ratio"] is None for b in notes)
@@ -89,6 +92,8 @@ def test_main_json_and_exit_codes(fake_dir: Path, tmp_path: Path, capsys: pytest
     assert "| fast thing | 0.500 | <= 0.8 | yes | slow |" in printed and "targets met: 1 of 1" in printed
     assert perf.main(["--bench-dir", str(fake_dir), "--only", "good", "--strict"]) == 1  # 0.9 misses <= 0.8
     assert perf.main(["--bench-dir", str(fake_dir), "--only", "raises"]) == 1
+    assert perf.main(["--bench-dir", str(fake_dir), "--only", "numeric_target"]) == 1
+    assert "| x | 1.000 | 2.0 | - | p | failed: target=2.0" in capsys.readouterr().out
 
 
 def test_discover_lists_the_suite_first() -> None:
