@@ -68,10 +68,10 @@ def run(quick: bool = False) -> list[dict[str, Any]]:
             n = size * size
             common = {f"paths_per_s_{s}": rate[s] for s in SOLVERS} | {"steps_per_path": STEPS, "threads": 1}
             rows.append({"name": f"margins exact vs dense ({name}, n={n})", "ratio": rate["exact"] / rate["dense"],
-                         "target": 10.0 if n == 784 else None, "peer": "dense n x n G_x + torch.linalg.solve",
+                         "target": ">= 10" if n == 784 else "", "peer": "dense n x n G_x + torch.linalg.solve",
                          **common})
             rows.append({"name": f"margins exact vs cg ({name}, n={n})", "ratio": rate["exact"] / rate["cg"],
-                         "target": 2.0, "peer": "conjugate gradients (20 iterations, JVP + VJP)", **common})
+                         "target": ">= 2", "peer": "conjugate gradients (20 iterations, JVP + VJP)", **common})
     finally:
         torch.set_num_threads(previous)
     return rows
@@ -84,7 +84,7 @@ def main() -> None:
     rows = run(quick=args.quick)
     print(f"{'benchmark':48s} {'ratio':>8s} {'target':>7s} {'exact/s':>9s} {'cg/s':>9s} {'dense/s':>9s}")
     for r in rows:
-        target = f"{r['target']:.0f}x" if r["target"] else "-"
+        target = r["target"] or "-"
         print(f"{r['name']:48s} {r['ratio']:7.2f}x {target:>7s} {r['paths_per_s_exact']:9.2f} "
               f"{r['paths_per_s_cg']:9.2f} {r['paths_per_s_dense']:9.2f}")
     print(f"(paths of {STEPS} steps, 1 torch thread, process CPU time; ratio = speed-up of exact over the peer)")
