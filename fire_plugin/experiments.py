@@ -16,6 +16,7 @@ import logging
 import os
 import tempfile
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -597,7 +598,11 @@ def run_demo(
                                       architecture=recipe.model, venue="fire_plugin demo",
                                       link="https://arxiv.org/abs/2106.06685", footnote=footnote)
         model_id = "Demo2026" + "".join(ch for ch in job["label"].title() if ch.isalnum())
-        files[f"model_info_{job['method']}"] = str(write_model_info(out_dir, model_id, info, threat_model="Linf"))
+        with warnings.catch_warnings():  # digits has no leaderboard: said once below, not once per file
+            warnings.filterwarnings("ignore", message=".*has no RobustBench leaderboard.*")
+            path = write_model_info(out_dir, model_id, info, threat_model="Linf")
+        files[f"model_info_{job['method']}"] = str(path)
+    _logger.info("model_info files use RobustBench's schema; digits has no RobustBench leaderboard to submit to")
 
     columns = ["label", "method", "weight", "clean", "pgd", "frpgd", "aa", "avg", "aa_label", "aa_standard_subset",
                "aa_standard_n", "fr_margin", "train_seconds", "diverged", "n_eval"]
@@ -640,7 +645,8 @@ def _markdown_table(rows: list[dict[str, Any]]) -> str:
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for row in rows:
         margin = "-" if row["fr_margin"] is None else f"{row['fr_margin']:.3f}"
-        lines.append(f"| {row['label']} | {row['weight']:g} | {pct(row['clean'])} | {pct(row['pgd'])} | "
+        weight = f"{row['weight']:g}" if row["method"] in ("fire", "trades", "hellinger", "mart") else "-"
+        lines.append(f"| {row['label']} | {weight} | {pct(row['clean'])} | {pct(row['pgd'])} | "
                      f"{pct(row['frpgd'])} | {pct(row['aa'])} | {pct(row['avg'])} | "
                      + (f"{pct(row['aa_standard_subset'])} | " if std_n else "")
                      + f"{margin} | {row['train_seconds']:.0f} |" + (" diverged" if row["diverged"] else ""))
