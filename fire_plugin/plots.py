@@ -326,10 +326,11 @@ def plot_robustness_scatter(rows: Sequence[Mapping[str, Any]], *, x_key: str = "
     """
     fig = Figure(figsize=(5.2, 4.2), constrained_layout=True)
     ax = fig.subplots()
-    for row in rows:
-        ax.scatter(row[x_key], row[y_key], s=40)
-        ax.annotate(str(row["method"]), (row[x_key], row[y_key]), textcoords="offset points", xytext=(5, 4),
-                    fontsize=9)
+    markers = "osD^vP*Xh<>"
+    for i, row in enumerate(rows):  # a legend, not annotations: close methods would overlap
+        ax.scatter(row[x_key], row[y_key], s=45, marker=markers[i % len(markers)], label=str(row["method"]),
+                   alpha=0.85)
+    ax.legend(fontsize=8, loc="best")
     ax.set_xlabel(x_label)
     ax.set_ylabel(y_label)
     ax.grid(alpha=0.3)
