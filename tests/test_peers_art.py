@@ -80,7 +80,8 @@ def test_sum_reduction_classifier_loss_scales_the_natural_term(data):
                               eps_step=0.03, max_iter=1, verbose=False)
         trainer.module.model.eval()
         xb, yb = torch.tensor(x[:32]), torch.tensor(y[:32])
-        losses[reduction] = float(trainer.loss(trainer.module(xb), trainer.module(xb), yb))
+        with torch.no_grad():
+            losses[reduction] = float(trainer.loss(trainer.module(xb), trainer.module(xb), yb))
     assert losses["sum"] == pytest.approx(32 * losses["mean"], rel=1e-5)
 
 
