@@ -65,6 +65,7 @@ Solvers for ``(G_x + lambda I) v = g`` (``g = L^T e`` with ``e = e_y - e_k``):
 from __future__ import annotations
 
 import csv
+import functools
 import json
 import logging
 import math
@@ -529,6 +530,49 @@ def _predict_logp(fn: _LogProb, x: Tensor, batch_size: int) -> Tensor:
     return torch.cat([fn(x[i : i + batch_size]) for i in range(0, len(x), batch_size)])
 
 
+def _within_fr(logp_start: Tensor, radius: float, logp: Tensor) -> Tensor:
+    return fisher_rao(logp_start, logp.double()) <= radius
+
+
+def _predicts(classes: Tensor, logp: Tensor) -> Tensor:
+    return logp.argmax(-1) == classes
+
+
+def _bisect_step(
+    fn: Callable[[Tensor], Tensor],
+    clip: Callable[[Tensor], Tensor],
+    x: Tensor,
+    delta: Tensor,
+    start: tuple[Tensor, Tensor],
+    end: tuple[Tensor, Tensor],
+    keep: Callable[[Tensor], Tensor],
+    iters: int,
+) -> tuple[Tensor, tuple[Tensor, Tensor], tuple[Tensor, Tensor]]:
+    """Bisect the fraction ``s`` in [0, 1] of the step ``x -> x + delta`` on the predicate ``keep(logp)``.
+
+    ``keep`` holds at ``s = 0`` and fails at ``s = 1``; after ``iters`` halvings returns ``lo`` (the largest
+    fraction known to keep), the point and log-probabilities there (``start`` when none was found), and those of
+    the smallest fraction known to fail (``end`` when none was found). Rows are independent.
+    """
+    xs = x.double()
+    lo = torch.zeros(len(x), dtype=torch.float64, device=x.device)
+    hi = torch.ones_like(lo)
+    (x_lo, logp_lo), (x_hi, logp_hi) = start, end
+    for _ in range(iters):
+        mid = (lo + hi) / 2
+        x_mid = clip((xs + mid.unsqueeze(-1) * delta).to(x.dtype))
+        with torch.no_grad():
+            logp_mid = fn(x_mid)
+        ok = keep(logp_mid)
+        lo = torch.where(ok, mid, lo)
+        hi = torch.where(ok, hi, mid)
+        x_lo = torch.where(ok.unsqueeze(-1), x_mid, x_lo)
+        logp_lo = torch.where(ok.unsqueeze(-1), logp_mid, logp_lo)
+        x_hi = torch.where(ok.unsqueeze(-1), x_hi, x_mid)
+        logp_hi = torch.where(ok.unsqueeze(-1), logp_hi, logp_mid)
+    return lo, (x_lo, logp_lo), (x_hi, logp_hi)
+
+
 def trace_margins(
     model: nn.Module,
     x: Tensor,
@@ -688,39 +732,19 @@ def trace_margins(
                 too_long = ok & (fisher_rao(logp.double(), logp_new.double()) > _MAX_STEP_RATIO * step)
                 if bool(too_long.any()):
                     idx = too_long.nonzero().flatten()
-                    xs, ds, lp = a_x[idx].double(), delta[idx], logp[idx].double()
-                    lo = torch.zeros(len(idx), dtype=torch.float64, device=device)
-                    hi = torch.ones_like(lo)
-                    x_lo, logp_lo = a_x[idx], logp[idx]
-                    for _ in range(_SHORTEN_ITERS):
-                        mid = (lo + hi) / 2
-                        x_mid = clip((xs + mid.unsqueeze(-1) * ds).to(a_x.dtype))
-                        with torch.no_grad():
-                            logp_mid = fn(x_mid)
-                        short = fisher_rao(lp, logp_mid.double()) <= step
-                        lo = torch.where(short, mid, lo)
-                        hi = torch.where(short, hi, mid)
-                        x_lo = torch.where(short.unsqueeze(-1), x_mid, x_lo)
-                        logp_lo = torch.where(short.unsqueeze(-1), logp_mid, logp_lo)
-                    delta[idx] = ds * lo.unsqueeze(-1)
+                    within = functools.partial(_within_fr, logp[idx].double(), step)
+                    lo, (x_lo, logp_lo), _ = _bisect_step(
+                        fn, clip, a_x[idx], delta[idx], (a_x[idx], logp[idx]), (x_new[idx], logp_new[idx]),
+                        within, _SHORTEN_ITERS)
+                    delta[idx] = delta[idx] * lo.unsqueeze(-1)
                     x_new[idx], logp_new[idx] = x_lo, logp_lo
                 flip = (logp_new.argmax(-1) != src) & ok
                 if bool(flip.any()):
                     idx = flip.nonzero().flatten()
-                    xs, ds, ys = a_x[idx].double(), delta[idx], src[idx]
-                    lo = torch.zeros(len(idx), dtype=torch.float64, device=device)
-                    hi = torch.ones_like(lo)
-                    x_hi, logp_hi = x_new[idx], logp_new[idx]
-                    for _ in range(_BISECT_ITERS):
-                        mid = (lo + hi) / 2
-                        x_mid = clip((xs + mid.unsqueeze(-1) * ds).to(a_x.dtype))
-                        with torch.no_grad():
-                            logp_mid = fn(x_mid)
-                        crossed = logp_mid.argmax(-1) != ys
-                        hi = torch.where(crossed, mid, hi)
-                        lo = torch.where(crossed, lo, mid)
-                        x_hi = torch.where(crossed.unsqueeze(-1), x_mid, x_hi)
-                        logp_hi = torch.where(crossed.unsqueeze(-1), logp_mid, logp_hi)
+                    same_class = functools.partial(_predicts, src[idx])
+                    _, _, (x_hi, logp_hi) = _bisect_step(
+                        fn, clip, a_x[idx], delta[idx], (a_x[idx], logp[idx]), (x_new[idx], logp_new[idx]),
+                        same_class, _BISECT_ITERS)
                     x_new[idx], logp_new[idx] = x_hi, logp_hi
                 finite = valid & torch.isfinite(logp_new).all(-1)
                 moved = ok & finite
