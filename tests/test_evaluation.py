@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
-from fire_plugin.data import DATASETS
 from fire_plugin.evaluation import AUTOATTACK_STANDARD, EvalResult, evaluate
 from fire_plugin.models import DigitsCNN
 
@@ -26,23 +24,8 @@ def single_thread():
 
 
 @pytest.fixture(scope="module")
-def digits_model(digits_train) -> DigitsCNN:
-    x, y = digits_train
-    info = DATASETS["digits"]
-    gen = torch.Generator().manual_seed(0)
-    with torch.random.fork_rng():
-        torch.manual_seed(0)
-        model = DigitsCNN(mean=info.mean, std=info.std)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
-    for _ in range(6):
-        perm = torch.randperm(len(x), generator=gen)
-        for i in range(0, len(x), 128):
-            idx = perm[i : i + 128]
-            loss = F.cross_entropy(model(x[idx]), y[idx])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-    return model.eval()
+def digits_model(digits_train, train_digits_cnn) -> DigitsCNN:
+    return train_digits_cnn(*digits_train, epochs=6)
 
 
 def reference_accuracy(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:

@@ -11,7 +11,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fire_plugin.data import DATASETS
 from fire_plugin.distances import fisher_rao
 from fire_plugin.margins import (
     MarginResult,
@@ -44,23 +43,8 @@ def theorem1_margin(h0: torch.Tensor) -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def digits_model(digits_train) -> DigitsCNN:
-    x, y = digits_train
-    info = DATASETS["digits"]
-    gen = torch.Generator().manual_seed(0)
-    with torch.random.fork_rng():
-        torch.manual_seed(0)
-        model = DigitsCNN(mean=info.mean, std=info.std)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
-    for _ in range(4):
-        perm = torch.randperm(len(x), generator=gen)
-        for i in range(0, len(x), 128):
-            idx = perm[i : i + 128]
-            loss = F.cross_entropy(model(x[idx]), y[idx])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-    return model.eval()
+def digits_model(digits_train, train_digits_cnn) -> DigitsCNN:
+    return train_digits_cnn(*digits_train, epochs=4)
 
 
 @pytest.fixture(scope="module")
