@@ -7,6 +7,7 @@ the core).
 
 from __future__ import annotations
 
+import argparse
 import statistics
 import time
 from collections.abc import Callable
@@ -98,3 +99,15 @@ def format_table(rows: list[dict[str, object]]) -> str:
                  str(r.get("note") or r.get("detail") or "")]
         lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
     return "\n".join(lines)
+
+
+def add_timing_args(parser: argparse.ArgumentParser, *, rounds: int, repeats: int | None = None) -> None:
+    """The timing options every benchmark takes: ``--rounds`` (, ``--repeats``), ``--threads`` and ``--clock``."""
+    parser.add_argument("--rounds", type=int, default=rounds)
+    if repeats is not None:
+        parser.add_argument("--repeats", type=int, default=repeats)
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch CPU threads (default 1: steadier on a shared machine; 0 keeps torch's default)")
+    parser.add_argument("--clock", choices=["auto", "wall", "cpu"], default="auto",
+                        help="cpu: process CPU time (steady on a shared CPU with one thread); auto: cpu on a CPU with "
+                        "one thread, wall otherwise")

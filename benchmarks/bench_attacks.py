@@ -25,7 +25,7 @@ import torchattacks
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _timing import choose_clock, format_table, interleaved_times, row  # noqa: E402
+from _timing import add_timing_args, choose_clock, format_table, interleaved_times, row  # noqa: E402
 
 from fire_plugin.attacks import FRPGD  # noqa: E402
 from fire_plugin.distances import fisher_rao  # noqa: E402
@@ -153,13 +153,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--train-steps", type=int, default=300)
     parser.add_argument("--n-eval", type=int, default=256, help="held-out images for the FRD comparison")
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--repeats", type=int, default=1)
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch CPU threads (default 1: steadier on a shared machine; 0 keeps torch's default)")
-    parser.add_argument("--clock", choices=["auto", "wall", "cpu"], default="auto",
-                        help="cpu: process CPU time (steady on a shared CPU with one thread); auto: cpu on a CPU with "
-                        "one thread, wall otherwise")
+    add_timing_args(parser, rounds=5, repeats=1)
     parser.add_argument("--quick", action="store_true", help="smoke run: 5 steps, 50 training steps, 2 rounds")
     args = parser.parse_args()
     rows = run(args.quick, eps=args.eps, alpha=args.alpha, steps=args.steps, batch_size=args.batch_size,

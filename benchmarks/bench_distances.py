@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _timing import choose_clock, format_table, interleaved_times, row  # noqa: E402
+from _timing import add_timing_args, choose_clock, format_table, interleaved_times, row  # noqa: E402
 
 from fire_plugin.distances import fisher_rao_squared, hellinger_squared, kl_divergence  # noqa: E402
 
@@ -66,13 +66,7 @@ def run(quick: bool = False, *, rounds: int = 15, repeats: int = 5, threads: int
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="smoke run: 3 rounds of 3 calls")
-    parser.add_argument("--rounds", type=int, default=15)
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch CPU threads (default 1: steadier on a shared machine; 0 keeps torch's default)")
-    parser.add_argument("--clock", choices=["auto", "wall", "cpu"], default="auto",
-                        help="cpu: process CPU time (steady on a shared CPU with one thread); auto: cpu on a CPU with "
-                        "one thread, wall otherwise")
+    add_timing_args(parser, rounds=15, repeats=5)
     args = parser.parse_args()
     print(format_table(run(args.quick, rounds=args.rounds, repeats=args.repeats, threads=args.threads,
                            clock=args.clock)))

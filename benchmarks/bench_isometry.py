@@ -41,7 +41,7 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _timing import choose_clock, format_table, interleaved_times, row  # noqa: E402
+from _timing import add_timing_args, choose_clock, format_table, interleaved_times, row  # noqa: E402
 
 import fire_plugin  # noqa: E402,F401  (registers lenet_pi)
 from fire_plugin.engine import CrossEntropyObjective, Objective, fit  # noqa: E402
@@ -141,10 +141,7 @@ def run(quick: bool = False, *, rounds: int = 5, repeats: int = 2, threads: int 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="smoke run: 1 round of 1 call, fewer steps")
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--repeats", type=int, default=2)
-    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (0 keeps torch's default)")
-    parser.add_argument("--clock", choices=["auto", "wall", "cpu"], default="auto")
+    add_timing_args(parser, rounds=5, repeats=2)
     args = parser.parse_args()
     print(format_table(run(args.quick, rounds=args.rounds, repeats=args.repeats, threads=args.threads,
                            clock=args.clock)))

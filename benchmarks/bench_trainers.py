@@ -32,7 +32,7 @@ from art.estimators.classification import PyTorchClassifier
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _timing import choose_clock, format_table, row  # noqa: E402
+from _timing import add_timing_args, choose_clock, format_table, row  # noqa: E402
 
 import fire_plugin  # noqa: F401  (registers small_cnn)
 from fire_plugin.attacks import FRPGD
@@ -98,12 +98,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--samples", type=int, default=512)
     parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--rounds", type=int, default=7)
+    add_timing_args(parser, rounds=7)
     parser.add_argument("--step-rounds", type=int, default=16, help="rounds of the (c) step comparison")
     parser.add_argument("--skip-epochs", action="store_true", help="run only the (c) step comparison")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads on CPU (1: CPU-time clock is exact)")
-    parser.add_argument("--clock", choices=["auto", "wall", "cpu"], default="auto",
-                        help="auto: process CPU time on a 1-thread CPU run (immune to other jobs), else wall time")
     args = parser.parse_args()
     rows = run(args.quick, steps=args.steps, samples=args.samples, batch_size=args.batch_size, rounds=args.rounds,
                step_rounds=args.step_rounds, skip_epochs=args.skip_epochs, threads=args.threads, clock=args.clock)
