@@ -12,6 +12,8 @@ one markdown table; ``--json PATH`` saves it with the run's settings.
 - ``bench_attacks``: FRPGD vs ``torchattacks.PGD``.
 - ``bench_isometry``: partial-isometry training vs vanilla.
 - ``bench_margins``: margin tracing, exact vs CG vs dense.
+- ``bench_startup``: ``fire-plugin --help`` and the package's imports vs the imports they cannot avoid (fresh
+  interpreters).
 
 Timing follows each benchmark (1 torch thread and the process CPU time on a CPU); the runner also sets one torch
 thread. ``--quick`` runs every benchmark's reduced version (a smoke run: its ratios are noisy).
@@ -40,7 +42,7 @@ sys.path.insert(0, str(BENCH_DIR))
 from _timing import format_table, target_met  # noqa: E402
 
 #: Benchmarks of the suite, in the order they run (``bench_<name>.py``).
-BENCHMARKS: tuple[str, ...] = ("trainers", "distances", "attacks", "isometry", "margins")
+BENCHMARKS: tuple[str, ...] = ("trainers", "distances", "attacks", "isometry", "margins", "startup")
 ROW_KEYS = ("name", "ratio", "target", "peer")
 
 _logger = logging.getLogger("perf")

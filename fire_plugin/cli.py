@@ -1,8 +1,9 @@
-"""``fire-plugin`` console script: train, evaluate, gaussian, demo.
+"""``fire-plugin`` console script: train, evaluate, gaussian, demo, margins, leaderboard, bench.
 
 Every subcommand parses its arguments, calls the library (:mod:`fire_plugin.experiments` and friends) and prints
-what it returns; logging is configured here (the library only logs). A user error prints one line
-``fire-plugin: error: ...`` and exits with status 2; ``-v`` adds the traceback.
+what it returns; logging is configured here (the library only logs). ``--help``, ``--version`` and argument
+errors answer without importing torch: each subcommand imports what it needs in its handler. A user error prints
+one line ``fire-plugin: error: ...`` and exits with status 2; ``-v`` adds the traceback.
 
 Examples::
 
@@ -148,10 +149,11 @@ def _gaussian(args: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace) -> int:
     from fire_plugin.experiments import DigitsRecipe, EvalSpec, run_demo
 
-    recipe = DigitsRecipe(epochs=args.epochs, model=args.model)
-    spec = EvalSpec(aa_standard_n=args.aa_standard_n)
+    chosen = {k: v for k, v in (("epochs", args.epochs), ("model", args.model)) if v is not None}
+    recipe = DigitsRecipe(**chosen)
+    spec = EvalSpec() if args.aa_standard_n is None else EvalSpec(aa_standard_n=args.aa_standard_n)
     if args.quick:  # a smoke run of the whole pipeline: 2 epochs, 60 test images, APGD-CE only
-        recipe = DigitsRecipe(epochs=2, model=args.model)
+        recipe = DigitsRecipe(**(chosen | {"epochs": 2}))
         spec = EvalSpec(n_eval=60, aa_attacks=("apgd-ce",), aa_standard_n=0, margin_n=5)
     report = run_demo(args.out, recipe=recipe, spec=spec, workers=args.workers, verbose=not args.quiet)
     print(report["table"])
@@ -213,113 +215,137 @@ COMMANDS = {"train": _train, "evaluate": _evaluate, "gaussian": _gaussian, "demo
 # --------------------------------------------------------------------------------------------------- parser
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from fire_plugin.experiments import METHODS, DigitsRecipe, EvalSpec
-    from fire_plugin.presets import list_presets
+# Torch-free copies of the library's names, so that --help, --version and argument errors answer without
+# importing torch (tests/test_startup.py checks that they equal the library's).
+METHOD_CHOICES = ("fire", "trades", "hellinger", "mart", "ace", "ce", "isometry")  # fire_plugin.experiments.METHODS
+DATASET_CHOICES = ("digits", "mnist", "cifar10", "cifar100")  # fire_plugin.data.DATASETS
+BENCH_NAMES = ("trainers", "distances", "attacks", "isometry", "margins", "startup")  # the perf suite's benchmarks
 
+
+def preset_names() -> list[str]:
+    """The shipped presets (the ``presets/*.json`` files of the package), without importing torch.
+
+    >>> "cifar10-wrn34-fire" in preset_names()
+    True
+    """
+    return sorted(p.stem for p in (Path(__file__).resolve().parent / "presets").glob("*.json"))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``fire-plugin`` argument parser; building it imports nothing heavy (no torch).
+
+    >>> build_parser().parse_args(["train", "--epochs", "3"]).epochs
+    3
+    """
     parser = argparse.ArgumentParser(prog="fire-plugin", description="Fisher-Rao adversarial robustness toolkit")
     parser.add_argument("--version", action="version", version=f"fire-plugin {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging and tracebacks on errors")
     sub = parser.add_subparsers(dest="command")
 
     p = sub.add_parser("train", help=SUBCOMMANDS["train"])
-    p.add_argument("--dataset", default="digits", choices=["digits", "mnist", "cifar10", "cifar100"])
+    p.add_argument("--dataset", default="digits", choices=DATASET_CHOICES, help="training data (default: digits)")
     p.add_argument("--model", default="digits_cnn", help="a timm architecture name (ours: small_cnn, lenet_pi, ...)")
-    p.add_argument("--method", default="fire", choices=list(METHODS))
+    p.add_argument("--method", default="fire", choices=METHOD_CHOICES, help="training objective (default: fire)")
     p.add_argument("--lam", type=_non_negative_float, default=None,
                    help="regularizer weight; default: the matched weight of the method (FIRE 3 on d^2 with "
                         "d = 2 arccos(BC), i.e. the authors' code beta 12; TRADES 6; Hellinger 12 on H^2; MART 6)")
-    p.add_argument("--eps", type=_positive_float, default=8 / 255)
+    p.add_argument("--eps", type=_positive_float, default=8 / 255, help="attack radius on [0, 1] inputs (8/255)")
     p.add_argument("--eps-step", type=_positive_float, default=None, help="default: 2.5 * eps / steps")
-    p.add_argument("--steps", type=_positive_int, default=10)
-    p.add_argument("--norm", default="Linf", choices=["Linf", "L2"])
-    p.add_argument("--epochs", type=_positive_int, default=100)
-    p.add_argument("--batch-size", type=_positive_int, default=128)
-    p.add_argument("--lr", type=_positive_float, default=0.1)
-    p.add_argument("--weight-decay", type=_non_negative_float, default=5e-4)
+    p.add_argument("--steps", type=_positive_int, default=10, help="steps of the training attack (10)")
+    p.add_argument("--norm", default="Linf", choices=["Linf", "L2"], help="threat model of the training attack")
+    p.add_argument("--epochs", type=_positive_int, default=100, help="training epochs (100)")
+    p.add_argument("--batch-size", type=_positive_int, default=128, help="batch size, per process under DDP (128)")
+    p.add_argument("--lr", type=_positive_float, default=0.1, help="SGD learning rate (0.1)")
+    p.add_argument("--weight-decay", type=_non_negative_float, default=5e-4, help="SGD weight decay (5e-4)")
     p.add_argument("--schedule", default="multistep", choices=["multistep", "cosine", "constant"],
                    help="learning-rate schedule: lr/10 at 75%% and 90%% of the epochs (the paper's), cosine, or "
                         "constant (can diverge late)")
-    p.add_argument("--self-adaptive", action="store_true")
-    p.add_argument("--sat-warmup", type=int, default=10)
-    p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None, help="mixed precision (CUDA)")
+    p.add_argument("--self-adaptive", action="store_true",
+                   help="self-adaptive training targets (a moving average of the model's predictions)")
+    p.add_argument("--sat-warmup", type=int, default=10, help="epochs before the self-adaptive targets start (10)")
+    p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
+                   help="mixed precision (CUDA); default: on with CUDA")
     p.add_argument("--sync-bn", action="store_true", help="SyncBatchNorm under torchrun/DDP")
     p.add_argument("--validate", action="store_true", help="natural/adversarial test accuracy after each epoch")
     p.add_argument("--no-resume", action="store_true", help="start fresh even when OUT holds a checkpoint")
-    p.add_argument("--workers", type=int, default=0)
-    p.add_argument("--data-dir", default="data")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--workers", type=int, default=0, help="data-loader worker processes (0: load in the main one)")
+    p.add_argument("--data-dir", default="data", help="where datasets are read from or downloaded to (data)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (0)")
     p.add_argument("--ema", type=_positive_float, default=None, metavar="DECAY",
                    help="keep an EMA of the weights (e.g. 0.999, with warm-up); evaluated and checkpointed")
     p.add_argument("--compile", action="store_true", help="torch.compile the model (pays off on GPUs)")
-    p.add_argument("--preset", default=None, choices=list_presets(),
+    p.add_argument("--preset", default=None, choices=preset_names(),
                    help="a paper recipe (config file); other options then come from the preset")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override one preset key (repeatable), e.g. --set epochs=10 --set eps=8/255")
     p.add_argument("--smoke", action="store_true",
                    help="run the preset for a few batches on CPU with synthetic data of its shape")
     p.add_argument("--out", default=None, help="output directory (required without --preset)")
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
 
     p = sub.add_parser("evaluate", help=SUBCOMMANDS["evaluate"])
     p.add_argument("--model", required=True, help="architecture name, RobustBench zoo name or autoattack-resnet18")
     p.add_argument("--checkpoint", default=None, help="our checkpoint or a state dict for --model's architecture")
-    p.add_argument("--dataset", default="cifar10", choices=["digits", "mnist", "cifar10", "cifar100"])
-    p.add_argument("--eps", type=_positive_float, default=8 / 255)
-    p.add_argument("--norm", default="Linf", choices=["Linf", "L2"])
-    p.add_argument("--attacks", nargs="+", default=["clean", "pgd", "frpgd", "autoattack"])
-    p.add_argument("--n-examples", type=_positive_int, default=None)
-    p.add_argument("--batch-size", type=_positive_int, default=256)
-    p.add_argument("--model-dir", default="models")
-    p.add_argument("--data-dir", default="data")
+    p.add_argument("--dataset", default="cifar10", choices=DATASET_CHOICES, help="test data (default: cifar10)")
+    p.add_argument("--eps", type=_positive_float, default=8 / 255, help="attack radius on [0, 1] inputs (8/255)")
+    p.add_argument("--norm", default="Linf", choices=["Linf", "L2"], help="threat model of the attacks")
+    p.add_argument("--attacks", nargs="+", default=["clean", "pgd", "frpgd", "autoattack"],
+                   help="what to run: clean, pgd (PGD-20), frpgd, autoattack (default: all four)")
+    p.add_argument("--n-examples", type=_positive_int, default=None, help="first N test images (default: all)")
+    p.add_argument("--batch-size", type=_positive_int, default=256, help="evaluation batch size (256)")
+    p.add_argument("--model-dir", default="models", help="RobustBench zoo download folder (models)")
+    p.add_argument("--data-dir", default="data", help="where datasets are read from or downloaded to (data)")
     p.add_argument("--model-id", default=None, help="RobustBench-style id, e.g. Picot2022Adversarial")
-    p.add_argument("--name", default=None)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default="runs/eval")
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--name", default=None, help="display name in the model_info JSON (default: --model-id)")
+    p.add_argument("--seed", type=int, default=0, help="random seed of the attacks (0)")
+    p.add_argument("--out", default="runs/eval", help="output directory (runs/eval)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
 
     p = sub.add_parser("gaussian", help=SUBCOMMANDS["gaussian"])
-    p.add_argument("--out", default="runs/gaussian")
+    p.add_argument("--out", default="runs/gaussian", help="output directory (runs/gaussian)")
     p.add_argument("--mu", type=_floats, default=None, help="two floats, e.g. '-0.0218 0.0425'")
     p.add_argument("--sigma", type=_floats, default=None, help="four floats (row-major 2x2)")
-    p.add_argument("--eps", type=_positive_float, default=None)
-    p.add_argument("--lambdas", type=_floats, default=None)
-    p.add_argument("--n-per-class", type=_positive_int, default=10_000)
+    p.add_argument("--eps", type=_positive_float, default=None, help="attack radius (default: the paper's)")
+    p.add_argument("--lambdas", type=_floats, default=None, help="regularizer weights of the sweep (default: the "
+                                                                  "paper's)")
+    p.add_argument("--n-per-class", type=_positive_int, default=10_000, help="samples per class (10000)")
     p.add_argument("--no-global", action="store_true", help="skip the polar-grid global minimizer")
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
 
     p = sub.add_parser("demo", help=SUBCOMMANDS["demo"])
-    p.add_argument("--out", default="runs/demo")
-    p.add_argument("--epochs", type=_positive_int, default=DigitsRecipe.epochs)
-    p.add_argument("--model", default=DigitsRecipe.model, help="digits architecture (lenet_pi or digits_cnn)")
-    p.add_argument("--aa-standard-n", type=int, default=EvalSpec.aa_standard_n,
-                   help="test images that also get standard AutoAttack (0: none)")
+    p.add_argument("--out", default="runs/demo", help="output directory (runs/demo)")
+    p.add_argument("--epochs", type=_positive_int, default=None, help="epochs per method (default: the recipe's)")
+    p.add_argument("--model", default=None, help="digits architecture, lenet_pi or digits_cnn (default: the "
+                                                  "recipe's)")
+    p.add_argument("--aa-standard-n", type=int, default=None,
+                   help="test images that also get standard AutoAttack (0: none; default: the recipe's)")
     p.add_argument("--workers", type=_positive_int, default=None, help="runs in parallel (default: 2 cores)")
     p.add_argument("--quick", action="store_true", help="a 1-minute smoke run of the whole pipeline")
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
 
     p = sub.add_parser("margins", help=SUBCOMMANDS["margins"])
     p.add_argument("--model", required=True,
                    help="autoattack-resnet18, a RobustBench zoo name, or an architecture with --checkpoint")
-    p.add_argument("--checkpoint", default=None)
-    p.add_argument("--dataset", default="digits", choices=["digits", "mnist", "cifar10", "cifar100"])
+    p.add_argument("--checkpoint", default=None, help="our checkpoint or a state dict for --model's architecture")
+    p.add_argument("--dataset", default="digits", choices=DATASET_CHOICES, help="test data (default: digits)")
     p.add_argument("--inputs", default=None, help="a .pt file of (images, labels) to trace instead of test images")
-    p.add_argument("--n-inputs", type=_positive_int, default=100)
+    p.add_argument("--n-inputs", type=_positive_int, default=100, help="inputs to trace (100)")
     p.add_argument("--synthetic", default="auto", choices=["auto", "never", "always"],
                    help="synthetic inputs of the dataset's shape when its test images are not on disk (labelled)")
     p.add_argument("--targets", default=None, help="target classes, e.g. '3,5' (default: every other class)")
-    p.add_argument("--damping", type=_positive_float, default=1e-3)
-    p.add_argument("--step", type=_positive_float, default=0.1)
-    p.add_argument("--max-length", type=_positive_float, default=20.0)
-    p.add_argument("--max-steps", type=_positive_int, default=1000)
-    p.add_argument("--solver", default="auto", choices=["auto", "exact", "cg", "dense"])
-    p.add_argument("--cg-iters", type=_positive_int, default=20)
-    p.add_argument("--batch-size", type=_positive_int, default=256)
-    p.add_argument("--model-dir", default="models")
-    p.add_argument("--data-dir", default="data")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default="runs/margins")
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--damping", type=_positive_float, default=1e-3, help="lambda of the metric G + lambda I (1e-3)")
+    p.add_argument("--step", type=_positive_float, default=0.1, help="Fisher-Rao length of one step (0.1)")
+    p.add_argument("--max-length", type=_positive_float, default=20.0, help="stop a path at this length (20)")
+    p.add_argument("--max-steps", type=_positive_int, default=1000, help="stop a path after this many steps (1000)")
+    p.add_argument("--solver", default="auto", choices=["auto", "exact", "cg", "dense"],
+                   help="natural-gradient solve: exact (Woodbury), cg, dense, auto (exact for <= 32 classes)")
+    p.add_argument("--cg-iters", type=_positive_int, default=20, help="most conjugate-gradient iterations (20)")
+    p.add_argument("--batch-size", type=_positive_int, default=256, help="paths traced together (256)")
+    p.add_argument("--model-dir", default="models", help="RobustBench zoo download folder (models)")
+    p.add_argument("--data-dir", default="data", help="where datasets are read from or downloaded to (data)")
+    p.add_argument("--seed", type=int, default=0, help="seed of synthetic inputs (0)")
+    p.add_argument("--out", default="runs/margins", help="output directory (runs/margins)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
 
     p = sub.add_parser("leaderboard", help=SUBCOMMANDS["leaderboard"])
     p.add_argument("--model-info", required=True, help="a RobustBench model_info JSON (e.g. from evaluate)")
@@ -327,13 +353,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a RobustBench checkout's model_info folder (default: the snapshot shipped with the package)")
     p.add_argument("--threat-model", default=None, choices=["Linf", "L2"],
                    help="default: the folder the file sits in (model_info/<dataset>/<threat>/)")
-    p.add_argument("--neighbours", type=_positive_int, default=3)
-    p.add_argument("--out", default="runs/leaderboard")
+    p.add_argument("--neighbours", type=_positive_int, default=3, help="entries shown above and below (3)")
+    p.add_argument("--out", default="runs/leaderboard", help="output directory (runs/leaderboard)")
 
     p = sub.add_parser("bench", help=SUBCOMMANDS["bench"])
     p.add_argument("--quick", action="store_true", help="reduced versions (a smoke run: noisy ratios)")
     p.add_argument("--json", default=None, help="save the table as JSON here")
-    p.add_argument("--only", action="append", metavar="NAME", help="trainers, distances, attacks, isometry, margins")
+    p.add_argument("--only", action="append", metavar="NAME", help=f"run only this benchmark (repeatable): "
+                                                                     f"{', '.join(BENCH_NAMES)}")
     p.add_argument("--strict", action="store_true", help="exit 1 when a target is missed")
     return parser
 

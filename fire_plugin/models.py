@@ -1,6 +1,8 @@
 """Architectures registered with timm.
 
-After ``import fire_plugin``, ``timm.create_model(name, num_classes=..., in_chans=...)`` builds:
+Importing this module registers them with timm; so does ``import fire_plugin`` as soon as timm is imported (by
+anyone, see :func:`fire_plugin._compat.register_models_with_timm`). ``timm.create_model(name, num_classes=...,
+in_chans=...)`` then builds:
 
 ========================  ==========================================================================
 name                      architecture
