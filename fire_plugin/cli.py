@@ -29,6 +29,7 @@ from fire_plugin import __version__
 
 SUBCOMMANDS = {
     "train": "train a model (FIRE, TRADES, Hellinger, MART, ACE, partial isometry or plain CE); torchrun for DDP",
+    "presets": "list the paper's recipes (presets) and show one with every --set key, its type and allowed values",
     "evaluate": "clean / PGD-20 / FRPGD / AutoAttack accuracy and a RobustBench model_info JSON",
     "gaussian": "the Gaussian/logistic lab of the FIRE paper: closed forms, Pareto front, sweeps, figures",
     "demo": "the main job on the embedded digits data: every method trained, evaluated, compared",
@@ -53,10 +54,13 @@ def _positive_int(text: str) -> int:
 
 
 def _float(text: str) -> float:
+    """A number, or a fraction such as ``8/255`` (what presets accept for eps)."""
+    from fractions import Fraction
+
     try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a number, got {text!r}") from None
+        value = float(Fraction(text.strip())) if "/" in text else float(text)
+    except (ValueError, ZeroDivisionError):
+        raise argparse.ArgumentTypeError(f"must be a number or a fraction such as 8/255, got {text!r}") from None
     if not math.isfinite(value):
         raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
     return value
@@ -83,11 +87,62 @@ def _floats(text: str) -> list[float]:
 # --------------------------------------------------------------------------------------------------- commands
 
 
+# train flags that default to None, so that a flag given with --preset is seen; their defaults without --preset
+TRAIN_DEFAULTS: dict[str, object] = {"dataset": "digits", "model": "digits_cnn", "method": "fire", "eps": 8 / 255,
+                                     "steps": 10, "norm": "Linf", "epochs": 100, "batch_size": 128, "lr": 0.1,
+                                     "weight_decay": 5e-4, "schedule": "multistep", "sat_warmup": 10, "workers": 0,
+                                     "data_dir": "data", "seed": 0}
+# train flag -> preset key, for the flags that mean the same thing with --preset (applied as --set KEY=VALUE)
+_PRESET_KEY_OF = {"dataset": "dataset", "model": "model", "method": "method", "lam": "lam", "eps": "eps",
+                  "eps_step": "eps_step", "steps": "attack_steps", "epochs": "epochs", "batch_size": "batch_size",
+                  "lr": "lr", "weight_decay": "weight_decay", "schedule": "schedule", "workers": "workers",
+                  "data_dir": "data_dir", "seed": "seed"}
+# train flags without a preset key: refused with --preset
+_NOT_PRESET_FLAGS = {"norm": "--norm", "self_adaptive": "--self-adaptive", "sat_warmup": "--sat-warmup",
+                     "sync_bn": "--sync-bn", "validate": "--validate"}
+
+
+def _preset_sets(args: argparse.Namespace) -> list[str]:
+    """The explicit train flags given with ``--preset``, as ``--set`` items; flags presets lack are refused."""
+    refused = [flag for dest, flag in _NOT_PRESET_FLAGS.items() if getattr(args, dest) not in (None, False)]
+    if refused:
+        raise ValueError(f"{', '.join(refused)} cannot be combined with --preset (presets have no such key); drop "
+                         "it, or train without --preset (see fire-plugin presets show NAME)")
+    items: list[str] = []
+    for dest, key in _PRESET_KEY_OF.items():
+        value = getattr(args, dest)
+        if value is None:
+            continue
+        if key == "method":
+            if value not in ("fire", "trades", "hellinger", "ace", "isometry"):
+                raise ValueError(f"--method {value} cannot be combined with --preset; allowed there: fire, trades, "
+                                 "hellinger, ace (the presets' madry), isometry")
+            value = "madry" if value == "ace" else value
+        items.append(f"{key}={value!r}" if isinstance(value, float) else f"{key}={value}")
+    if args.compile:
+        items.append("compile=true")
+    if args.amp is not None:
+        items.append("amp=" + ("auto" if args.amp else "off"))
+    if args.ema is not None:
+        items += ["ema=true", f"ema_decay={args.ema!r}"]
+    given = {item.split("=", 1)[0].strip() for item in args.overrides}
+    both = sorted(given & {item.split("=", 1)[0] for item in items})
+    if both:
+        raise ValueError(f"--set {', '.join(both)} and the train flag(s) for the same key(s) were both given with "
+                         "--preset; give each once")
+    return items
+
+
 def _train(args: argparse.Namespace) -> int:
     from fire_plugin.experiments import train
 
     if args.preset is not None or args.smoke or args.overrides:
         return _train_preset(args)
+    if args.keep_checkpoints:
+        raise ValueError("--keep-checkpoints applies to --smoke runs of a preset (other runs always keep them)")
+    for dest, value in TRAIN_DEFAULTS.items():
+        if getattr(args, dest) is None:
+            setattr(args, dest, value)
     if args.out is None:
         raise ValueError("--out is required (where checkpoints, summary.json and the curves go)")
     summary = train(
@@ -107,11 +162,26 @@ def _train_preset(args: argparse.Namespace) -> int:
     from fire_plugin.presets import run_preset
 
     if args.preset is None:
-        raise ValueError("--set and --smoke apply to presets: add --preset NAME (see fire-plugin train --help)")
+        raise ValueError("--set and --smoke apply to presets: add --preset NAME (see fire-plugin presets list)")
+    if args.keep_checkpoints and not args.smoke:
+        raise ValueError("--keep-checkpoints applies to --smoke runs (other preset runs always keep them)")
+    sets = _preset_sets(args)
+    if sets:
+        _log.warning("train flags given with --preset %s are applied as %s", args.preset,
+                     " ".join(f"--set {item}" for item in sets))
     out = args.out if args.out is not None else str(Path("runs") / args.preset)
-    result = run_preset(args.preset, overrides=args.overrides, out=out, smoke=args.smoke,
-                        resume=not args.no_resume, verbose=not args.quiet)
+    result = run_preset(args.preset, overrides=[*args.overrides, *sets], out=out, smoke=args.smoke,
+                        keep_checkpoints=args.keep_checkpoints, resume=not args.no_resume, verbose=not args.quiet)
     print(json.dumps({k: v for k, v in result.items() if k != "history"}, indent=2, default=str))
+    return 0
+
+
+def _presets(args: argparse.Namespace) -> int:
+    from fire_plugin.presets import describe_preset, describe_presets
+
+    if args.action == "show" and args.name is None:
+        raise ValueError("fire-plugin presets show needs a NAME (see fire-plugin presets list)")
+    print(describe_presets() if args.action == "list" else describe_preset(args.name))
     return 0
 
 
@@ -121,6 +191,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     payload = evaluate_checkpoint(
         model=args.model, out=args.out, checkpoint=args.checkpoint, dataset=args.dataset, eps=args.eps,
         norm=args.norm, attacks=tuple(args.attacks), n_examples=args.n_examples, batch_size=args.batch_size,
+        autoattack_attacks=tuple(args.aa_attacks) if args.aa_attacks else None,
         model_dir=args.model_dir, data_dir=args.data_dir, model_id=args.model_id, name=args.name, seed=args.seed,
         verbose=not args.quiet,
     )
@@ -208,8 +279,8 @@ def _bench(args: argparse.Namespace) -> int:
     return int(module.main(argv))
 
 
-COMMANDS = {"train": _train, "evaluate": _evaluate, "gaussian": _gaussian, "demo": _demo, "margins": _margins,
-            "leaderboard": _leaderboard, "bench": _bench}
+COMMANDS = {"train": _train, "presets": _presets, "evaluate": _evaluate, "gaussian": _gaussian, "demo": _demo,
+            "margins": _margins, "leaderboard": _leaderboard, "bench": _bench}
 
 
 # --------------------------------------------------------------------------------------------------- parser
@@ -243,54 +314,70 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command")
 
     p = sub.add_parser("train", help=SUBCOMMANDS["train"])
-    p.add_argument("--dataset", default="digits", choices=DATASET_CHOICES, help="training data (default: digits)")
-    p.add_argument("--model", default="digits_cnn", help="a timm architecture name (ours: small_cnn, lenet_pi, ...)")
-    p.add_argument("--method", default="fire", choices=METHOD_CHOICES, help="training objective (default: fire)")
+    p.add_argument("--dataset", default=None, choices=DATASET_CHOICES,
+                   help="training data (default: digits); the model is built for its image size, channels, classes")
+    p.add_argument("--model", default=None,
+                   help="a timm architecture name (ours: small_cnn, lenet_pi, digits_cnn, resnet18_cifar, wrn34_10, "
+                        "wrn28_10; default: digits_cnn)")
+    p.add_argument("--method", default=None, choices=METHOD_CHOICES, help="training objective (default: fire)")
     p.add_argument("--lam", type=_non_negative_float, default=None,
                    help="regularizer weight; default: the matched weight of the method (FIRE 3 on d^2 with "
                         "d = 2 arccos(BC), i.e. the authors' code beta 12; TRADES 6; Hellinger 12 on H^2; MART 6)")
-    p.add_argument("--eps", type=_positive_float, default=8 / 255, help="attack radius on [0, 1] inputs (8/255)")
+    p.add_argument("--eps", type=_positive_float, default=None,
+                   help="attack radius on [0, 1] inputs, a number or a fraction such as 8/255 (default 8/255)")
     p.add_argument("--eps-step", type=_positive_float, default=None, help="default: 2.5 * eps / steps")
-    p.add_argument("--steps", type=_positive_int, default=10, help="steps of the training attack (10)")
-    p.add_argument("--norm", default="Linf", choices=["Linf", "L2"], help="threat model of the training attack")
-    p.add_argument("--epochs", type=_positive_int, default=100, help="training epochs (100)")
-    p.add_argument("--batch-size", type=_positive_int, default=128, help="batch size, per process under DDP (128)")
-    p.add_argument("--lr", type=_positive_float, default=0.1, help="SGD learning rate (0.1)")
-    p.add_argument("--weight-decay", type=_non_negative_float, default=5e-4, help="SGD weight decay (5e-4)")
-    p.add_argument("--schedule", default="multistep", choices=["multistep", "cosine", "constant"],
+    p.add_argument("--steps", type=_positive_int, default=None, help="steps of the training attack (10)")
+    p.add_argument("--norm", default=None, choices=["Linf", "L2"], help="threat model of the training attack (Linf)")
+    p.add_argument("--epochs", type=_positive_int, default=None, help="training epochs (100)")
+    p.add_argument("--batch-size", type=_positive_int, default=None, help="batch size, per process under DDP (128)")
+    p.add_argument("--lr", type=_positive_float, default=None, help="SGD learning rate (0.1)")
+    p.add_argument("--weight-decay", type=_non_negative_float, default=None, help="SGD weight decay (5e-4)")
+    p.add_argument("--schedule", default=None, choices=["multistep", "cosine", "constant"],
                    help="learning-rate schedule: lr/10 at 75%% and 90%% of the epochs (the paper's), cosine, or "
                         "constant (can diverge late)")
     p.add_argument("--self-adaptive", action="store_true",
                    help="self-adaptive training targets (a moving average of the model's predictions)")
-    p.add_argument("--sat-warmup", type=int, default=10, help="epochs before the self-adaptive targets start (10)")
+    p.add_argument("--sat-warmup", type=int, default=None, help="epochs before the self-adaptive targets start (10)")
     p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
                    help="mixed precision (CUDA); default: on with CUDA")
     p.add_argument("--sync-bn", action="store_true", help="SyncBatchNorm under torchrun/DDP")
     p.add_argument("--validate", action="store_true", help="natural/adversarial test accuracy after each epoch")
     p.add_argument("--no-resume", action="store_true", help="start fresh even when OUT holds a checkpoint")
-    p.add_argument("--workers", type=int, default=0, help="data-loader worker processes (0: load in the main one)")
-    p.add_argument("--data-dir", default="data", help="where datasets are read from or downloaded to (data)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (0)")
+    p.add_argument("--workers", type=int, default=None, help="data-loader worker processes (0: load in the main one)")
+    p.add_argument("--data-dir", default=None, help="where datasets are read from or downloaded to (data)")
+    p.add_argument("--seed", type=int, default=None, help="random seed (0)")
     p.add_argument("--ema", type=_positive_float, default=None, metavar="DECAY",
                    help="keep an EMA of the weights (e.g. 0.999, with warm-up); evaluated and checkpointed")
     p.add_argument("--compile", action="store_true", help="torch.compile the model (pays off on GPUs)")
     p.add_argument("--preset", default=None, choices=preset_names(),
-                   help="a paper recipe (config file); other options then come from the preset")
+                   help="a paper recipe (see fire-plugin presets list); train flags given with it are applied as "
+                        "--set (--epochs 3 is --set epochs=3); flags presets have no key for are refused")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override one preset key (repeatable), e.g. --set epochs=10 --set eps=8/255")
     p.add_argument("--smoke", action="store_true",
-                   help="run the preset for a few batches on CPU with synthetic data of its shape")
+                   help="run the preset for a few batches on CPU with synthetic data of its shape (no checkpoints "
+                        "kept)")
+    p.add_argument("--keep-checkpoints", action="store_true", help="with --smoke: keep OUT/checkpoints")
     p.add_argument("--out", default=None, help="output directory (required without --preset)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+    p = sub.add_parser("presets", help=SUBCOMMANDS["presets"])
+    p.add_argument("action", choices=["list", "show"], help="list: every preset and --set key; show: one preset")
+    p.add_argument("name", nargs="?", default=None, choices=[*preset_names(), None], metavar="NAME",
+                   help="the preset to show")
 
     p = sub.add_parser("evaluate", help=SUBCOMMANDS["evaluate"])
     p.add_argument("--model", required=True, help="architecture name, RobustBench zoo name or autoattack-resnet18")
     p.add_argument("--checkpoint", default=None, help="our checkpoint or a state dict for --model's architecture")
     p.add_argument("--dataset", default="cifar10", choices=DATASET_CHOICES, help="test data (default: cifar10)")
-    p.add_argument("--eps", type=_positive_float, default=8 / 255, help="attack radius on [0, 1] inputs (8/255)")
+    p.add_argument("--eps", type=_positive_float, default=8 / 255,
+                   help="attack radius on [0, 1] inputs, a number or a fraction such as 8/255 (default 8/255)")
     p.add_argument("--norm", default="Linf", choices=["Linf", "L2"], help="threat model of the attacks")
     p.add_argument("--attacks", nargs="+", default=["clean", "pgd", "frpgd", "autoattack"],
                    help="what to run: clean, pgd (PGD-20), frpgd, autoattack (default: all four)")
+    p.add_argument("--aa-attacks", nargs="+", default=None, choices=["apgd-ce", "apgd-t", "fab-t", "square"],
+                   help="AutoAttack's sub-attacks to run with its standard settings (default: all four, the standard "
+                        "AutoAttack RobustBench reports); a subset is a quick check, recorded as custom")
     p.add_argument("--n-examples", type=_positive_int, default=None, help="first N test images (default: all)")
     p.add_argument("--batch-size", type=_positive_int, default=256, help="evaluation batch size (256)")
     p.add_argument("--model-dir", default="models", help="RobustBench zoo download folder (models)")

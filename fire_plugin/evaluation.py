@@ -226,10 +226,69 @@ def _attack_correct(
 ) -> torch.Tensor:
     """Per example, whether ``model`` still predicts ``y`` on ``attack(x, y)``."""
     correct = torch.zeros(len(x), dtype=torch.bool)
-    for sl in tqdm(_batch_slices(len(x), batch_size), desc=desc, disable=not verbose, leave=False):
-        x_adv = attack(x[sl].to(device), y[sl].to(device))
-        correct[sl] = _predict(model, x_adv, device, batch_size) == y[sl]
+    with tqdm(total=len(x), desc=desc, unit="example", disable=not verbose, leave=False) as bar:
+        for sl in _batch_slices(len(x), batch_size):
+            x_adv = attack(x[sl].to(device), y[sl].to(device))
+            correct[sl] = _predict(model, x_adv, device, batch_size) == y[sl]
+            bar.update(sl.stop - sl.start)
     return correct
+
+
+def _describe_model(model: nn.Module) -> str:
+    n_params = sum(p.numel() for p in model.parameters())
+    return f"{type(model).__name__} ({n_params / 1e6:.2f}M parameters)"
+
+
+def _autoattack_correct(
+    adversary: Any,
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    device: torch.device,
+    batch_size: int,
+    verbose: bool,
+) -> torch.Tensor:
+    """Per example, whether ``model`` resists every sub-attack of ``adversary`` (AutoAttack's rule).
+
+    The sub-attacks run one after the other, each on the examples that resisted the ones before (as AutoAttack's
+    ``run_standard_evaluation`` does on the whole set), through ``run_standard_evaluation`` with one attack at a
+    time, so that the settings stay AutoAttack's. The work is logged before it starts and, after the first batch
+    of each sub-attack, an estimate of that sub-attack's time; the progress bar counts examples per sub-attack.
+    """
+    sub_attacks = list(adversary.attacks_to_run)
+    robust = torch.ones(len(x), dtype=torch.bool)
+    _logger.info("AutoAttack (%s: %s) on %d correctly classified examples of %s, batch %d: up to %d x %d "
+                 "attack runs, each sub-attack on the examples that resisted the ones before",
+                 adversary.version, ", ".join(sub_attacks), len(x), _describe_model(model), batch_size, len(x),
+                 len(sub_attacks))
+    version = adversary.version
+    try:
+        adversary.version = "custom"  # run_standard_evaluation runs attacks_to_run as they are
+        for attack in sub_attacks:
+            todo = robust.nonzero().flatten()
+            if len(todo) == 0:
+                _logger.info("AutoAttack: no example left to attack; %s skipped", attack)
+                continue
+            adversary.attacks_to_run = [attack]
+            start = time.perf_counter()
+            with tqdm(total=len(todo), desc=f"AutoAttack {attack}", unit="example", disable=not verbose,
+                      leave=False) as bar:
+                for i, sl in enumerate(_batch_slices(len(todo), batch_size)):
+                    idx = todo[sl]
+                    x_adv, _ = adversary.run_standard_evaluation(x[idx].to(device), y[idx].to(device),
+                                                                 batch_size=len(idx))
+                    robust[idx] &= _predict(model, x_adv, device, batch_size) == y[idx]
+                    bar.update(len(idx))
+                    if i == 0:
+                        first = time.perf_counter() - start
+                        _logger.info("AutoAttack %s: the first %d examples took %.1f s; about %.0f s for the %d "
+                                     "examples it attacks", attack, len(idx), first, first * len(todo) / len(idx),
+                                     len(todo))
+            _logger.info("AutoAttack %s: %d of %d examples still robust (%.1f s)", attack, int(robust.sum()),
+                         len(x), time.perf_counter() - start)
+    finally:
+        adversary.attacks_to_run, adversary.version = sub_attacks, version
+    return robust
 
 
 def evaluate(
@@ -327,12 +386,8 @@ def evaluate(
                 adversary.version = "custom"
                 result.autoattack_version = "custom:" + ",".join(adversary.attacks_to_run)
 
-            def run_aa(xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
-                x_adv, _ = adversary.run_standard_evaluation(xb, yb, batch_size=len(xb))
-                return x_adv  # type: ignore[no-any-return]
-
             with _seeded(seed, device):
-                ok = _attack_correct(run_aa, model, x_ok, y_ok, device, batch_size, "AutoAttack", verbose)
+                ok = _autoattack_correct(adversary, model, x_ok, y_ok, device, batch_size, verbose)
             result.autoattack_acc = ok.sum().item() / n
             result.times["autoattack"] = time.perf_counter() - start
 

@@ -159,16 +159,10 @@ def _device() -> torch.device:
     return torch.device("cuda", distributed_info().local_rank) if torch.cuda.is_available() else torch.device("cpu")
 
 
-def _create_model(name: str, **kwargs: Any) -> nn.Module:
-    import timm
+def _create_model(name: str, dataset: str) -> nn.Module:
+    from fire_plugin.models import create_model_for_dataset
 
-    import fire_plugin.models  # noqa: F401  (registers our architectures)
-
-    if not timm.is_model(name):
-        ours = list(fire_plugin.models.MODEL_NAMES)
-        raise ValueError(f"model {name!r} is not a registered timm architecture; ours: {ours} (any timm name works, "
-                         "e.g. 'resnet18'; see timm.list_models())")
-    return timm.create_model(name, **kwargs)
+    return create_model_for_dataset(name, dataset)
 
 
 def train(
@@ -219,7 +213,7 @@ def train(
     weight = DEFAULT_WEIGHTS[method] if weight is None else float(weight)
     step = eps_step if eps_step is not None else 2.5 * eps / steps
     torch.manual_seed(seed)
-    net = _create_model(model, num_classes=info.num_classes, in_chans=info.in_chans).to(_device())
+    net = _create_model(model, dataset).to(_device())
     train_set: Any = load_dataset(dataset, split="train", data_dir=data_dir)
     test_set = load_dataset(dataset, split="test", data_dir=data_dir) if validate else None
     sat = None
@@ -332,7 +326,10 @@ class DigitsRecipe:
     isometry_eta: tuple[float, float] = (0.02, 0.06)  # eta_min, eta_max of the geometric schedule
 
     def model_kwargs(self) -> dict[str, Any]:
-        return {"img_size": 8} if self.model == "lenet_pi" else {}
+        """The constructor arguments of ``model`` for the 8x8 digits (see ``models.model_kwargs_for_dataset``)."""
+        from fire_plugin.models import model_kwargs_for_dataset
+
+        return model_kwargs_for_dataset(self.model, "digits")
 
 
 @dataclass(frozen=True)
@@ -399,7 +396,7 @@ def run_one(
         return done
 
     torch.manual_seed(seed)
-    net = _create_model(recipe.model, num_classes=10, **recipe.model_kwargs())
+    net = _create_model(recipe.model, "digits")
     train_set = load_dataset("digits", split="train")
     x_test, y_test = load_dataset("digits", split="test").tensors  # type: ignore[attr-defined]
     if spec.n_eval is not None:

@@ -60,8 +60,10 @@ __all__ = [
     "SmallCNN",
     "WideResNet",
     "autoattack_checkpoint_path",
+    "create_model_for_dataset",
     "load_pretrained",
     "load_state_dict_from_checkpoint",
+    "model_kwargs_for_dataset",
 ]
 
 _logger = logging.getLogger(__name__)
@@ -154,6 +156,11 @@ def _check_common(num_classes: int, in_chans: int) -> None:
         raise ValueError(f"num_classes={num_classes!r} is not allowed; allowed: a positive int")
     if not isinstance(in_chans, int) or in_chans < 1:
         raise ValueError(f"in_chans={in_chans!r} is not allowed; allowed: a positive int")
+
+
+def _check_size(img_size: int, minimum: int) -> None:
+    if isinstance(img_size, bool) or not isinstance(img_size, int) or img_size < minimum:
+        raise ValueError(f"img_size={img_size!r} is too small; allowed: >= {minimum}")
 
 
 def _data_cfg(in_chans: int, img_size: int, num_classes: int) -> dict[str, Any]:
@@ -368,6 +375,8 @@ class ResNet18CIFAR(nn.Module):
     Args:
         num_classes: number of outputs.
         in_chans: input channels.
+        img_size: the input height (= width) recorded in ``pretrained_cfg`` (32 for CIFAR); global average
+            pooling makes the network itself accept any size >= 8.
         mean: optional per-channel input mean (inputs are [0, 1] images).
         std: optional per-channel input standard deviation.
 
@@ -383,15 +392,17 @@ class ResNet18CIFAR(nn.Module):
         *,
         num_classes: int = 10,
         in_chans: int = 3,
+        img_size: int = 32,
         mean: Sequence[float] | None = None,
         std: Sequence[float] | None = None,
     ) -> None:
         super().__init__()
         _check_common(num_classes, in_chans)
+        _check_size(img_size, 8)
         rb = import_robustbench("model_zoo.architectures.resnet")
         net = rb.ResNet(rb.BasicBlock, [2, 2, 2, 2], num_classes=num_classes)
         self.num_classes = num_classes
-        self.pretrained_cfg = _data_cfg(in_chans, 32, num_classes)
+        self.pretrained_cfg = _data_cfg(in_chans, img_size, num_classes)
         self.normalize = InputNormalization(mean=mean, std=std, in_chans=in_chans)
         self.conv1 = net.conv1 if in_chans == 3 else _stem(in_chans, 64)
         self.bn1 = net.bn1
@@ -416,6 +427,8 @@ class WideResNet(nn.Module):
         widen_factor: width multiplier (10 in the FIRE paper).
         num_classes: number of outputs.
         in_chans: input channels.
+        img_size: the input height (= width) recorded in ``pretrained_cfg`` (32 for CIFAR); global average
+            pooling makes the network itself accept any size >= 4.
         drop_rate: dropout inside the blocks.
         mean: optional per-channel input mean (inputs are [0, 1] images).
         std: optional per-channel input standard deviation.
@@ -434,12 +447,14 @@ class WideResNet(nn.Module):
         widen_factor: int = 10,
         num_classes: int = 10,
         in_chans: int = 3,
+        img_size: int = 32,
         drop_rate: float = 0.0,
         mean: Sequence[float] | None = None,
         std: Sequence[float] | None = None,
     ) -> None:
         super().__init__()
         _check_common(num_classes, in_chans)
+        _check_size(img_size, 4)
         if depth < 10 or (depth - 4) % 6 != 0:
             raise ValueError(f"depth={depth!r} is not allowed; allowed: 6n + 4 with n >= 1 (28, 34, ...)")
         if widen_factor < 1:
@@ -447,7 +462,7 @@ class WideResNet(nn.Module):
         rb = import_robustbench("model_zoo.architectures.wide_resnet")
         net = rb.WideResNet(depth=depth, num_classes=num_classes, widen_factor=widen_factor, dropRate=drop_rate)
         self.num_classes = num_classes
-        self.pretrained_cfg = _data_cfg(in_chans, 32, num_classes)
+        self.pretrained_cfg = _data_cfg(in_chans, img_size, num_classes)
         self.normalize = InputNormalization(mean=mean, std=std, in_chans=in_chans)
         self.conv1 = net.conv1 if in_chans == 3 else _stem(in_chans, 16)
         self.block1, self.block2, self.block3 = net.block1, net.block2, net.block3
@@ -555,3 +570,71 @@ def wrn28_10(pretrained: bool = False, **kwargs: Any) -> WideResNet:
     """
     _no_pretrained("wrn28_10", pretrained, kwargs)
     return WideResNet(depth=28, widen_factor=10, **kwargs)
+
+
+# --------------------------------------------------------------------------------------------------
+# one place that builds an architecture for a dataset
+
+
+def _dataset_info(dataset: str) -> Any:
+    from fire_plugin.data import DATASETS
+
+    if dataset not in DATASETS:
+        raise ValueError(f"dataset={dataset!r} is not allowed; allowed: {sorted(DATASETS)}")
+    return DATASETS[dataset]
+
+
+def model_kwargs_for_dataset(name: str, dataset: str) -> dict[str, Any]:
+    """The constructor arguments that make architecture ``name`` fit ``dataset``'s images and labels.
+
+    ``num_classes`` and ``in_chans`` for every timm architecture, and ``img_size`` (the image height) for ours
+    (:data:`MODEL_NAMES`), whose fully connected layers depend on it. Every pipeline that builds a model for a
+    dataset (``train``, ``evaluate``, ``margins``, presets, the digits runs) takes its arguments from here.
+
+    Args:
+        name: a timm architecture name.
+        dataset: a key of :data:`fire_plugin.data.DATASETS`.
+
+    >>> model_kwargs_for_dataset("lenet_pi", "digits")
+    {'num_classes': 10, 'in_chans': 1, 'img_size': 8}
+    >>> model_kwargs_for_dataset("resnet18", "cifar100")
+    {'num_classes': 100, 'in_chans': 3}
+    """
+    info = _dataset_info(dataset)
+    kwargs: dict[str, Any] = {"num_classes": info.num_classes, "in_chans": info.in_chans}
+    if name in MODEL_NAMES:
+        kwargs["img_size"] = info.image_size
+    return kwargs
+
+
+def create_model_for_dataset(name: str, dataset: str, **overrides: Any) -> nn.Module:
+    """Architecture ``name`` built for ``dataset`` (see :func:`model_kwargs_for_dataset`), on the CPU.
+
+    An unknown name, or an architecture that cannot take the dataset's images (``small_cnn`` needs at least
+    14x14, digits are 8x8), raises a ``ValueError`` naming both.
+
+    Args:
+        name: a timm architecture name (ours: :data:`MODEL_NAMES`).
+        dataset: a key of :data:`fire_plugin.data.DATASETS`.
+        **overrides: replace or add constructor arguments (e.g. ``mean``/``std``).
+
+    >>> create_model_for_dataset("lenet_pi", "digits")(torch.rand(2, 1, 8, 8)).shape
+    torch.Size([2, 10])
+    >>> create_model_for_dataset("small_cnn", "digits")
+    Traceback (most recent call last):
+    ...
+    ValueError: model 'small_cnn' cannot take digits images (1x8x8): img_size=8 is too small; allowed: >= 14
+    """
+    import timm
+
+    info = _dataset_info(dataset)
+    if not isinstance(name, str) or not timm.is_model(name):
+        raise ValueError(f"model {name!r} is not a registered timm architecture; ours: {list(MODEL_NAMES)} (any "
+                         "timm name works, e.g. 'resnet18'; see timm.list_models())")
+    kwargs = {**model_kwargs_for_dataset(name, dataset), **overrides}
+    try:
+        model: nn.Module = timm.create_model(name, **kwargs)
+    except ValueError as err:
+        raise ValueError(f"model {name!r} cannot take {dataset} images "
+                         f"({info.in_chans}x{info.image_size}x{info.image_size}): {err}") from err
+    return model

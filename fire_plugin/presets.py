@@ -28,6 +28,7 @@ import dataclasses
 import json
 import logging
 import math
+import shutil
 import time
 import warnings
 from collections.abc import Callable, Sequence
@@ -43,6 +44,8 @@ __all__ = [
     "DEFAULTS",
     "PRESET_DIR",
     "SCHEMA",
+    "describe_preset",
+    "describe_presets",
     "list_presets",
     "load_preset",
     "parse_overrides",
@@ -66,6 +69,7 @@ class _Key:
     minimum: float | None = None  # inclusive
     positive: bool = False
     maximum: float | None = None  # exclusive
+    none_ok: bool = False  # "none" (JSON null) is allowed too
 
     def allowed(self) -> str:
         if self.choices:
@@ -84,7 +88,7 @@ class _Key:
         if self.maximum is not None:
             bounds.append(f"< {self.maximum:g}")
         what = "an integer" if self.kind == "int" else "a finite number (fractions such as 8/255 allowed)"
-        return what + (" " + " and ".join(bounds) if bounds else "")
+        return what + (" " + " and ".join(bounds) if bounds else "") + (", or none" if self.none_ok else "")
 
 
 SCHEMA: dict[str, _Key] = {
@@ -105,6 +109,8 @@ SCHEMA: dict[str, _Key] = {
     "weight_decay": _Key("float", "SGD weight decay", minimum=0.0),
     "schedule": _Key("str", "per-epoch learning-rate schedule", choices=("multistep", "cosine", "constant")),
     "augment": _Key("bool", "random crop (padding 4) and horizontal flip of the training images"),
+    "n_train": _Key("int", "train on the first n_train images of the training split only (a quick check); "
+                    "none: all", minimum=1, none_ok=True),
     "val_size": _Key("int", "training images held out for validation and best.pt selection", minimum=0),
     "val_pgd_steps": _Key("int", "steps of the validation PGD (cross-entropy, step eps/4)", minimum=1),
     "select_best": _Key("bool", "keep best.pt by validation PGD accuracy; evaluate it at the end"),
@@ -149,6 +155,7 @@ DEFAULTS: dict[str, Any] = {
     "weight_decay": 5e-4,
     "schedule": "multistep",
     "augment": True,
+    "n_train": None,
     "val_size": 1000,
     "val_pgd_steps": 10,
     "select_best": True,
@@ -197,6 +204,8 @@ def _parse_value(key: str, value: Any, *, source: str) -> Any:
         return ValueError(f"{source}: {key}={value!r} is not allowed; allowed: {spec.allowed()} ({spec.help})")
 
     text = value.strip() if isinstance(value, str) else None
+    if spec.none_ok and (value is None or (text is not None and text.lower() in ("none", "null"))):
+        return None
     if spec.kind == "bool":
         if isinstance(value, bool):
             return value
@@ -314,6 +323,70 @@ def load_preset(name: str, *, overrides: Sequence[str] | dict[str, Any] = ()) ->
     return cfg
 
 
+def _show_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if value is None:
+        return "none"
+    if isinstance(value, float):
+        if 0 < value < 1 and value != round(value * 1000) / 1000 and abs(value * 255 - round(value * 255)) < 1e-9:
+            return f"{round(value * 255)}/255"  # eps of CIFAR
+        return f"{value:g}"
+    if isinstance(value, list):
+        return ",".join(str(v) for v in value)
+    return str(value)
+
+
+def _kind_label(spec: _Key) -> str:
+    kind = {"strs": "list", "path": "path"}.get(spec.kind, spec.kind)
+    return kind + ("|none" if spec.none_ok else "")
+
+
+def _table(rows: list[list[str]], header: list[str]) -> str:
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header) - 1)]
+    lines = []
+    for row in [header, *rows]:
+        lines.append("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=False)) + "  " + row[-1])
+    return "\n".join(line.rstrip() for line in lines)
+
+
+def describe_presets() -> str:
+    """Every shipped preset (dataset, model, method, epochs) and every ``--set`` key with its type, allowed
+    values and default, as the text ``fire-plugin presets list`` prints.
+
+    >>> text = describe_presets()
+    >>> "cifar10-wrn34-fire" in text and "n_train" in text
+    True
+    """
+    rows = []
+    for name in list_presets():
+        cfg = load_preset(name)
+        rows.append([name, cfg["dataset"], cfg["model"], cfg["method"], str(cfg["epochs"]), cfg["description"][:70]
+                     + ("..." if len(cfg["description"]) > 70 else "")])
+    presets = _table(rows, ["preset", "dataset", "model", "method", "epochs", "description"])
+    keys = _table([[key, _kind_label(spec), _show_value(DEFAULTS[key]), f"{spec.allowed()}; {spec.help}"]
+                   for key, spec in SCHEMA.items() if key != "description"],
+                  ["--set key", "type", "default", "allowed; meaning"])
+    return (f"{len(rows)} presets (fire-plugin train --preset NAME; fire-plugin presets show NAME for its values):\n\n"
+            f"{presets}\n\nevery preset accepts --set KEY=VALUE for these keys:\n\n{keys}")
+
+
+def describe_preset(name: str, *, overrides: Sequence[str] | dict[str, Any] = ()) -> str:
+    """Every key of preset ``name`` with its value, type and allowed values, as ``fire-plugin presets show``
+    prints; values the preset file sets are marked ``*`` (the others are :data:`DEFAULTS`).
+
+    >>> lines = describe_preset("mnist-lenet-isometry").splitlines()
+    >>> lines[0].startswith("mnist-lenet-isometry: Partial-isometry paper"), lines[2].split()
+    (True, ['key', 'value', 'type', 'allowed;', 'meaning'])
+    """
+    cfg = load_preset(name, overrides=overrides)
+    own = set(json.loads((PRESET_DIR / f"{name}.json").read_text(encoding="utf-8")))
+    rows = [[key, ("* " if key in own else "  ") + _show_value(cfg[key]), _kind_label(spec),
+             f"{spec.allowed()}; {spec.help}"] for key, spec in SCHEMA.items() if key != "description"]
+    return (f"{name}: {cfg['description']}\n\n" + _table(rows, ["key", "  value", "type", "allowed; meaning"])
+            + "\n\n* set by the preset file (the others are the defaults); change any with --set KEY=VALUE")
+
+
 # ----------------------------------------------------------------------------------------------- pieces
 
 
@@ -342,16 +415,13 @@ class _Augmented(torch.utils.data.Dataset):
         return self.transform(x), y
 
 
-def _build_model(cfg: dict[str, Any], num_classes: int, in_chans: int, *, tiny: bool) -> nn.Module:
-    import timm
-
-    import fire_plugin.models  # noqa: F401  (registers the timm models)
-    from fire_plugin.models import WideResNet
+def _build_model(cfg: dict[str, Any], *, tiny: bool) -> nn.Module:
+    from fire_plugin.models import WideResNet, create_model_for_dataset, model_kwargs_for_dataset
 
     depth = {"wrn34_10": 34, "wrn28_10": 28}.get(cfg["model"])
     if tiny and depth is not None:  # the real depth, widen factor 1 (tests: WRN-34-10 takes 17 s on CPU)
-        return WideResNet(depth=depth, widen_factor=1, num_classes=num_classes, in_chans=in_chans)
-    return timm.create_model(cfg["model"], num_classes=num_classes, in_chans=in_chans)
+        return WideResNet(depth=depth, widen_factor=1, **model_kwargs_for_dataset(cfg["model"], cfg["dataset"]))
+    return create_model_for_dataset(cfg["model"], cfg["dataset"])
 
 
 def _build_objective(cfg: dict[str, Any], model: nn.Module, num_classes: int, *, smoke: bool) -> Any:
@@ -399,8 +469,28 @@ def _synthetic(info: Any, n: int, seed: int) -> Any:
     return TensorDataset(x, torch.randint(0, info.num_classes, (n,), generator=gen))
 
 
-def _model_id(name: str) -> str:
-    return "FirePlugin" + "".join(part[:1].upper() + part[1:] for part in name.replace("_", "-").split("-"))
+_IDENTITY_KEYS = ("dataset", "model", "method")
+
+
+def _changed_identity(name: str, cfg: dict[str, Any]) -> dict[str, Any]:
+    """The dataset / model / method that overrides changed from preset ``name``'s own (empty when none)."""
+    own = load_preset(name)
+    return {key: cfg[key] for key in _IDENTITY_KEYS if cfg[key] != own[key]}
+
+
+def _model_id(name: str, cfg: dict[str, Any] | None = None) -> str:
+    """``FirePlugin<Preset>``, or, when overrides changed the dataset, model or method, a name built from what
+    was actually trained (``FirePluginCifar10Resnet18CifarFire``), so that files name the model they describe.
+
+    >>> _model_id("cifar10-wrn34-fire")
+    'FirePluginCifar10Wrn34Fire'
+    >>> _model_id("cifar10-wrn34-fire", load_preset("cifar10-wrn34-fire", overrides=["model=resnet18_cifar"]))
+    'FirePluginCifar10Resnet18CifarFire'
+    """
+    parts = name.replace("_", "-").split("-")
+    if cfg is not None and _changed_identity(name, cfg):
+        parts = [cfg["dataset"], *cfg["model"].split("_"), cfg["method"]]
+    return "FirePlugin" + "".join(part[:1].upper() + part[1:] for part in parts)
 
 
 def _write_csv(path: Path, row: dict[str, Any]) -> None:
@@ -420,6 +510,7 @@ def run_preset(
     out: str | Path,
     smoke: bool = False,
     tiny: bool = False,
+    keep_checkpoints: bool | None = None,
     resume: bool = True,
     verbose: bool = True,
 ) -> dict[str, Any]:
@@ -437,8 +528,10 @@ def run_preset(
         smoke: a check that the preset runs, not a result: CPU, synthetic data of the preset's shape (2 batches
             of 2 images, 1 epoch, training attack of at most 2 steps), the preset's architecture, and a reduced
             evaluation on 4 images (PGD-2; AutoAttack's APGD-CE alone instead of the standard four attacks).
-            Measured: 17 s for ``cifar10-wrn34-fire`` on one CPU thread.
+            Measured: see the README (the cost is that of building and stepping the full-size model).
         tiny: with ``smoke``, WideResNets at their depth but widen factor 1 (under a second; for tests).
+        keep_checkpoints: keep ``out/checkpoints``; None: keep them except for smoke runs (whose checkpoints,
+            550 MB for a WRN-34-10, go to ``out/.smoke-checkpoints`` and are deleted at the end).
         resume: continue from ``out/checkpoints/last.pt`` when it exists.
         verbose: progress bars and per-epoch log lines.
 
@@ -469,6 +562,10 @@ def run_preset(
     compared["preset"] = name
     compared["smoke"] = smoke
     compared["tiny"] = smoke and tiny
+    if cfg["n_train"] is None:  # runs from before the key existed resume
+        del compared["n_train"]
+    keep = (not smoke) if keep_checkpoints is None else bool(keep_checkpoints)
+    checkpoint_dir = out / ("checkpoints" if keep else ".smoke-checkpoints")
     if resume and results_path.exists():
         saved = json.loads(results_path.read_text(encoding="utf-8"))
         if {k: v for k, v in saved.get("config", {}).items() if k not in RUNTIME_KEYS} == {
@@ -499,6 +596,11 @@ def run_preset(
         full_train = load_dataset(cfg["dataset"], split="train", data_dir=cfg["data_dir"])
         test_set = load_dataset(cfg["dataset"], split="test", data_dir=cfg["data_dir"])
     train_set, val_set = _split_train_val(full_train, cfg["val_size"], cfg["seed"])
+    if cfg["n_train"] is not None:
+        if cfg["n_train"] < batch_size:
+            raise ValueError(f"n_train={cfg['n_train']} is smaller than a batch ({batch_size} images per rank), so no "
+                             "batch would train; allowed: n_train >= batch_size (or --set batch_size=...)")
+        train_set = torch.utils.data.Subset(train_set, range(min(cfg["n_train"], len(train_set))))
     transform = random_crop_flip if cfg["augment"] else None
     workers = {"num_workers": cfg["workers"], "pin_memory": cuda}
     if cfg["extra_fraction"] > 0:
@@ -521,7 +623,7 @@ def run_preset(
                   if val_set is not None else None)
 
     torch.manual_seed(cfg["seed"])
-    model = _build_model(cfg, data_info.num_classes, data_info.in_chans, tiny=smoke and tiny)
+    model = _build_model(cfg, tiny=smoke and tiny)
     model = model.to(device)
     objective = _build_objective(cfg, model, data_info.num_classes, smoke=smoke)
     optimizer = torch.optim.SGD(model.parameters(), lr=cfg["lr"], momentum=cfg["momentum"],
@@ -546,7 +648,7 @@ def run_preset(
     history = fit(
         model, loader, epochs=cfg["epochs"], objective=objective, optimizer=optimizer, scheduler=scheduler,
         val_loader=val_loader, val_attack_factory=val_attack if val_loader is not None else None,
-        select_best=cfg["select_best"], checkpoint_dir=out / "checkpoints", resume=resume, config=compared,
+        select_best=cfg["select_best"], checkpoint_dir=checkpoint_dir, resume=resume, config=compared,
         amp={"auto": None, "off": False}.get(cfg["amp"], cfg["amp"]), ema=ema,
         channels_last=auto("channels_last"), cudnn_benchmark=auto("cudnn_benchmark"), compile=cfg["compile"],
         seed=cfg["seed"], verbose=verbose,
@@ -559,7 +661,7 @@ def run_preset(
     final: nn.Module = ema.module if ema is not None else model
     weights = "last" + (" (ema)" if ema is not None else "")
     if cfg["select_best"]:
-        best = load_checkpoint(out / "checkpoints" / "best.pt", map_location=device)
+        best = load_checkpoint(checkpoint_dir / "best.pt", map_location=device)
         final.load_state_dict(best["model"])
         weights = f"best.pt (epoch {int(best['epoch']) + 1}, {best['weights']} weights, validation PGD accuracy " \
                   f"{float(best['val_adv_acc']):.4f})"
@@ -582,12 +684,13 @@ def run_preset(
             warnings.filterwarnings("ignore", message="autoattack_acc comes from AutoAttack 'custom")
             model_info = model_info_from_result(
                 result, dataset=cfg["dataset"], architecture=architecture, venue="fire_plugin preset",
-                name=f"{architecture} {cfg['method'].upper()} (fire_plugin preset {name})",
+                name=f"{architecture} {cfg['method'].upper()} (fire_plugin preset {name}"
+                + "".join(f", --set {k}={v}" for k, v in _changed_identity(name, cfg).items()) + ")",
                 additional_data=cfg["extra_fraction"] > 0,
                 footnote=("Smoke run on synthetic data; not a result. " if smoke else "")
                 + f"Evaluated on the first {len(x_test)} test images; weights: {weights}.",
             )
-            info_path = write_model_info(out, _model_id(name), model_info, threat_model="Linf")
+            info_path = write_model_info(out, _model_id(name, cfg), model_info, threat_model="Linf")
     total_train = float(sum(r["seconds"] for r in history))
     results = {
         "preset": name, "smoke": smoke, "tiny": smoke and tiny, "config": cfg, "eval": dataclasses.asdict(result),
@@ -595,7 +698,8 @@ def run_preset(
         "train_seconds": train_seconds, "train_seconds_all_runs": total_train, "eval_seconds": eval_seconds,
         "wall_seconds": time.perf_counter() - wall_start, "history": history,
         "paths": {"config": str(out / "config.json"), "results": str(results_path), "csv": str(out / "results.csv"),
-                  "model_info": str(info_path) if info_path else None, "checkpoints": str(out / "checkpoints")},
+                  "model_info": str(info_path) if info_path else None,
+                  "checkpoints": str(checkpoint_dir) if keep else None},
     }
     row = {"preset": name, "dataset": cfg["dataset"], "model": cfg["model"], "method": cfg["method"],
            "eps": cfg["eps"], "epochs": cfg["epochs"], "clean_acc": result.clean_acc, "pgd_acc": result.pgd_acc,
@@ -605,6 +709,9 @@ def run_preset(
     _write_csv(out / "results.csv", row)
     (out / "config.json").write_text(json.dumps({"preset": name, "smoke": smoke, **cfg}, indent=2))
     results_path.write_text(json.dumps(results, indent=2))
+    if not keep:
+        shutil.rmtree(checkpoint_dir, ignore_errors=True)
+        _logger.info("smoke run: checkpoints not kept (keep_checkpoints=True / --keep-checkpoints keeps them)")
     _logger.info("%s: clean %s, PGD-%d %s, AutoAttack %s (%s); results in %s", name, result.clean_acc,
                  cfg["eval_pgd_steps"], result.pgd_acc, result.autoattack_acc, weights, out)
     return results

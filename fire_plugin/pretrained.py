@@ -34,7 +34,7 @@ from torch import nn
 
 from fire_plugin._compat import import_robustbench
 from fire_plugin.data import DATASETS
-from fire_plugin.models import MODEL_NAMES, ResNet18CIFAR
+from fire_plugin.models import MODEL_NAMES, ResNet18CIFAR, create_model_for_dataset
 
 __all__ = [
     "AUTOATTACK_RESNET18",
@@ -179,6 +179,51 @@ def _corrupt_message(path: Path, size: int, exc: BaseException, remedy: str) -> 
 
 def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     return load_state_dict_from_checkpoint(_load_checkpoint_file(path))
+
+
+def _checkpoint_origin(obj: Any) -> str | None:
+    """What an engine checkpoint says it was trained as (``"lenet_pi on mnist"``), from its saved config."""
+    config = obj.get("config") if isinstance(obj, Mapping) else None
+    if not isinstance(config, Mapping):
+        return None
+    recipe = config.get("recipe")
+    model = config.get("model") or (recipe.get("model") if isinstance(recipe, Mapping) else None)
+    dataset = config.get("dataset") or ("digits" if isinstance(recipe, Mapping) else None)
+    if not isinstance(model, str):
+        return None
+    return model + (f" on {dataset}" if isinstance(dataset, str) else "")
+
+
+def _state_mismatch(model: nn.Module, state: Mapping[str, torch.Tensor]) -> str | None:
+    """The first difference between ``model``'s state dict and ``state`` (shapes, then keys), or None."""
+    own = model.state_dict()
+    for key, value in own.items():
+        if key in state and tuple(state[key].shape) != tuple(value.shape):
+            return (f"{key} is {tuple(state[key].shape)} in the checkpoint and {tuple(value.shape)} in the model")
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    if missing or unexpected:
+        parts = [f"{len(missing)} model keys missing (e.g. {missing[0]})"] if missing else []
+        parts += [f"{len(unexpected)} unexpected keys (e.g. {unexpected[0]})"] if unexpected else []
+        return ", ".join(parts)
+    return None
+
+
+def _load_into(model: nn.Module, path: Path, *, name: str, dataset: str) -> None:
+    """Load checkpoint ``path`` into ``model``; another architecture or image size is refused naming both."""
+    obj = _load_checkpoint_file(path)
+    state = load_state_dict_from_checkpoint(obj)
+    detail = _state_mismatch(model, state)
+    if detail is not None:
+        origin = _checkpoint_origin(obj)
+        info = DATASETS.get(dataset)
+        shape = f" ({info.in_chans}x{info.image_size}x{info.image_size})" if info is not None else ""
+        held = f"holds {origin}" if origin else "holds another architecture or image size"
+        raise ValueError(
+            f"checkpoint {str(path)!r} {held}; it does not fit model {name!r} built for {dataset}{shape}: {detail}. "
+            "Pass the --model and --dataset it was trained with"
+        )
+    model.load_state_dict(state)
 
 
 def _check_safe_name(label: str, value: str) -> None:
@@ -357,9 +402,11 @@ def load_pretrained(
                 f"name={name!r} is not a timm architecture, so checkpoint={str(checkpoint)!r} cannot be "
                 f"loaded into it; allowed: {list(MODEL_NAMES)} or any timm.list_models() name"
             )
-        kwargs = _infer_dataset_kwargs(dataset, model_kwargs)
-        model = timm.create_model(name, **kwargs)
-        model.load_state_dict(_read_state_dict(Path(checkpoint)))
+        if dataset in DATASETS:  # the one place that sizes an architecture for a dataset
+            model = create_model_for_dataset(name, dataset, **model_kwargs)
+        else:
+            model = timm.create_model(name, **_infer_dataset_kwargs(dataset, model_kwargs))
+        _load_into(model, Path(checkpoint), name=name, dataset=dataset)
     else:
         if model_kwargs:
             raise ValueError(

@@ -206,3 +206,50 @@ def test_train_isometry_method(tmp_path):
     assert main(["train", *_TINY, "--method", "isometry", "--out", str(run)]) == 0
     summary = json.loads((run / "summary.json").read_text())
     assert summary["method"] == "isometry" and summary["history"][0]["adv_acc"] is None
+
+
+# ------------------------------------------------------------------------------------------- issue 22 / 16
+
+
+def test_eps_accepts_fractions_wherever_eps_is_given():
+    from fire_plugin.cli import build_parser
+
+    parser = build_parser()
+    for argv in (["train", "--eps", "8/255"], ["evaluate", "--model", "m", "--eps", "8/255"],
+                 ["gaussian", "--eps", "1/10"]):
+        args = parser.parse_args(argv)
+        assert args.eps == pytest.approx(float(argv[-1].split("/")[0]) / float(argv[-1].split("/")[1]), rel=1e-15)
+    with pytest.raises(SystemExit):
+        parser.parse_args(["evaluate", "--model", "m", "--eps", "8/0"])
+
+
+def test_train_flags_with_a_preset_are_applied_as_set_and_said(tmp_path, capsys, caplog):
+    out = tmp_path / "p"
+    with caplog.at_level("WARNING", logger="fire_plugin.cli"):
+        assert main(["train", "--preset", "mnist-smallcnn-fire", "--smoke", "--epochs", "1", "--lr", "0.01",
+                     "--method", "ace", "--eps", "8/255", "--out", str(out), "--quiet"]) == 0
+    assert "--set method=madry --set eps=0.03137254901960784 --set epochs=1 --set lr=0.01" in caplog.text
+    cfg = json.loads((out / "config.json").read_text())
+    assert (cfg["method"], cfg["lr"], cfg["eps"]) == ("madry", 0.01, 8 / 255)
+    capsys.readouterr()
+    assert main(["train", "--preset", "mnist-smallcnn-fire", "--norm", "L2", "--out", str(tmp_path / "q")]) == 2
+    assert "--norm cannot be combined with --preset" in capsys.readouterr().err
+    assert main(["train", "--preset", "mnist-smallcnn-fire", "--epochs", "2", "--set", "epochs=3",
+                 "--out", str(tmp_path / "q")]) == 2
+    assert "--set epochs and the train flag" in capsys.readouterr().err
+    assert main(["train", "--preset", "mnist-smallcnn-fire", "--method", "mart", "--out", str(tmp_path / "q")]) == 2
+    assert "--method mart cannot be combined with --preset" in capsys.readouterr().err
+    assert not (tmp_path / "q").exists()  # refused before any work
+
+
+def test_presets_list_and_show(capsys):
+    from fire_plugin.presets import SCHEMA, list_presets
+
+    assert main(["presets", "list"]) == 0
+    out = capsys.readouterr().out
+    assert all(name in out for name in list_presets()) and all(key in out for key in SCHEMA if key != "description")
+    assert main(["presets", "show", "mnist-lenet-isometry"]) == 0
+    out = capsys.readouterr().out
+    assert "delta_over_epsilon  * 0.001" in out and "n_train" in out
+    assert main(["presets", "show"]) == 2
+    assert "needs a NAME" in capsys.readouterr().err

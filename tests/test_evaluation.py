@@ -156,3 +156,36 @@ def test_standard_autoattack_full_digits(digits_model, digits_test):
     assert result.autoattack_acc <= result.pgd_acc <= result.clean_acc
     assert set(result.times) == {"clean", "pgd", "frpgd", "autoattack"}
     assert AUTOATTACK_STANDARD == ("apgd-ce", "apgd-t", "fab-t", "square")
+
+
+def _autoattack_in_turn_against_autoattack(model, x, y, sub_attacks, caplog):
+    from pyautoattack import AutoAttack
+
+    with caplog.at_level("INFO", logger="fire_plugin.evaluation"):
+        result = evaluate(model, x, y, eps=EPS, attacks=("clean", "autoattack"), batch_size=64,
+                          autoattack_attacks=sub_attacks, verbose=False)
+    assert f"AutoAttack (custom: {', '.join(sub_attacks)}) on" in caplog.text and "DigitsCNN" in caplog.text
+    assert "AutoAttack apgd-ce: the first" in caplog.text and "examples it attacks" in caplog.text
+    ok = (model(x).argmax(1) == y).nonzero().flatten()
+    reference = AutoAttack(model, norm="Linf", eps=EPS, version="standard", seed=0, device=torch.device("cpu"))
+    reference.attacks_to_run = list(sub_attacks)  # the standard settings, these attacks, all in one call
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        x_adv, _ = reference.run_standard_evaluation(x[ok], y[ok], batch_size=len(ok))
+    with torch.no_grad():
+        robust = int((model(x_adv).argmax(1) == y[ok]).sum())
+    assert result.autoattack_acc == robust / len(x)
+
+
+def test_autoattack_logs_the_work_and_an_estimate_and_agrees_with_autoattack(digits_model, digits_test, caplog):
+    """One batch holding every example: the same computation as ``run_standard_evaluation``, the same flags."""
+    x, y = digits_test
+    _autoattack_in_turn_against_autoattack(digits_model, x[:16], y[:16], ("apgd-ce",), caplog)
+
+
+@pytest.mark.slow
+def test_autoattack_sub_attacks_in_turn_agree_with_autoattack(digits_model, digits_test, caplog):
+    """Sub-attacks one at a time (a bar each, counting examples), each on the examples that resisted the ones
+    before: AutoAttack's own order, so with one batch the robust flags are those of one AutoAttack call."""
+    x, y = digits_test
+    _autoattack_in_turn_against_autoattack(digits_model, x[:16], y[:16], QUICK_AA, caplog)

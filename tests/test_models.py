@@ -160,3 +160,65 @@ def test_loading_names_still_importable_from_models():
         models.no_such_name  # noqa: B018
     # the architectures module does not hold loading code any more
     assert "def load_pretrained" not in Path(models.__file__).read_text()
+
+
+# ------------------------------------------------------------------------- built for a dataset (issue 22)
+
+_DATASETS = ("digits", "mnist", "cifar10", "cifar100")
+_LIGHT = ("small_cnn", "lenet_pi", "digits_cnn", "resnet18_cifar")
+
+
+def _pairs() -> list[tuple[str, str]]:
+    # the WideResNets (global pooling, like resnet18_cifar) on 1-channel data only: a WRN-34-10 build takes
+    # about a second, and the 3-channel 32x32 builds are covered by test_forward_backward_every_parameter
+    return [(m, d) for m in _LIGHT for d in _DATASETS] + [("wrn34_10", "digits"), ("wrn28_10", "mnist")]
+
+
+@pytest.mark.parametrize(("name", "dataset"), _pairs())
+def test_every_model_is_built_for_every_dataset_or_refused(name, dataset, tmp_path):
+    from fire_plugin.data import DATASETS
+    from fire_plugin.models import create_model_for_dataset
+
+    info = DATASETS[dataset]
+    if name == "small_cnn" and info.image_size < 14:  # two valid convs and two pools: 8x8 leaves nothing
+        with pytest.raises(ValueError, match=rf"model 'small_cnn' cannot take {dataset} images \(1x8x8\)"):
+            create_model_for_dataset(name, dataset)
+        return
+    torch.manual_seed(0)
+    model = create_model_for_dataset(name, dataset).eval()
+    x = torch.rand(2, info.in_chans, info.image_size, info.image_size)
+    assert model(x).shape == (2, info.num_classes)
+    assert model.pretrained_cfg["input_size"] == (info.in_chans, info.image_size, info.image_size)
+    if name in _LIGHT:  # the path of evaluate and margins: a checkpoint of this pair loads back into it
+        torch.save({"model": model.state_dict(), "config": {"model": name, "dataset": dataset}}, tmp_path / "c.pt")
+        loaded = load_pretrained(name, dataset=dataset, checkpoint=tmp_path / "c.pt")
+        torch.testing.assert_close(loaded(x), model(x))  # same weights, same computation
+
+
+def test_a_checkpoint_of_another_architecture_or_size_is_refused_naming_both(tmp_path):
+    from fire_plugin.models import create_model_for_dataset
+
+    state = create_model_for_dataset("lenet_pi", "mnist").state_dict()
+    torch.save({"model": state, "config": {"model": "lenet_pi", "dataset": "mnist"}}, tmp_path / "engine.pt")
+    with pytest.raises(ValueError, match=r"holds lenet_pi on mnist; it does not fit model 'lenet_pi' built for "
+                                         r"digits \(1x8x8\): fc1.weight is \(128, 9216\) in the checkpoint and "
+                                         r"\(128, 256\) in the model"):
+        load_pretrained("lenet_pi", dataset="digits", checkpoint=tmp_path / "engine.pt")
+    torch.save(state, tmp_path / "plain.pt")  # a plain state dict says nothing about its origin
+    with pytest.raises(ValueError, match=r"holds another architecture or image size; it does not fit model "
+                                         r"'digits_cnn' built for mnist \(1x28x28\): conv1.weight"):
+        load_pretrained("digits_cnn", dataset="mnist", checkpoint=tmp_path / "plain.pt")
+    extra = {**state, "extra.weight": torch.zeros(1)}
+    torch.save(extra, tmp_path / "extra.pt")
+    with pytest.raises(ValueError, match=r"1 unexpected keys \(e.g. extra.weight\)"):
+        load_pretrained("lenet_pi", dataset="mnist", checkpoint=tmp_path / "extra.pt")
+
+
+def test_model_kwargs_for_dataset_sizes_only_our_architectures():
+    from fire_plugin.models import model_kwargs_for_dataset
+
+    assert model_kwargs_for_dataset("lenet_pi", "digits") == {"num_classes": 10, "in_chans": 1, "img_size": 8}
+    assert model_kwargs_for_dataset("wrn34_10", "cifar100") == {"num_classes": 100, "in_chans": 3, "img_size": 32}
+    assert model_kwargs_for_dataset("resnet18", "mnist") == {"num_classes": 10, "in_chans": 1}  # timm's own
+    with pytest.raises(ValueError, match=r"dataset='svhn' is not allowed"):
+        model_kwargs_for_dataset("lenet_pi", "svhn")

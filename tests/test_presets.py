@@ -13,7 +13,17 @@ from torch.utils.data import TensorDataset
 
 from fire_plugin.data import mixed_loader
 from fire_plugin.engine import ConfigMismatchError, load_checkpoint
-from fire_plugin.presets import DEFAULTS, list_presets, load_preset, parse_overrides, random_crop_flip, run_preset
+from fire_plugin.presets import (
+    DEFAULTS,
+    SCHEMA,
+    describe_preset,
+    describe_presets,
+    list_presets,
+    load_preset,
+    parse_overrides,
+    random_crop_flip,
+    run_preset,
+)
 from fire_plugin.robustbench_io import read_model_info
 
 ALL = list_presets()
@@ -103,7 +113,7 @@ def test_every_preset_runs_a_smoke_run(name, tmp_path):
     if "isometry" in name and not _isometry_available():
         pytest.skip("fire_plugin.isometry.PartialIsometryObjective is not there yet")
     start = time.perf_counter()
-    res = run_preset(name, out=tmp_path, smoke=True, tiny=True, verbose=False)
+    res = run_preset(name, out=tmp_path, smoke=True, tiny=True, keep_checkpoints=True, verbose=False)
     seconds = time.perf_counter() - start
     assert seconds < 15, seconds  # measured 0.4 - 0.8 s each (1 thread)
     cfg = json.loads((tmp_path / "config.json").read_text())
@@ -125,19 +135,75 @@ def test_every_preset_runs_a_smoke_run(name, tmp_path):
 
 
 def test_rerun_resumes_and_a_changed_config_is_refused(tmp_path):
-    first = run_preset("mnist-smallcnn-fire", out=tmp_path, smoke=True, tiny=True, verbose=False)
+    kw = {"smoke": True, "tiny": True, "keep_checkpoints": True, "verbose": False}
+    first = run_preset("mnist-smallcnn-fire", out=tmp_path, **kw)
     # finished: the saved results come back
-    again = run_preset("mnist-smallcnn-fire", out=tmp_path, smoke=True, tiny=True, verbose=False)
+    again = run_preset("mnist-smallcnn-fire", out=tmp_path, **kw)
     assert again == json.loads(json.dumps(first))
     (tmp_path / "results.json").unlink()  # an interrupted run: training resumes from last.pt (nothing left to do)
-    resumed = run_preset("mnist-smallcnn-fire", out=tmp_path, smoke=True, tiny=True, verbose=False)
+    resumed = run_preset("mnist-smallcnn-fire", out=tmp_path, **kw)
     assert resumed["history"] == first["history"] and resumed["eval"]["clean_acc"] == first["eval"]["clean_acc"]
     (tmp_path / "results.json").unlink()
     with pytest.raises(ConfigMismatchError, match=r"lam: checkpoint 3.0 vs now 6.0"):
-        run_preset("mnist-smallcnn-fire", overrides=["lam=6"], out=tmp_path, smoke=True, tiny=True, verbose=False)
+        run_preset("mnist-smallcnn-fire", overrides=["lam=6"], out=tmp_path, **kw)
     # runtime keys (workers, evaluation size, ...) may change on resume
-    run_preset("mnist-smallcnn-fire", overrides=["workers=0", "compile=false"], out=tmp_path, smoke=True, tiny=True,
-               verbose=False)
+    run_preset("mnist-smallcnn-fire", overrides=["workers=0", "compile=false"], out=tmp_path, **kw)
+
+
+def test_smoke_keeps_no_checkpoints_unless_asked(tmp_path):
+    res = run_preset("mnist-smallcnn-fire", out=tmp_path, smoke=True, tiny=True, verbose=False)
+    assert res["paths"]["checkpoints"] is None
+    assert not (tmp_path / "checkpoints").exists() and not (tmp_path / ".smoke-checkpoints").exists()
+    assert "best.pt (epoch 1" in res["weights"]  # best.pt was still selected and evaluated before the clean-up
+
+
+def test_the_preset_model_is_built_for_the_chosen_dataset(tmp_path):
+    # issue 16: lenet_pi of mnist-lenet-isometry is built for 8x8 digits (it crashed with a matrix-shape error)
+    res = run_preset("mnist-lenet-isometry", overrides=["dataset=digits"], out=tmp_path / "a", smoke=True,
+                     verbose=False)
+    assert res["config"]["dataset"] == "digits" and res["eval"]["n_examples"] == 4
+    # an architecture that cannot take the images is refused in one line naming both
+    with pytest.raises(ValueError, match=r"model 'small_cnn' cannot take digits images \(1x8x8\)"):
+        run_preset("mnist-smallcnn-fire", overrides=["dataset=digits"], out=tmp_path / "b", smoke=True, verbose=False)
+
+
+def test_output_names_follow_the_model_trained(tmp_path):
+    res = run_preset("cifar10-wrn34-fire", overrides=["model=resnet18_cifar"], out=tmp_path, smoke=True,
+                     verbose=False)
+    info = read_model_info(res["paths"]["model_info"])
+    assert res["paths"]["model_info"].endswith("FirePluginCifar10Resnet18CifarFire.json")
+    assert info.architecture == "ResNet-18" and "--set model=resnet18_cifar" in info.name
+    own = run_preset("mnist-smallcnn-fire", out=tmp_path / "own", smoke=True, tiny=True, verbose=False)
+    assert own["paths"]["model_info"].endswith("FirePluginMnistSmallcnnFire.json")
+
+
+def test_n_train_trains_on_a_subset(tmp_path):
+    cfg = load_preset("mnist-smallcnn-fire", overrides=["n_train=64"])
+    assert cfg["n_train"] == 64 and load_preset("mnist-smallcnn-fire")["n_train"] is None
+    assert parse_overrides(["n_train=none"]) == {"n_train": None}
+    with pytest.raises(ValueError, match=r"n_train='0' is not allowed; allowed: an integer >= 1, or none"):
+        parse_overrides(["n_train=0"])
+    # smoke data has 4 training images in batches of 2: n_train=2 keeps one batch
+    res = run_preset("mnist-smallcnn-fire", overrides=["n_train=2"], out=tmp_path, smoke=True, tiny=True,
+                     verbose=False)
+    record = res["history"][0]
+    assert round(record["samples_per_s"] * record["seconds"]) == 2  # images trained in the epoch (4 without n_train)
+    with pytest.raises(ValueError, match=r"n_train=1 is smaller than a batch"):
+        run_preset("mnist-smallcnn-fire", overrides=["n_train=1"], out=tmp_path / "b", smoke=True, tiny=True,
+                   verbose=False)
+
+
+def test_presets_list_and_show_print_every_preset_and_key():
+    listing = describe_presets()
+    for name in list_presets():
+        assert name in listing
+    for key, spec in SCHEMA.items():
+        if key != "description":
+            assert key in listing and spec.allowed() in listing
+    shown = describe_preset("cifar10-wrn34-fire").splitlines()
+    rows = {line.split()[0]: line for line in shown[2:-2] if line.strip()}
+    assert rows["eps"].split()[1:3] == ["*", "8/255"] and "float" in rows["eps"]
+    assert rows["n_train"].split()[1:3] == ["none", "int|none"]
 
 
 def test_extra_data_presets_need_the_data(tmp_path):
