@@ -265,6 +265,7 @@ def evaluate_checkpoint(
     attacks: tuple[str, ...] = ("clean", "pgd", "frpgd", "autoattack"),
     n_examples: int | None = None,
     batch_size: int = 256,
+    autoattack_attacks: tuple[str, ...] | None = None,
     model_dir: str = "models",
     data_dir: str = "data",
     model_id: str | None = None,
@@ -275,7 +276,8 @@ def evaluate_checkpoint(
     """Evaluate a model (architecture + checkpoint, zoo name, or ``autoattack-resnet18``) and write ``eval.json``.
 
     With ``model_id`` (checked before any attack runs; needs ``"autoattack"`` in ``attacks``) it also writes a
-    RobustBench ``model_info`` JSON.
+    RobustBench ``model_info`` JSON. ``autoattack_attacks`` (None: standard AutoAttack) runs a subset of its
+    sub-attacks with the standard settings, for quick checks (recorded as ``custom`` in the files).
     """
     from fire_plugin.data import dataset_to_tensors, load_dataset
     from fire_plugin.evaluation import evaluate
@@ -292,7 +294,7 @@ def evaluate_checkpoint(
     net = net.to(_device()).eval()
     x, y = dataset_to_tensors(load_dataset(dataset, split="test", data_dir=data_dir), n_examples=n_examples)
     result = evaluate(net, x, y, eps=eps, norm=norm, attacks=tuple(attacks), batch_size=batch_size, seed=seed,
-                      verbose=verbose)
+                      autoattack_attacks=autoattack_attacks, verbose=verbose)
     payload = dataclasses.asdict(result)
     (out_dir / "eval.json").write_text(json.dumps(payload, indent=2))
     if result.autoattack_acc is not None and model_id:
