@@ -11,6 +11,13 @@ is its ``external`` field when the file has one (an evaluation stronger than Aut
 accuracy (higher first), then by model id, so that the order is reproducible. Ranks are competition ranks: entries
 equal in both robust and clean accuracy share a rank ("1, 2, 2, 4").
 
+Impossible files are refused or flagged, never ranked silently: a placed file whose AutoAttack (or ``external``)
+accuracy is above its clean accuracy, or whose ``dataset`` field disagrees with the folder it sits in
+(``model_info/<dataset>/<threat_model>/``), is refused; such leaderboard entries (RobustBench's
+``cifar100/Linf/Hendrycks2019Using.json`` says ``"cifar10"``) are ranked by their folder and named in the notes. A file
+evaluated on fewer test images than RobustBench's 10,000 (its ``n_examples`` field, see
+:func:`fire_plugin.robustbench_io.subset_of`) is ranked with a note and a warning that the rank is not comparable.
+
 >>> placement = place_info(ModelInfo(dataset="cifar10", eps="8/255", clean_acc="84.92", autoattack_acc="53.08"),
 ...                        threat_model="Linf")
 >>> placement.rank > 1, placement.n_entries
@@ -29,7 +36,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from fire_plugin.robustbench_io import ModelInfo, parse_eps, read_model_info
+from fire_plugin.robustbench_io import THREAT_MODELS, ModelInfo, parse_eps, read_model_info, subset_of
 
 __all__ = [
     "AA_THREAT_MODELS",
@@ -64,6 +71,8 @@ class LeaderboardEntry:
         external: accuracy under RobustBench's external (stronger) evaluation, or None.
         clean_acc: clean accuracy.
         unreliable: RobustBench's flag; False when the file has no ``unreliable`` field.
+        problems: what is impossible about the file (AutoAttack above clean, a ``dataset`` field that disagrees
+            with its folder); empty for a sound entry.
         rank: competition rank in the list it belongs to (entries only, or entries plus the placed model).
     """
 
@@ -77,8 +86,9 @@ class LeaderboardEntry:
     architecture: str | None = None
     venue: str | None = None
     link: str | None = None
-    eps: str | None = None
+    eps: str | float | None = None
     additional_data: bool | None = None
+    problems: tuple[str, ...] = ()
     rank: int = 0
 
     @property
@@ -154,7 +164,7 @@ class Placement:
         ]
 
         def row(e: LeaderboardEntry, bold: bool = False) -> str:
-            flag = " (unreliable)" if e.unreliable else ""
+            flag = (" (unreliable)" if e.unreliable else "") + (" (flagged: see the notes)" if e.problems else "")
             cells = [str(e.rank), f"{e.model_id}{flag}", f"{e.clean_acc:.2f}", f"{e.robust_acc:.2f}",
                      f"{e.autoattack_acc:.2f}", e.architecture or "", e.venue or ""]
             if bold:
@@ -227,7 +237,7 @@ def _percent(value: Any, key: str, where: str) -> float:
     return out
 
 
-def _entry(info: ModelInfo, model_id: str, where: str) -> LeaderboardEntry:
+def _entry(info: ModelInfo, model_id: str, where: str, *, folder_dataset: str | None = None) -> LeaderboardEntry:
     if info.autoattack_acc is None:
         raise ValueError(f"{where}: autoattack_acc is missing; a leaderboard place needs the AutoAttack accuracy")
     if info.clean_acc is None:
@@ -235,11 +245,19 @@ def _entry(info: ModelInfo, model_id: str, where: str) -> LeaderboardEntry:
     aa = _percent(info.autoattack_acc, "autoattack_acc", where)
     raw_external = info.extra.get("external")
     external = None if raw_external in (None, "") else _percent(raw_external, "external", where)
+    clean = _percent(info.clean_acc, "clean_acc", where)
+    problems = []
+    for label, value in (("autoattack_acc", aa), ("external", external)):
+        if value is not None and value > clean:
+            problems.append(f"{label} {value:.2f} is above clean_acc {clean:.2f} (a robust accuracy cannot exceed "
+                            "the clean accuracy on the same images)")
+    if folder_dataset is not None and info.dataset is not None and info.dataset != folder_dataset:
+        problems.append(f"its dataset field says {info.dataset!r} but it sits in the {folder_dataset!r} folder")
     return LeaderboardEntry(
         model_id=model_id,
         robust_acc=aa if external is None else external,
         autoattack_acc=aa,
-        clean_acc=_percent(info.clean_acc, "clean_acc", where),
+        clean_acc=clean,
         external=external,
         unreliable=bool(info.unreliable),
         name=info.name,
@@ -248,6 +266,7 @@ def _entry(info: ModelInfo, model_id: str, where: str) -> LeaderboardEntry:
         link=info.link,
         eps=info.eps,
         additional_data=info.additional_data,
+        problems=tuple(problems),
     )
 
 
@@ -271,7 +290,8 @@ def load_entries(
         entries_dir: RobustBench's ``model_info`` folder (or a checkout holding it); default: the shipped snapshot.
 
     The folder, not the file's ``dataset`` field, decides the leaderboard (RobustBench's
-    ``cifar100/Linf/Hendrycks2019Using.json`` says ``"cifar10"``).
+    ``cifar100/Linf/Hendrycks2019Using.json`` says ``"cifar10"``); such an entry, and one whose AutoAttack accuracy
+    is above its clean accuracy, keeps its place and lists what is wrong in :attr:`LeaderboardEntry.problems`.
 
     >>> top = load_entries("cifar10", "Linf")[0]
     >>> top.rank, top.robust_acc >= 70
@@ -288,9 +308,10 @@ def load_entries(
     entries = []
     for path in sorted(folder.glob("*.json")):
         info = read_model_info(path, validate=False)
-        if info.dataset not in (None, dataset):
-            _logger.debug("%s says dataset=%r; its folder %r decides", path, info.dataset, dataset)
-        entries.append(_entry(info, path.stem, str(path)))
+        entry = _entry(info, path.stem, str(path), folder_dataset=dataset)
+        if entry.problems:
+            _logger.debug("%s: %s; ranked by its folder %r", path, "; ".join(entry.problems), dataset)
+        entries.append(entry)
     return _with_ranks(sorted(entries, key=lambda e: e.sort_key))
 
 
@@ -334,7 +355,8 @@ def place(
 
     Raises:
         ValueError: a dataset without a leaderboard (``digits``, ``mnist``), a corruptions threat model, a file
-            without ``autoattack_acc``.
+            without ``autoattack_acc``, a file whose AutoAttack (or ``external``) accuracy is above its clean
+            accuracy, a file whose ``dataset`` field disagrees with its folder.
 
     >>> import tempfile
     >>> from fire_plugin.robustbench_io import write_model_info
@@ -348,6 +370,10 @@ def place(
     """
     path = Path(model_info_path)
     info = read_model_info(path, validate=False)
+    if path.parent.name in THREAT_MODELS and info.dataset != path.parent.parent.name:
+        raise ValueError(f"{path}: its dataset field says {info.dataset!r} but it sits in the folder "
+                         f"{path.parent.parent.name!r} (model_info/<dataset>/<threat_model>/): fix the field or move "
+                         "the file, then place it again")
     return place_info(info, threat_model=_threat_model_of(path, threat_model), entries_dir=entries_dir,
                       neighbours=neighbours, model_id=path.stem)
 
@@ -378,6 +404,8 @@ def place_info(
                          "(corruptions leaderboards are not ranked by AutoAttack)")
     entries = load_entries(dataset, threat_model, entries_dir=entries_dir)
     model = _entry(info, model_id, f"model {model_id!r}")
+    if model.problems:
+        raise ValueError(f"model {model_id!r} cannot be ranked: {'; '.join(model.problems)}; check the file")
     notes: list[str] = []
 
     same = [e for e in entries if e.model_id == model_id]
@@ -388,6 +416,16 @@ def place_info(
         notes.append(f"the leaderboard also has an entry named {model_id!r} (different accuracies)")
 
     notes.extend(_eps_notes(info.eps, entries, dataset, threat_model))
+    subset = subset_of(info)
+    if subset is not None:
+        message = (f"the placed file was evaluated on {subset[0]:,} test images, not the {subset[1]:,} RobustBench "
+                   "evaluates: its rank is not comparable with the entries'")
+        warnings.warn(message, UserWarning, stacklevel=2)
+        notes.append(message)
+    flagged = [e for e in entries if e.problems]
+    if flagged:
+        notes.append("entries ranked by their folder although their files look wrong: "
+                     + "; ".join(f"{e.model_id}: {', '.join(e.problems)}" for e in flagged))
     if model.unreliable:
         notes.append("the placed file is flagged unreliable")
     if model.external is not None:
@@ -421,17 +459,17 @@ def place_info(
     return placement
 
 
-def _eps_notes(eps: str | None, entries: list[LeaderboardEntry], dataset: str, threat_model: str) -> list[str]:
+def _eps_notes(eps: str | float | None, entries: list[LeaderboardEntry], dataset: str, threat_model: str) -> list[str]:
     values = []
     for e in entries:
         try:
-            values.append(parse_eps(e.eps or ""))
+            values.append(parse_eps(e.eps if e.eps is not None else ""))
         except ValueError:
             continue
     if not values:
         return []
     usual_value, _ = Counter(round(v, 6) for v in values).most_common(1)[0]
-    usual = next(e.eps for e in entries if e.eps and round(parse_eps(e.eps), 6) == usual_value)
+    usual = next(e.eps for e in entries if e.eps is not None and _eps_value(e.eps) == usual_value)
     if eps is None:
         return [f"the placed file has no eps; the {dataset} {threat_model} leaderboard uses eps={usual}"]
     try:
@@ -444,6 +482,13 @@ def _eps_notes(eps: str | None, entries: list[LeaderboardEntry], dataset: str, t
         warnings.warn(message, UserWarning, stacklevel=3)
         return [message]
     return []
+
+
+def _eps_value(eps: str | float) -> float | None:
+    try:
+        return round(parse_eps(eps), 6)
+    except ValueError:
+        return None
 
 
 def _source_text(entries_dir: str | os.PathLike[str] | None) -> str:

@@ -3,7 +3,7 @@
 RobustBench keeps one JSON file per model at ``model_info/<dataset>/<threat_model>/<model_id>.json``, for
 example ``model_info/cifar10/Linf/Zhang2019Theoretically.json``. :class:`ModelInfo` has exactly the fields of
 those files; accuracies are percent strings (``"84.92"``) and ``eps`` a string, a fraction such as
-``"8/255"`` when it is one. Fields that :class:`ModelInfo` does not name (``external``, ``corruptions_acc``,
+``"8/255"`` when it is one (a JSON number, as RobustBench's own ``update_json`` writes it, is read too). Fields that :class:`ModelInfo` does not name (``external``, ``corruptions_acc``,
 ...) are kept in :attr:`ModelInfo.extra` so that files read and written back lose nothing.
 
 Files are written the way RobustBench's own consumers (``generate_leaderboard``, ``get_leaderboard_latex``,
@@ -44,7 +44,9 @@ if TYPE_CHECKING:
 
 __all__ = [
     "MODEL_INFO_FIELDS",
+    "N_EXAMPLES_KEY",
     "ROBUSTBENCH_DATASETS",
+    "ROBUSTBENCH_TEST_SIZES",
     "THREAT_MODELS",
     "BenchmarkDataset",
     "ModelInfo",
@@ -55,6 +57,7 @@ __all__ = [
     "model_info_path",
     "parse_eps",
     "read_model_info",
+    "subset_of",
     "validate_model_info",
     "write_model_info",
 ]
@@ -81,6 +84,11 @@ class ThreatModel(str, Enum):
 
 ROBUSTBENCH_DATASETS: tuple[str, ...] = tuple(d.value for d in BenchmarkDataset)
 THREAT_MODELS: tuple[str, ...] = tuple(t.value for t in ThreatModel)
+#: How many test images RobustBench evaluates per dataset (``benchmark(n_examples=10000)``; ImageNet: its 5,000
+#: image validation subset). A file evaluated on fewer is not a leaderboard result.
+ROBUSTBENCH_TEST_SIZES: dict[str, int] = {"cifar10": 10_000, "cifar100": 10_000, "imagenet": 5_000}
+#: The extra field our files record the number of evaluated test images in (RobustBench's files do not have it).
+N_EXAMPLES_KEY = "n_examples"
 
 # Patterns are applied with fullmatch: with match and "$", "M\n" would pass ("$" matches before a final newline).
 _ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+\-]*")
@@ -122,7 +130,8 @@ class ModelInfo:
         dataset: ``"cifar10"``, ``"cifar100"``, ``"imagenet"`` (or another name, which RobustBench cannot take).
         venue: for example ``"ICML 2019"``.
         architecture: for example ``"WideResNet-34-10"``.
-        eps: radius as a string, ``"8/255"`` or ``"0.5"``; None for corruptions.
+        eps: radius as a string, ``"8/255"`` or ``"0.5"`` (a number, as RobustBench's ``update_json`` writes it,
+            is accepted); None for corruptions.
         clean_acc: clean accuracy in percent, ``"84.92"``.
         reported: robust accuracy reported in the paper, percent string, or None.
         autoattack_acc: AutoAttack accuracy in percent (None for corruptions).
@@ -146,7 +155,7 @@ class ModelInfo:
     dataset: str | None = None
     venue: str | None = None
     architecture: str | None = None
-    eps: str | None = None
+    eps: str | float | None = None
     clean_acc: str | None = None
     reported: str | None = None
     autoattack_acc: str | None = None
@@ -256,14 +265,19 @@ def format_eps(eps: float | str) -> str:
     return repr(eps)
 
 
-def parse_eps(eps: str) -> float:
-    """The value of an eps string (``"8/255"``, ``"0.031"``).
+def parse_eps(eps: str | float) -> float:
+    """The value of an eps string (``"8/255"``, ``"0.031"``) or number (``0.5``, as RobustBench's ``update_json``
+    writes it).
 
-    >>> round(parse_eps("8/255"), 6)
-    0.031373
+    >>> round(parse_eps("8/255"), 6), parse_eps(0.5)
+    (0.031373, 0.5)
     """
+    if isinstance(eps, int | float) and not isinstance(eps, bool):
+        if not math.isfinite(eps) or eps <= 0:
+            raise ValueError(f"eps={eps!r} is not allowed; allowed: a positive finite value")
+        return float(eps)
     if not isinstance(eps, str):
-        raise ValueError(f"eps={eps!r} is not allowed; allowed: a string such as '8/255' or '0.5'")
+        raise ValueError(f"eps={eps!r} is not allowed; allowed: a number or a string such as '8/255' or '0.5'")
     if not _EPS_PATTERN.fullmatch(eps):
         raise ValueError(
             f"eps={eps!r} is not allowed; allowed: a number or fraction such as '8/255' or '0.5', without spaces"
@@ -332,9 +346,11 @@ def validate_model_info(info: ModelInfo, *, threat_model: str | ThreatModel | No
     ``get_leaderboard_latex``, ``get_leaderboard_bibtex``) can read. Required, as in every RobustBench file:
     ``link``, ``name``, ``authors``, ``venue``, ``architecture`` (strings), ``additional_data`` (bool),
     ``number_forward_passes`` (positive int), ``dataset`` (a name usable as a folder) and ``clean_acc``.
-    ``footnote`` is a string, ``unreliable`` a bool; ``clean_acc`` and ``autoattack_acc`` are percent strings in
+    ``footnote`` is a string, ``unreliable`` a bool, the extra ``n_examples`` (the number of evaluated test images,
+    which our files record) a positive int; ``clean_acc`` and ``autoattack_acc`` are percent strings in
     [0, 100] (any number of decimals, as in RobustBench's files); ``reported`` a percent string or a "not
-    reported" marker (None, ``""``, ``"null"``); ``eps`` a positive finite number or fraction string. With
+    reported" marker (None, ``""``, ``"null"``); ``eps`` a positive finite number (RobustBench's ``update_json``
+    writes a JSON number) or fraction string. With
     ``threat_model`` ``"Linf"``/``"L2"``, ``eps`` and ``autoattack_acc`` are required; with ``"corruptions"``
     (``"corruptions_3d"``) :attr:`ModelInfo.extra` must hold ``corruptions_acc`` (and ``corruptions_acc_3d``), the
     numbers the leaderboard sorts by. Extras ``external``, ``corruptions_acc``, ``corruptions_acc_3d`` are percent
@@ -389,6 +405,10 @@ def validate_model_info(info: ModelInfo, *, threat_model: str | ThreatModel | No
             )
         elif name in info.extra:
             _check_percent(name, info.extra[name], problems)
+    if N_EXAMPLES_KEY in info.extra:
+        n = info.extra[N_EXAMPLES_KEY]
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            problems.append(f"{N_EXAMPLES_KEY}={n!r} is not a positive int (the number of evaluated test images)")
     for name in _NUMBER_EXTRAS:
         if name in info.extra and not _is_number_string(info.extra[name]):
             problems.append(f"{name}={info.extra[name]!r} is not a number string such as '62.13'")
@@ -597,6 +617,7 @@ def model_info_from_result(
     number_forward_passes: int = 1,
     reported: str | None = None,
     footnote: str | None = None,
+    n_test: int | None = None,
 ) -> ModelInfo:
     """A :class:`ModelInfo` from an :class:`~fire_plugin.evaluation.EvalResult` (clean and AutoAttack accuracy).
 
@@ -605,11 +626,17 @@ def model_info_from_result(
     RobustBench file; ``link``, ``authors`` and ``venue`` default to the markers RobustBench's own "Standard"
     entries use for "none" (``""``, ``""`` and ``"N/A"``; ``get_leaderboard_bibtex`` skips a venue of ``"N/A"``).
 
+    The number of evaluated test images is recorded in the extra field ``n_examples``. When it is below the test
+    set's size (RobustBench's 10,000 for CIFAR, 5,000 for ImageNet; ``n_test``, the size of the test split, for
+    other datasets), the footnote says so: such a file is not a leaderboard result.
+
     >>> from fire_plugin.evaluation import EvalResult
     >>> r = EvalResult(n_examples=100, eps=8 / 255, norm="Linf", clean_acc=0.9, autoattack_acc=0.5)
     >>> info = model_info_from_result(r, dataset="cifar10", name="FIRE", architecture="WideResNet-34-10")
     >>> info.eps, info.clean_acc, info.autoattack_acc, info.venue
     ('8/255', '90.00', '50.00', 'N/A')
+    >>> info.footnote, info.extra
+    ('Evaluated on the first 100 of the 10,000 test images RobustBench evaluates: not a leaderboard result.', {'n_examples': 100})
     """
     given = {"name": name, "architecture": architecture, "link": link, "authors": authors, "venue": venue}
     for label, value in given.items():
@@ -627,7 +654,15 @@ def model_info_from_result(
             UserWarning,
             stacklevel=2,
         )
-    return ModelInfo(
+    if n_test is not None and (isinstance(n_test, bool) or not isinstance(n_test, int) or n_test < 1):
+        raise ValueError(f"n_test={n_test!r} is not allowed; allowed: the size of the test split, a positive int")
+    n = result.n_examples
+    full = ROBUSTBENCH_TEST_SIZES.get(dataset, n_test)
+    if full is not None and n < full:
+        where = " RobustBench evaluates: not a leaderboard result" if dataset in ROBUSTBENCH_TEST_SIZES else ""
+        sentence = f"Evaluated on the first {n} of the {full:,} test images{where}."
+        footnote = sentence if not footnote else f"{footnote.rstrip()} {sentence}"
+    info = ModelInfo(
         link=link,
         name=name,
         authors=authors,
@@ -642,3 +677,23 @@ def model_info_from_result(
         autoattack_acc=None if result.autoattack_acc is None else format_accuracy(result.autoattack_acc),
         footnote=footnote,
     )
+    info.extra[N_EXAMPLES_KEY] = n
+    return info
+
+
+def subset_of(info: ModelInfo) -> tuple[int, int] | None:
+    """``(n_examples, full)`` when ``info`` records fewer evaluated images than RobustBench's test set, else None.
+
+    ``full`` is :data:`ROBUSTBENCH_TEST_SIZES` of the dataset. A file without the ``n_examples`` field (every
+    RobustBench file) or of another dataset gives None.
+
+    >>> subset_of(ModelInfo.from_dict({"dataset": "cifar10", "n_examples": 10}))
+    (10, 10000)
+    >>> subset_of(ModelInfo.from_dict({"dataset": "cifar10"})) is None
+    True
+    """
+    n = info.extra.get(N_EXAMPLES_KEY)
+    full = ROBUSTBENCH_TEST_SIZES.get(info.dataset) if isinstance(info.dataset, str) else None
+    if full is None or isinstance(n, bool) or not isinstance(n, int) or n >= full:
+        return None
+    return n, full

@@ -66,7 +66,7 @@ def test_hand_made_order_and_ranks(entries_dir: Path) -> None:
 
 
 def test_place_top_bottom_between(entries_dir: Path, tmp_path: Path) -> None:
-    top = place(_model(tmp_path, "70.00", "50.00"), entries_dir=entries_dir)
+    top = place(_model(tmp_path, "70.00", "95.00"), entries_dir=entries_dir)
     assert (top.rank, top.above, [e.model_id for e in top.below]) == (1, [], ["A", "B", "C"])
     assert [e.rank for e in top.below] == [2, 3, 4]  # the entries move down by one
 
@@ -220,3 +220,70 @@ def test_png_and_files_written(tmp_path: Path) -> None:
     assert f"#{p.rank} of {p.n_entries + 1}" in md and "78fcc9e" in md
     with pytest.raises(ValueError, match="stem="):
         write_placement(p, tmp_path, stem="../x")
+
+
+# ------------------------------------------------------------------------- impossible files, subsets, numeric eps
+
+
+def test_placed_file_with_autoattack_or_external_above_clean_is_refused(entries_dir: Path, tmp_path: Path) -> None:
+    # Before: ranked #1 without a note (AutoAttack 70 on a model with 50% clean accuracy cannot happen).
+    with pytest.raises(ValueError, match=r"autoattack_acc 70.00 is above clean_acc 50.00"):
+        place(_model(tmp_path, "70.00", "50.00"), entries_dir=entries_dir)
+    with pytest.raises(ValueError, match=r"external 60.00 is above clean_acc 55.00"):
+        place(_model(tmp_path, "50.00", "55.00", external="60.00"), entries_dir=entries_dir)
+    assert place(_model(tmp_path, "50.00", "50.00"), entries_dir=entries_dir).rank == 4  # equal is possible
+
+
+def test_placed_file_whose_dataset_disagrees_with_its_folder_is_refused(entries_dir: Path, tmp_path: Path) -> None:
+    path = _write(tmp_path / "mine", "cifar100", "Linf", "Mixed",
+                  {"dataset": "cifar10", "eps": "8/255", "clean_acc": "80.00", "autoattack_acc": "50.00"})
+    with pytest.raises(ValueError, match=r"dataset field says 'cifar10' but it sits in the folder 'cifar100'"):
+        place(path, entries_dir=entries_dir)
+    loose = tmp_path / "Loose.json"  # outside RobustBench's layout the field decides, as before
+    loose.write_text(path.read_text())
+    assert place(loose, threat_model="Linf", entries_dir=entries_dir).dataset == "cifar10"
+
+
+def test_impossible_entries_are_flagged_not_dropped(entries_dir: Path, tmp_path: Path) -> None:
+    _write(entries_dir, "cifar10", "Linf", "Odd", {"dataset": "cifar100", "eps": "8/255", "clean_acc": "30.00",
+                                                  "autoattack_acc": "65.00"})
+    entries = {e.model_id: e for e in load_entries("cifar10", "Linf", entries_dir=entries_dir)}
+    assert len(entries["Odd"].problems) == 2 and entries["A"].problems == ()
+    p = place(_model(tmp_path, "50.00", "80.00"), entries_dir=entries_dir, neighbours=10)
+    (note,) = [n for n in p.notes if "look wrong" in n]
+    assert "Odd: autoattack_acc 65.00 is above clean_acc 30.00" in note and "'cifar100'" in note
+    assert p.above[0].model_id == "Odd" and p.rank == 5  # kept in its place (by its folder), and marked
+    assert "| Odd (flagged: see the notes) |" in write_placement(p, tmp_path / "out")["markdown"].read_text()
+
+
+def test_snapshot_entry_with_other_dataset_field_is_named() -> None:
+    # RobustBench's cifar100/Linf/Hendrycks2019Using.json says "cifar10": ranked on cifar100 and named.
+    p = place_info(ModelInfo(dataset="cifar100", eps="8/255", clean_acc="60.00", autoattack_acc="30.00"),
+                   threat_model="Linf")
+    assert any("Hendrycks2019Using: its dataset field says 'cifar10'" in n for n in p.notes)
+
+
+def test_subset_evaluation_is_flagged(entries_dir: Path, tmp_path: Path) -> None:
+    # Before: a file from `evaluate --n-examples 10` was ranked without comment.
+    path = _model(tmp_path, "50.00", "80.00", n_examples=10)
+    with pytest.warns(UserWarning, match="evaluated on 10 test images, not the 10,000"):
+        p = place(path, entries_dir=entries_dir)
+    assert any("not comparable" in n and "10 test images" in n for n in p.notes)
+    full = _model(tmp_path, "50.00", "80.00", model_id="Full", n_examples=10_000)
+    assert not any("test images" in n for n in place(full, entries_dir=entries_dir).notes)
+
+
+def test_numeric_eps_is_read_and_placed(tmp_path: Path) -> None:
+    # RobustBench's update_json (benchmark(..., to_disk=True)) writes "eps" as a JSON number.
+    path = _write(tmp_path / "mine", "cifar10", "Linf", "Numeric",
+                  {"dataset": "cifar10", "eps": 8 / 255, "clean_acc": "85.0", "autoattack_acc": "55.0"})
+    p = place(path)
+    assert p.rank > 1 and not any("eps" in n for n in p.notes)
+    data = json.loads(path.read_text())
+    data["eps"] = 4 / 255
+    path.write_text(json.dumps(data))
+    with pytest.warns(UserWarning, match="not comparable"):
+        place(path)
+    l2 = _write(tmp_path / "mine", "cifar10", "L2", "NumericL2",
+                {"dataset": "cifar10", "eps": 0.5, "clean_acc": "90.0", "autoattack_acc": "70.0"})
+    assert not any("eps" in n for n in place(l2).notes)

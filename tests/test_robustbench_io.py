@@ -24,6 +24,7 @@ from fire_plugin.robustbench_io import (
     model_info_path,
     parse_eps,
     read_model_info,
+    subset_of,
     validate_model_info,
     write_model_info,
 )
@@ -518,3 +519,59 @@ def test_output_root_may_contain_dotdot(tmp_path):
     path = write_model_info(root, "M", full_info())
     assert path.resolve() == (tmp_path / "runs" / "e" / "model_info" / "cifar10" / "Linf" / "M.json").resolve()
     assert read_model_info(path) == full_info()
+
+
+# ------------------------------------------------------------------------------ numeric eps, evaluated images
+
+
+def test_file_written_by_robustbench_update_json_with_numeric_eps_is_read(tmp_path, monkeypatch):
+    # RobustBench's benchmark(..., to_disk=True) calls update_json, which writes "eps" as a JSON number; before,
+    # read_model_info refused such a file ("eps=0.03137... is not allowed; allowed: a string").
+    rb_utils = import_robustbench("utils")
+    enums = import_robustbench("model_zoo.enums")
+    monkeypatch.chdir(tmp_path)
+    rb_utils.update_json(enums.BenchmarkDataset.cifar_10, enums.ThreatModel.Linf, "Fresh2026Model", 0.9, 0.6,
+                         8 / 255)
+    path = tmp_path / "model_info" / "cifar10" / "Linf" / "Fresh2026Model.json"
+    assert isinstance(json.loads(path.read_text())["eps"], float)  # what RobustBench writes
+    info = read_model_info(path, validate=False)
+    assert info.eps == 8 / 255 and parse_eps(info.eps) == 8 / 255
+    completed = dataclasses.replace(full_info(), eps=info.eps, clean_acc=info.clean_acc,
+                                    autoattack_acc=info.autoattack_acc)
+    validate_model_info(completed, threat_model="Linf")
+    written = json.loads(write_model_info(tmp_path / "out", "Fresh2026Model", completed).read_text())
+    assert written["eps"] == 8 / 255  # kept as the number it was
+
+
+@pytest.mark.parametrize("bad", [0, -0.5, float("inf"), True])
+def test_numeric_eps_must_be_positive_finite(bad):
+    with pytest.raises(ValueError, match="eps="):
+        validate_model_info(full_info(eps=bad))
+
+
+def test_model_info_records_evaluated_images_and_flags_a_subset():
+    # Before: `evaluate --n-examples 10` wrote a file that did not say it used 10 images.
+    result = EvalResult(n_examples=10, eps=8 / 255, norm="Linf", clean_acc=0.9, autoattack_acc=0.5)
+    info = model_info_from_result(result, dataset="cifar10", name="M", architecture="ResNet-18", footnote="EMA.")
+    assert info.extra == {"n_examples": 10}
+    assert info.footnote == ("EMA. Evaluated on the first 10 of the 10,000 test images RobustBench evaluates: not "
+                             "a leaderboard result.")
+    assert subset_of(info) == (10, 10_000)
+    validate_model_info(info, threat_model="Linf")
+    full = EvalResult(n_examples=10_000, eps=8 / 255, norm="Linf", clean_acc=0.9, autoattack_acc=0.5)
+    info = model_info_from_result(full, dataset="cifar10", name="M", architecture="ResNet-18")
+    assert info.footnote is None and info.extra == {"n_examples": 10_000} and subset_of(info) is None
+    imagenet = EvalResult(n_examples=5_000, eps=4 / 255, norm="Linf", clean_acc=0.7, autoattack_acc=0.4)
+    assert model_info_from_result(imagenet, dataset="imagenet", name="M", architecture="RN-50").footnote is None
+    digits = EvalResult(n_examples=100, eps=0.1, norm="Linf", clean_acc=0.9, autoattack_acc=0.5)
+    assert model_info_from_result(digits, dataset="digits", name="M", architecture="c").footnote is None  # no size
+    info = model_info_from_result(digits, dataset="digits", name="M", architecture="c", n_test=450)
+    assert info.footnote == "Evaluated on the first 100 of the 450 test images."
+
+
+@pytest.mark.parametrize("bad", [0, -3, 2.5, "10", True, None])
+def test_n_examples_field_is_checked(bad):
+    info = full_info()
+    info.extra["n_examples"] = bad
+    with pytest.raises(ValueError, match="n_examples="):
+        validate_model_info(info)
