@@ -292,15 +292,37 @@ def evaluate_checkpoint(
     out_dir = check_output_dir(out)
     net = load_pretrained(model, dataset=dataset, threat_model=norm, model_dir=model_dir, checkpoint=checkpoint)
     net = net.to(_device()).eval()
-    x, y = dataset_to_tensors(load_dataset(dataset, split="test", data_dir=data_dir), n_examples=n_examples)
+    test_set = load_dataset(dataset, split="test", data_dir=data_dir)
+    n_test = len(test_set)  # type: ignore[arg-type]
+    x, y = dataset_to_tensors(test_set, n_examples=n_examples)
     result = evaluate(net, x, y, eps=eps, norm=norm, attacks=tuple(attacks), batch_size=batch_size, seed=seed,
                       autoattack_attacks=autoattack_attacks, verbose=verbose)
     payload = dataclasses.asdict(result)
+    # what was evaluated, for `fire-plugin submit --run OUT` (it reloads the model and rechecks the numbers)
+    payload["run"] = {"command": "evaluate", "model": model, "checkpoint": _file_record(checkpoint),
+                      "dataset": dataset, "data_dir": str(Path(data_dir).resolve()), "n_test": n_test,
+                      "norm": norm, "model_dir": str(Path(model_dir).resolve()), "model_id": model_id,
+                      "batch_size": batch_size}
     (out_dir / "eval.json").write_text(json.dumps(payload, indent=2))
     if result.autoattack_acc is not None and model_id:
-        info_obj = model_info_from_result(result, dataset=dataset, name=name or model_id, architecture=model)
+        info_obj = model_info_from_result(result, dataset=dataset, name=name or model_id, architecture=model,
+                                          n_test=n_test)
         payload["model_info"] = str(write_model_info(out_dir, model_id, info_obj, threat_model=norm))
     return payload
+
+
+def _file_record(path: str | os.PathLike[str] | None) -> dict[str, Any] | None:
+    """``{"path", "sha256"}`` of a file (the evaluated checkpoint), None for None."""
+    if path is None:
+        return None
+    import hashlib
+
+    resolved = Path(path).resolve()
+    digest = hashlib.sha256()
+    with resolved.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return {"path": str(resolved), "sha256": digest.hexdigest()}
 
 
 # --------------------------------------------------------------------------------------------------- digits runs
@@ -555,7 +577,7 @@ def run_demo(
 
     from fire_plugin.evaluation import EvalResult
     from fire_plugin.plots import plot_robustness_scatter, plot_training_curves, plot_weight_tradeoff
-    from fire_plugin.robustbench_io import model_info_from_result, write_model_info
+    from fire_plugin.robustbench_io import DEMO_VENUE, model_info_from_result, write_model_info
 
     start = time.perf_counter()
     out_dir = check_output_dir(out)
@@ -594,7 +616,7 @@ def run_demo(
         eval_result = EvalResult(n_examples=ev["n_examples"], eps=recipe.eps, norm="Linf",
                                  clean_acc=ev["clean_acc"], autoattack_acc=ev["autoattack_acc"])
         info = model_info_from_result(eval_result, dataset="digits", name=f"{recipe.model} {job['label']} (demo)",
-                                      architecture=recipe.model, venue="fire_plugin demo",
+                                      architecture=recipe.model, venue=DEMO_VENUE,
                                       link="https://arxiv.org/abs/2106.06685", footnote=footnote)
         model_id = "Demo2026" + "".join(ch for ch in job["label"].title() if ch.isalnum())
         with warnings.catch_warnings():  # digits has no leaderboard: said once below, not once per file

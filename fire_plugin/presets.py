@@ -548,7 +548,7 @@ def run_preset(
     from fire_plugin.data import DATASETS, dataset_to_tensors, load_dataset, mixed_loader
     from fire_plugin.engine import ModelEMA, distributed_info, fit, load_checkpoint, lr_scheduler
     from fire_plugin.evaluation import evaluate
-    from fire_plugin.robustbench_io import model_info_from_result, write_model_info
+    from fire_plugin.robustbench_io import PRESET_VENUE, model_info_from_result, write_model_info
 
     wall_start = time.perf_counter()
     cfg = load_preset(name, overrides=overrides)
@@ -683,7 +683,7 @@ def run_preset(
             warnings.filterwarnings("ignore", message="dataset=.*has no RobustBench leaderboard")
             warnings.filterwarnings("ignore", message="autoattack_acc comes from AutoAttack 'custom")
             model_info = model_info_from_result(
-                result, dataset=cfg["dataset"], architecture=architecture, venue="fire_plugin preset",
+                result, dataset=cfg["dataset"], architecture=architecture, venue=PRESET_VENUE,
                 name=f"{architecture} {cfg['method'].upper()} (fire_plugin preset {name}"
                 + "".join(f", --set {k}={v}" for k, v in _changed_identity(name, cfg).items()) + ")",
                 additional_data=cfg["extra_fraction"] > 0,

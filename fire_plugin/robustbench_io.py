@@ -3,8 +3,9 @@
 RobustBench keeps one JSON file per model at ``model_info/<dataset>/<threat_model>/<model_id>.json``, for
 example ``model_info/cifar10/Linf/Zhang2019Theoretically.json``. :class:`ModelInfo` has exactly the fields of
 those files; accuracies are percent strings (``"84.92"``) and ``eps`` a string, a fraction such as
-``"8/255"`` when it is one (a JSON number, as RobustBench's own ``update_json`` writes it, is read too). Fields that :class:`ModelInfo` does not name (``external``, ``corruptions_acc``,
-...) are kept in :attr:`ModelInfo.extra` so that files read and written back lose nothing.
+``"8/255"`` when it is one (a JSON number, as RobustBench's own ``update_json`` writes it, is read too).
+Fields that :class:`ModelInfo` does not name (``external``, ``corruptions_acc``, ...) are kept in
+:attr:`ModelInfo.extra` so that files read and written back lose nothing.
 
 Files are written the way RobustBench's own consumers (``generate_leaderboard``, ``get_leaderboard_latex``,
 ``get_leaderboard_bibtex``) read them: the keys every RobustBench file has are always written, the optional ones
@@ -48,6 +49,8 @@ __all__ = [
     "ROBUSTBENCH_DATASETS",
     "ROBUSTBENCH_TEST_SIZES",
     "THREAT_MODELS",
+    "DEMO_VENUE",
+    "PRESET_VENUE",
     "BenchmarkDataset",
     "ModelInfo",
     "ThreatModel",
@@ -87,6 +90,10 @@ THREAT_MODELS: tuple[str, ...] = tuple(t.value for t in ThreatModel)
 #: How many test images RobustBench evaluates per dataset (``benchmark(n_examples=10000)``; ImageNet: its 5,000
 #: image validation subset). A file evaluated on fewer is not a leaderboard result.
 ROBUSTBENCH_TEST_SIZES: dict[str, int] = {"cifar10": 10_000, "cifar100": 10_000, "imagenet": 5_000}
+#: Venues of this package's own results. RobustBench's ``get_leaderboard_bibtex`` takes the first word (up to a
+#: comma) as the journal and the last word as the year: these give ``journal={fire_plugin}, year={2026}``.
+DEMO_VENUE = "fire_plugin demo, 2026"
+PRESET_VENUE = "fire_plugin preset, 2026"
 #: The extra field our files record the number of evaluated test images in (RobustBench's files do not have it).
 N_EXAMPLES_KEY = "n_examples"
 
@@ -635,8 +642,8 @@ def model_info_from_result(
     >>> info = model_info_from_result(r, dataset="cifar10", name="FIRE", architecture="WideResNet-34-10")
     >>> info.eps, info.clean_acc, info.autoattack_acc, info.venue
     ('8/255', '90.00', '50.00', 'N/A')
-    >>> info.footnote, info.extra
-    ('Evaluated on the first 100 of the 10,000 test images RobustBench evaluates: not a leaderboard result.', {'n_examples': 100})
+    >>> info.extra, info.footnote.split(":")[0]
+    ({'n_examples': 100}, 'Evaluated on the first 100 of the 10,000 test images RobustBench evaluates')
     """
     given = {"name": name, "architecture": architecture, "link": link, "authors": authors, "venue": venue}
     for label, value in given.items():
