@@ -36,6 +36,7 @@ SUBCOMMANDS = {
     "margins": "Fisher-Rao margins by natural-gradient tracing and the class-shielding table of a model",
     "leaderboard": "place a RobustBench model_info JSON among the leaderboard's entries (rank, neighbours, figure)",
     "bench": "the perf suite: every benchmark's ratio against its named peer, in one table",
+    "submit": "a checked RobustBench submission bundle (model_info, state dict, New Model issue text, zoo entry)",
 }
 
 _log = logging.getLogger("fire_plugin.cli")
@@ -263,6 +264,28 @@ def _leaderboard(args: argparse.Namespace) -> int:
     return 0
 
 
+def _submit(args: argparse.Namespace) -> int:
+    from fire_plugin.submit import submit
+
+    given = [flag for flag, value in (("--checkpoint", args.checkpoint), ("--model-info", args.model_info),
+                                      ("--model", args.model)) if value is not None]
+    if (args.run is None) == (not given) or (args.run is None and len(given) < 3):
+        raise ValueError("give --run OUT (an evaluate or preset output) or all of --checkpoint, --model-info and "
+                         f"--model (got {' '.join(given) or 'none of them'}{' with --run' if args.run else ''})")
+    result = submit(args.out, run=args.run, checkpoint=args.checkpoint, model_info=args.model_info,
+                    model=args.model, data_dir=args.data_dir, threat_model=args.threat_model, model_id=args.model_id,
+                    paper_title=args.paper_title, paper_url=args.paper_url, authors=args.authors, venue=args.venue,
+                    allow_subset=args.allow_subset)
+    for check in result.checks:
+        print(f"{check.status:>10}  {check.name}: {check.detail}")
+    print(f"\nbundle {result.model_id} written to {result.out}:")
+    for name in result.files:
+        print(f"  {name}")
+    if result.subset:
+        print("note: evaluated on a subset of the test set (--allow-subset): not a leaderboard result")
+    return 0
+
+
 def _bench(args: argparse.Namespace) -> int:
     import importlib.util
 
@@ -280,7 +303,7 @@ def _bench(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"train": _train, "presets": _presets, "evaluate": _evaluate, "gaussian": _gaussian, "demo": _demo,
-            "margins": _margins, "leaderboard": _leaderboard, "bench": _bench}
+            "margins": _margins, "leaderboard": _leaderboard, "bench": _bench, "submit": _submit}
 
 
 # --------------------------------------------------------------------------------------------------- parser
@@ -442,6 +465,23 @@ def build_parser() -> argparse.ArgumentParser:
                    help="default: the folder the file sits in (model_info/<dataset>/<threat>/)")
     p.add_argument("--neighbours", type=_positive_int, default=3, help="entries shown above and below (3)")
     p.add_argument("--out", default="runs/leaderboard", help="output directory (runs/leaderboard)")
+
+    p = sub.add_parser("submit", help=SUBCOMMANDS["submit"])
+    p.add_argument("--run", default=None, help="the --out of `fire-plugin evaluate --model-id ...` or of a preset")
+    p.add_argument("--checkpoint", default=None, help="instead of --run: the weights (with --model-info and --model)")
+    p.add_argument("--model-info", default=None, help="instead of --run: the RobustBench model_info JSON")
+    p.add_argument("--model", default=None, help="instead of --run: the architecture, e.g. resnet18_cifar")
+    p.add_argument("--data-dir", default=None, help="where the test set is (default: the run's, else data)")
+    p.add_argument("--threat-model", default=None, choices=["Linf", "L2"],
+                   help="for a model_info outside model_info/<dataset>/<threat>/ (default: its folder)")
+    p.add_argument("--model-id", default=None, help="the bundle's name, RobustBench's <Name><Year><FirstWord>")
+    p.add_argument("--paper-title", default=None)
+    p.add_argument("--paper-url", default=None)
+    p.add_argument("--authors", default=None, help="comma separated")
+    p.add_argument("--venue", default=None, help="e.g. 'ICML 2026' or 'arXiv, Jun 2026'")
+    p.add_argument("--allow-subset", action="store_true",
+                   help="accept fewer test images than RobustBench's 10,000 (the footnote and NEW_MODEL.md say so)")
+    p.add_argument("--out", required=True, help="the bundle folder (new or empty)")
 
     p = sub.add_parser("bench", help=SUBCOMMANDS["bench"])
     p.add_argument("--quick", action="store_true", help="reduced versions (a smoke run: noisy ratios)")

@@ -122,6 +122,7 @@ _KEEP_NULL_FROM_FILE = ("footnote",)
 # Extras that RobustBench's leaderboard code converts with float(): percent strings when present.
 _PERCENT_EXTRAS = ("external", "corruptions_acc", "corruptions_acc_3d")
 _NUMBER_EXTRAS = ("corruptions_mce", "corruptions_mce_3d")
+_CORRUPTIONS_EXTRAS = ("corruptions_acc", "corruptions_acc_3d", *_NUMBER_EXTRAS)
 
 
 @dataclass
@@ -361,7 +362,9 @@ def validate_model_info(info: ModelInfo, *, threat_model: str | ThreatModel | No
     ``threat_model`` ``"Linf"``/``"L2"``, ``eps`` and ``autoattack_acc`` are required; with ``"corruptions"``
     (``"corruptions_3d"``) :attr:`ModelInfo.extra` must hold ``corruptions_acc`` (and ``corruptions_acc_3d``), the
     numbers the leaderboard sorts by. Extras ``external``, ``corruptions_acc``, ``corruptions_acc_3d`` are percent
-    strings when present (``null`` breaks the leaderboard's ``float()``), ``corruptions_mce*`` number strings, and
+    strings when present (``null`` breaks the leaderboard's ``float()``; the ``null`` corruptions fields that
+    RobustBench's ``update_json`` writes into Linf and L2 files are accepted there), ``corruptions_mce*`` number
+    strings, and
     no extra holds NaN or an infinity. A dataset RobustBench does not list is valid here;
     :func:`write_model_info` warns about it.
 
@@ -404,7 +407,13 @@ def validate_model_info(info: ModelInfo, *, threat_model: str | ThreatModel | No
         _check_percent("autoattack_acc", info.autoattack_acc, problems)
     if info.reported is not None:
         _check_percent("reported", info.reported, problems, allow_not_reported=True)
+    threat = None if threat_model is None else _threat_model_value(threat_model)
+    # RobustBench's update_json writes "corruptions_acc": null (and the other corruptions fields) into Linf and L2
+    # files; only the corruptions leaderboards read them.
+    null_ok = () if threat in ("corruptions", "corruptions_3d") else _CORRUPTIONS_EXTRAS
     for name in _PERCENT_EXTRAS:
+        if name in null_ok and name in info.extra and info.extra[name] is None:
+            continue
         if name in info.extra and info.extra[name] is None:
             problems.append(
                 f"{name}=None is not allowed (RobustBench's leaderboard reads float({name})): give a percent "
@@ -417,6 +426,8 @@ def validate_model_info(info: ModelInfo, *, threat_model: str | ThreatModel | No
         if isinstance(n, bool) or not isinstance(n, int) or n < 1:
             problems.append(f"{N_EXAMPLES_KEY}={n!r} is not a positive int (the number of evaluated test images)")
     for name in _NUMBER_EXTRAS:
+        if name in null_ok and name in info.extra and info.extra[name] is None:
+            continue
         if name in info.extra and not _is_number_string(info.extra[name]):
             problems.append(f"{name}={info.extra[name]!r} is not a number string such as '62.13'")
     problems.extend(
@@ -429,7 +440,6 @@ def validate_model_info(info: ModelInfo, *, threat_model: str | ThreatModel | No
             parse_eps(info.eps)
         except ValueError as exc:
             problems.append(str(exc))
-    threat = None if threat_model is None else _threat_model_value(threat_model)
     if threat in ("Linf", "L2"):
         if info.eps is None:
             problems.append(f"eps is missing (required for threat_model={threat_model!r}): give it such as '8/255'")

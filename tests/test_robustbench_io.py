@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import io
 import json
 import os
 import stat
@@ -16,7 +18,9 @@ from hypothesis import strategies as st
 from fire_plugin._compat import import_robustbench
 from fire_plugin.evaluation import EvalResult
 from fire_plugin.robustbench_io import (
+    DEMO_VENUE,
     MODEL_INFO_FIELDS,
+    PRESET_VENUE,
     ModelInfo,
     format_accuracy,
     format_eps,
@@ -534,11 +538,13 @@ def test_file_written_by_robustbench_update_json_with_numeric_eps_is_read(tmp_pa
                          8 / 255)
     path = tmp_path / "model_info" / "cifar10" / "Linf" / "Fresh2026Model.json"
     assert isinstance(json.loads(path.read_text())["eps"], float)  # what RobustBench writes
-    info = read_model_info(path, validate=False)
+    info = read_model_info(path, validate=False)  # RobustBench leaves the paper fields to be filled in by hand
     assert info.eps == 8 / 255 and parse_eps(info.eps) == 8 / 255
-    completed = dataclasses.replace(full_info(), eps=info.eps, clean_acc=info.clean_acc,
-                                    autoattack_acc=info.autoattack_acc)
-    validate_model_info(completed, threat_model="Linf")
+    assert info.extra["corruptions_acc"] is None
+    paper = {k: v for k, v in full_info().to_file_dict().items() if k not in ("eps", "clean_acc", "autoattack_acc")}
+    completed = ModelInfo.from_dict({**json.loads(path.read_text()), **paper})  # the fields filled in by hand
+    assert completed.extra["corruptions_acc"] is None and completed.eps == 8 / 255
+    validate_model_info(completed, threat_model="Linf")  # numeric eps and null corruptions fields are accepted
     written = json.loads(write_model_info(tmp_path / "out", "Fresh2026Model", completed).read_text())
     assert written["eps"] == 8 / 255  # kept as the number it was
 
@@ -575,3 +581,14 @@ def test_n_examples_field_is_checked(bad):
     info.extra["n_examples"] = bad
     with pytest.raises(ValueError, match="n_examples="):
         validate_model_info(info)
+
+
+@pytest.mark.parametrize("venue", [DEMO_VENUE, PRESET_VENUE])
+def test_demo_and_preset_venues_render_in_robustbench_bibtex(tmp_path, monkeypatch, venue):
+    # Before: venue "fire_plugin demo" gave RobustBench's BibTeX code journal={fire_plugin}, year={demo}.
+    rb_utils = import_robustbench("utils")
+    write_model_info(tmp_path, "Demo2026Fire", full_info(venue=venue))
+    monkeypatch.chdir(tmp_path)
+    with contextlib.redirect_stdout(io.StringIO()):
+        _, bibtex = rb_utils.get_leaderboard_bibtex("cifar10", "Linf")
+    assert "\tjournal\t= {fire_plugin},\n\tyear\t= {2026}\n" in bibtex
