@@ -475,9 +475,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threat-model", default=None, choices=["Linf", "L2"],
                    help="for a model_info outside model_info/<dataset>/<threat>/ (default: its folder)")
     p.add_argument("--model-id", default=None, help="the bundle's name, RobustBench's <Name><Year><FirstWord>")
-    p.add_argument("--paper-title", default=None)
-    p.add_argument("--paper-url", default=None)
-    p.add_argument("--authors", default=None, help="comma separated")
+    p.add_argument("--paper-title", default=None, help="the paper's title (NEW_MODEL.md and the model_info name)")
+    p.add_argument("--paper-url", default=None, help="the paper's URL (NEW_MODEL.md and the model_info link)")
+    p.add_argument("--authors", default=None, help="the authors, comma separated")
     p.add_argument("--venue", default=None, help="e.g. 'ICML 2026' or 'arXiv, Jun 2026'")
     p.add_argument("--allow-subset", action="store_true",
                    help="accept fewer test images than RobustBench's 10,000 (the footnote and NEW_MODEL.md say so)")
