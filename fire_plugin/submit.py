@@ -222,22 +222,18 @@ def _source_from_evaluate(run: Path, record: dict[str, Any]) -> _Source:
 
 
 def _source_from_preset(run: Path, results: dict[str, Any]) -> _Source:
-    import timm
-
-    import fire_plugin.models  # noqa: F401  (registers our architectures with timm)
-    from fire_plugin.data import DATASETS
     from fire_plugin.engine import load_checkpoint
+    from fire_plugin.models import create_model_for_dataset
 
     cfg = results["config"]
     info_path = _one_model_info(run)
-    data_info = DATASETS[cfg["dataset"]]
     if cfg.get("select_best"):
         ckpt, key = run / "checkpoints" / "best.pt", "model"
     else:
         ckpt, key = run / "checkpoints" / "last.pt", "ema" if cfg.get("ema") else "model"
 
     def load() -> nn.Module:
-        net = timm.create_model(cfg["model"], num_classes=data_info.num_classes, in_chans=data_info.in_chans)
+        net = create_model_for_dataset(cfg["model"], cfg["dataset"])  # as run_preset builds it (not --smoke)
         state = load_checkpoint(ckpt)[key]
         net.load_state_dict(state["module"] if key == "ema" else state)
         return net.eval()
