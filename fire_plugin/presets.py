@@ -35,10 +35,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-from torch import Tensor, nn
+if TYPE_CHECKING:  # torch is imported where it is used: listing and showing presets does not need it
+    from torch import Tensor, nn
 
 __all__ = [
     "DEFAULTS",
@@ -393,9 +393,12 @@ def describe_preset(name: str, *, overrides: Sequence[str] | dict[str, Any] = ()
 def random_crop_flip(x: Tensor, *, padding: int = 4) -> Tensor:
     """The paper's augmentation of one ``(C, H, W)`` image: random crop after zero padding, random flip.
 
+    >>> import torch
     >>> random_crop_flip(torch.ones(3, 8, 8)).shape
     torch.Size([3, 8, 8])
     """
+    import torch
+
     _, h, w = x.shape
     padded = torch.nn.functional.pad(x, (padding, padding, padding, padding))
     top, left = (int(v) for v in torch.randint(0, 2 * padding + 1, (2,)))
@@ -403,12 +406,14 @@ def random_crop_flip(x: Tensor, *, padding: int = 4) -> Tensor:
     return out.flip(-1) if bool(torch.rand(()) < 0.5) else out.contiguous()
 
 
-class _Augmented(torch.utils.data.Dataset):
-    def __init__(self, dataset: torch.utils.data.Dataset, transform: Callable[[Tensor], Tensor]) -> None:
+class _Augmented:
+    """A map-style dataset (what DataLoader needs) applying ``transform`` to the images of ``dataset``."""
+
+    def __init__(self, dataset: Any, transform: Callable[[Tensor], Tensor]) -> None:
         self.dataset, self.transform = dataset, transform
 
     def __len__(self) -> int:
-        return len(self.dataset)  # type: ignore[arg-type]
+        return len(self.dataset)
 
     def __getitem__(self, index: int) -> tuple[Tensor, Any]:
         x, y = self.dataset[index]
@@ -452,6 +457,7 @@ def _build_objective(cfg: dict[str, Any], model: nn.Module, num_classes: int, *,
 
 
 def _split_train_val(dataset: Any, val_size: int, seed: int) -> tuple[Any, Any]:
+    import torch
     from torch.utils.data import Subset
 
     n = len(dataset)
@@ -462,6 +468,7 @@ def _split_train_val(dataset: Any, val_size: int, seed: int) -> tuple[Any, Any]:
 
 
 def _synthetic(info: Any, n: int, seed: int) -> Any:
+    import torch
     from torch.utils.data import TensorDataset
 
     gen = torch.Generator().manual_seed(seed)
@@ -543,6 +550,7 @@ def run_preset(
         FileNotFoundError: the extra data file does not exist.
         fire_plugin.data.DatasetNotFoundError: the dataset is not under ``data_dir`` and cannot be downloaded.
     """
+    import torch
     from torch.utils.data import DataLoader
 
     from fire_plugin.data import DATASETS, dataset_to_tensors, load_dataset, mixed_loader
@@ -617,8 +625,9 @@ def run_preset(
         loader = mixed_loader(train_set, extra, batch_size=batch_size, extra_fraction=cfg["extra_fraction"],
                               seed=cfg["seed"], transform=transform, **workers)
     else:
-        loader = DataLoader(_Augmented(train_set, transform) if transform else train_set, batch_size=batch_size,
-                            shuffle=True, drop_last=True, persistent_workers=cfg["workers"] > 0, **workers)
+        images: Any = _Augmented(train_set, transform) if transform else train_set
+        loader = DataLoader(images, batch_size=batch_size, shuffle=True, drop_last=True,
+                            persistent_workers=cfg["workers"] > 0, **workers)
     val_loader = (DataLoader(val_set, batch_size=cfg["eval_batch_size"], shuffle=False, **workers)
                   if val_set is not None else None)
 

@@ -168,11 +168,10 @@ def test_the_preset_model_is_built_for_the_chosen_dataset(tmp_path):
 
 
 def test_output_names_follow_the_model_trained(tmp_path):
-    res = run_preset("cifar10-wrn34-fire", overrides=["model=resnet18_cifar"], out=tmp_path, smoke=True,
-                     verbose=False)
+    res = run_preset("cifar10-wrn34-fire", overrides=["model=digits_cnn"], out=tmp_path, smoke=True, verbose=False)
     info = read_model_info(res["paths"]["model_info"])
-    assert res["paths"]["model_info"].endswith("FirePluginCifar10Resnet18CifarFire.json")
-    assert info.architecture == "ResNet-18" and "--set model=resnet18_cifar" in info.name
+    assert res["paths"]["model_info"].endswith("FirePluginCifar10DigitsCnnFire.json")
+    assert info.architecture == "DigitsCNN" and "--set model=digits_cnn" in info.name
     own = run_preset("mnist-smallcnn-fire", out=tmp_path / "own", smoke=True, tiny=True, verbose=False)
     assert own["paths"]["model_info"].endswith("FirePluginMnistSmallcnnFire.json")
 
@@ -302,3 +301,15 @@ def test_mixed_loader_reads_npz_and_names_bad_files(tmp_path):
         mixed_loader(orig, tmp_path / "float.npz", batch_size=4)
     with pytest.raises(ValueError, match="extra_fraction=1.0 is not allowed"):
         mixed_loader(orig, orig, batch_size=4, extra_fraction=1.0)
+
+
+def test_presets_list_and_show_answer_without_importing_torch():
+    import subprocess
+    import sys
+
+    code = ("import contextlib, io, sys\nfrom fire_plugin.cli import main\n"
+            "with contextlib.redirect_stdout(io.StringIO()) as out:\n"
+            "    codes = [main(['presets', 'list']), main(['presets', 'show', 'cifar10-wrn34-fire'])]\n"
+            "print(codes, 'torch' in sys.modules, len(out.getvalue().splitlines()) > 50)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert done.stdout.split("\n")[-2] == "[0, 0] False True", done.stdout + done.stderr

@@ -9,8 +9,8 @@ their documented flags (argparse keeps the last value of a repeated flag), e.g. 
 layout (``data/cifar-10-batches-py``: pickled batches of uint8 rows and labels) and the 80M-TI pickle the README
 converts. torchvision checks the md5 sums of the real CIFAR files; the test accepts the fake ones in place of it.
 
-A command that cannot be reduced enough for the fast suite (``demo``, ``bench``, ``torchrun``) is skipped there and
-run by the slow test. Set ``FIRE_DOCS_TIMES=path.json`` to record each command's wall time.
+A command or block that cannot be reduced enough for the fast suite (``demo``, ``bench``, the Gaussian report) is
+skipped there and run by the slow test. Set ``FIRE_DOCS_TIMES=path.json`` to record each command's wall time.
 """
 
 from __future__ import annotations
@@ -44,6 +44,9 @@ CLI_REDUCE: dict[str, list[str]] = {
     "bench": ["--quick", "--only", "distances"],
 }
 SLOW_SUBCOMMANDS = {"demo", "bench"}
+# Python blocks run by the slow test only: the Gaussian report (its figures take about 10 s even reduced; the fast
+# tests/test_gaussian.py::test_run_report_writes_json_and_figures runs the same function)
+SLOW_SNIPPETS = ("gaussian.run_report(",)
 
 # textual substitutions in Python blocks: (what, by what), applied to every block
 PY_REDUCE: list[tuple[str, str]] = [
@@ -198,6 +201,9 @@ def run_document(path: Path, workdir: Path, fake_cifar: Path, monkeypatch: pytes
     namespace.update(_stand_ins())
     for lang, text in doc_blocks(path):
         if lang == "python":
+            if not slow and any(marker in text for marker in SLOW_SNIPPETS):
+                records.append({"document": path.name, "command": "python block", "ran": False, "seconds": 0.0})
+                continue
             source = text
             for old, new in PY_REDUCE:
                 source = source.replace(old, new)
@@ -252,3 +258,25 @@ def test_every_command_and_snippet_runs(path, tmp_path, fake_cifar, monkeypatch)
 def test_every_command_runs_slow_ones_included(path, tmp_path, fake_cifar, monkeypatch):
     records = run_document(path, tmp_path, fake_cifar, monkeypatch, slow=True)
     _record_times(records)
+
+
+def test_the_paper_to_code_table_names_functions_that_exist():
+    """Each name of README's "From the papers to the code" table resolves (``module.name``; a bare name after it
+    belongs to the same module)."""
+    import importlib
+
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = text.split("## From the papers to the code", 1)[1].split("\n## ", 1)[0]
+    rows = [line for line in section.splitlines() if line.startswith("| ") and "---" not in line][1:]
+    checked = 0
+    for row in rows:
+        cell = row.rstrip(" |").rsplit("|", 1)[1]
+        module = None
+        for name in re.findall(r"`([\w.]+)`", cell):
+            if "." in name:
+                module, name = name.rsplit(".", 1)
+            if module is None:
+                continue  # e.g. a CLI command in words
+            assert hasattr(importlib.import_module(f"fire_plugin.{module}"), name), f"fire_plugin.{module}.{name}"
+            checked += 1
+    assert checked >= 20, checked
