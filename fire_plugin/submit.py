@@ -32,6 +32,7 @@ import datetime
 import json
 import logging
 import os
+import re
 import secrets
 import shutil
 from collections.abc import Callable
@@ -76,6 +77,7 @@ _ARCHITECTURES_URL = "https://github.com/RobustBench/robustbench/tree/master/rob
 # adaptive_avg_pool2d: the same numbers up to float32 rounding. Measured on the pyautoattack ResNet-18 with
 # CIFAR-shaped inputs: max |difference| 0 to 2e-6 for logits of magnitude ~10; 1e-4 relative leaves room.
 _RB_LOGIT_RTOL = 1e-4
+_RB_NAME = re.compile(r"[A-Z][A-Za-z-]*[0-9]{4}[A-Z][A-Za-z0-9_-]*")  # Zhang2019Theoretically, Cui2020Learnable_34_10
 
 
 @dataclass(frozen=True)
@@ -165,6 +167,7 @@ class _Source:
     checkpoint_record: dict[str, Any] | None = None
     checkpoint_path: Path | None = None
     smoke: bool = False
+    evaluated_by: str = "fire_plugin"  # what ran AutoAttack, for NEW_MODEL.md's "Evaluation method"
     notes: list[str] = field(default_factory=list)
 
 
@@ -213,6 +216,7 @@ def _source_from_evaluate(run: Path, record: dict[str, Any]) -> _Source:
 
     return _Source(
         description=f"`fire-plugin evaluate` output {run}", arch=arch, info_path=info_path,
+        evaluated_by="`fire-plugin evaluate`",
         info=read_model_info(info_path), threat_model=info_path.parent.name, load_evaluated=load,
         data_dir=Path(rec["data_dir"]), n_examples=int(record["n_examples"]),
         autoattack_version=record.get("autoattack_version"),
@@ -241,6 +245,7 @@ def _source_from_preset(run: Path, results: dict[str, Any]) -> _Source:
     ev = results["eval"]
     return _Source(
         description=f"preset {results['preset']!r} output {run} (weights: {results.get('weights')})",
+        evaluated_by=f"the preset {results['preset']!r} (`fire-plugin train --preset`)",
         arch=cfg["model"], info_path=info_path, info=read_model_info(info_path),
         threat_model=info_path.parent.name, load_evaluated=load, data_dir=Path(cfg["data_dir"]),
         n_examples=int(ev["n_examples"]), autoattack_version=ev.get("autoattack_version"),
@@ -284,6 +289,7 @@ def _source_from_files(checkpoint: str | os.PathLike[str], model_info: str | os.
     dataset = info.dataset or ""
     return _Source(
         description=f"checkpoint {ckpt} with {info_path} (architecture {model})", arch=model, info_path=info_path,
+        evaluated_by="",
         info=info, threat_model=tm,
         load_evaluated=lambda: load_pretrained(model, dataset=dataset, checkpoint=ckpt),
         data_dir=Path(data_dir), n_examples=recorded if isinstance(recorded, int) else None,
@@ -465,13 +471,16 @@ def _todo(what: str, flag: str) -> str:
 
 def _new_model_text(*, model_id: str, info: ModelInfo, threat_model: str, arch: str, shipped: bool,
                     n_examples: int, full: int, paper_title: str | None, paper_url: str | None,
-                    authors: str | None, version: str) -> str:
+                    authors: str | None, version: str, evaluated_by: str) -> str:
     dataset = info.dataset or ""
     title = _DATASET_TITLE.get(dataset, dataset)
     architecture = info.architecture or arch
     subset = n_examples < full
-    method = (f"standard AutoAttack (fire_plugin {version}, `fire-plugin evaluate`), eps = {info.eps} "
-              f"({threat_model}), on the first {n_examples:,} of the {full:,} {title} test images")
+    how = (f"standard AutoAttack, run by {evaluated_by} (fire_plugin {version})" if evaluated_by else
+           "AutoAttack <TODO: how it was run (standard AutoAttack, e.g. robustbench.eval.benchmark); the model_info "
+           "file does not record it>")
+    method = f"{how}, eps = {info.eps} ({threat_model}), on the first {n_examples:,} of the {full:,} {title} test " \
+             "images"
     if subset:
         method += (f". **Subset: {n_examples:,} of the {full:,} test images RobustBench evaluates; not a leaderboard "
                    "result until evaluated on all of them.**")
@@ -639,6 +648,14 @@ def submit(
         sentence = f"Evaluated on the first {n_examples} of the {full:,} test images RobustBench evaluates."
         bundle_info.footnote = f"{bundle_info.footnote.rstrip()} {sentence}" if bundle_info.footnote else sentence
     validate_model_info(bundle_info, threat_model=tm)
+    if not _RB_NAME.fullmatch(name):
+        src.notes.append(f"RobustBench names models <Name><Year><FirstWordOfTitle> (e.g. Zhang2019Theoretically); "
+                         f"{name!r} is not of that form: pass --model-id")
+    kept = [f"{key}={getattr(bundle_info, key)!r}" for key, given in
+            (("name", paper_title), ("link", paper_url), ("authors", authors), ("venue", venue)) if given is None]
+    if kept:
+        src.notes.append(f"model_info fields kept from the evaluated file: {', '.join(kept)}; pass --paper-title, "
+                         "--paper-url, --authors, --venue to set them")
 
     evaluated = src.load_evaluated().cpu().eval()
     test_set = load_dataset(dataset, split="test", data_dir=src.data_dir, download=False)
@@ -666,7 +683,8 @@ def submit(
                               + "; ".join(f"{c.name}: {c.detail}" for c in failed))
         (stage / "NEW_MODEL.md").write_text(_new_model_text(
             model_id=name, info=bundle_info, threat_model=tm, arch=src.arch, shipped=shipped, n_examples=n_examples,
-            full=full, paper_title=paper_title, paper_url=paper_url, authors=authors, version=__version__),
+            full=full, paper_title=paper_title, paper_url=paper_url, authors=authors, version=__version__,
+            evaluated_by=src.evaluated_by),
             encoding="utf-8")
         (stage / "CHECKS.md").write_text(_checks_text(checks, src, name, __version__), encoding="utf-8")
         files = sorted(p.relative_to(stage).as_posix() for p in stage.rglob("*") if p.is_file())

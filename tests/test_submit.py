@@ -181,6 +181,8 @@ def test_bundle_from_an_evaluate_run(run: Path, tmp_path: Path, monkeypatch: pyt
     checks = (out / "CHECKS.md").read_text()
     for check in result.checks:
         assert f"| {check.name} | passed |" in checks
+    assert "standard AutoAttack, run by `fire-plugin evaluate`" in new_model
+    assert "Note: model_info fields" not in checks  # all four given
 
     # RobustBench's own readers on the bundle's model_info folder
     html, latex, bibtex = _robustbench_readers(out, monkeypatch)
@@ -337,11 +339,18 @@ def test_bundle_from_checkpoint_and_a_robustbench_written_model_info(data_dir: P
                 architecture="ResNet-18", n_examples=N_EVAL)
     path.write_text(json.dumps(data))
     result = submit(tmp_path / "b", checkpoint=autoattack_checkpoint_path(), model_info=path,
-                    model="resnet18_cifar", data_dir=data_dir, allow_subset=True)
+                    model="resnet18_cifar", data_dir=data_dir, allow_subset=True, model_id=MODEL_ID)
     status = {c.name: c.status for c in result.checks}
     assert status["AutoAttack"] == "unverified" and status["clean accuracy"] == "passed"
     assert list(status.values()).count("passed") == len(status) - 1
     assert read_model_info(tmp_path / "b" / BUNDLE_FILES[2]).eps == "8/255"  # RobustBench's own files' form
+    new_model = (tmp_path / "b" / "NEW_MODEL.md").read_text()
+    assert "AutoAttack <TODO: how it was run" in new_model  # not claimed: the file does not record it
+    assert "| AutoAttack | unverified |" in (tmp_path / "b" / "CHECKS.md").read_text()
+    odd = submit(tmp_path / "odd", checkpoint=autoattack_checkpoint_path(), model_info=path, model="resnet18_cifar",
+                 data_dir=data_dir, allow_subset=True, model_id="my_model")
+    assert "models/cifar10/Linf/my_model.pt" in odd.files
+    assert "'my_model' is not of that form: pass --model-id" in (tmp_path / "odd" / "CHECKS.md").read_text()
     assert "- **eps**: 8/255" in (tmp_path / "b" / "NEW_MODEL.md").read_text()
 
 
@@ -358,6 +367,8 @@ def test_cli_submit(run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str
     assert "- **Paper Title**: <TODO: the paper title (pass --paper-title)>" in text
     assert "- **Paper URL**: <TODO: the paper URL (pass --paper-url)>" in text
     assert "- **Paper authors**: <TODO: the authors, comma separated (pass --authors)>" in text
+    assert f"Note: model_info fields kept from the evaluated file: name='{MODEL_ID}', link=''" in \
+        (tmp_path / "b" / "CHECKS.md").read_text()
 
 
 # ----------------------------------------------------------------------------------------------- end to end
