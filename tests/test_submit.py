@@ -424,3 +424,29 @@ def test_preset_smoke_run_refused(tmp_path: Path) -> None:
     run_preset("cifar10-wrn34-fire", out=tmp_path / "run", smoke=True, tiny=True, verbose=False)
     _refused(tmp_path / "b", r"AutoAttack: the run is a --smoke run on synthetic data: not a result",
              run=tmp_path / "run", allow_subset=True)
+
+
+def test_preset_run_submits_the_weights_it_evaluated(data_dir: Path, tmp_path: Path) -> None:
+    # A preset output laid out as run_preset writes it; with ema on and select_best off it evaluated the EMA
+    # weights of last.pt (here pyautoattack's), not the raw ones (here a fresh network's).
+    from fire_plugin.models import create_model_for_dataset
+    from fire_plugin.presets import load_preset
+
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    evaluated = torch.load(autoattack_checkpoint_path(), map_location="cpu", weights_only=True)
+    raw = create_model_for_dataset("resnet18_cifar", "cifar10").state_dict()
+    torch.save({"model": raw, "ema": {"module": evaluated, "updates": 1, "decay": 0.999, "warmup": True}},
+               run / "checkpoints" / "last.pt")
+    cfg = load_preset("cifar10-wrn34-madry", overrides=["model=resnet18_cifar", "select_best=false", "ema=true",
+                                                         f"data_dir={data_dir}", f"eval_n={N_EVAL}"])
+    result = EvalResult(n_examples=N_EVAL, eps=cfg["eps"], norm="Linf", clean_acc=1 / 3, autoattack_acc=0.0)
+    result.autoattack_version = "standard"
+    (run / "results.json").write_text(json.dumps({"preset": "cifar10-wrn34-madry", "smoke": False, "config": cfg,
+                                                  "eval": result.to_dict(), "weights": "last (ema)"}))
+    write_model_info(run, MODEL_ID, model_info_from_result(result, dataset="cifar10", name="m",
+                                                           architecture="ResNet-18"))
+    out = submit(tmp_path / "b", run=run, allow_subset=True)
+    state = torch.load(out.out / BUNDLE_FILES[4], map_location="cpu", weights_only=True)
+    assert all(torch.equal(state[k], evaluated[k]) for k in evaluated)
+    assert {c.name: c.status for c in out.checks}["clean accuracy"] == "passed"
