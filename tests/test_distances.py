@@ -313,18 +313,51 @@ def test_gradients_of_both_arguments_vanish_at_equality(name, dtype):
         assert a.grad.abs().max() == 0 and b.grad.abs().max() == 0
 
 
+def _max_rel(got, ref):
+    """Largest absolute difference relative to the largest reference magnitude (float64 arithmetic)."""
+    return float((got.double() - ref.double()).abs().max() / ref.double().abs().max().clamp_min(1e-300))
+
+
+# float32 against the float64 reference: measured at most 7.6e-7 (relative to the largest entry) under the AVX512,
+# AVX2 and default (scalar) ATen kernels on the same rows; bound 4e-6.
+FLOAT32_VS_FLOAT64 = 4e-6
+# Two float32 computations of the same rows in other batch compositions or code paths: measured at most 4.3e-9
+# (AVX2 kernels; 0 with AVX512 and default); they are not bit-equal on every CPU. Bound 1e-6 (~8 float32 ulps).
+FLOAT32_VS_FLOAT32 = 1e-6
+
+
+def _value_and_grads(fn, a, b, rows=None):
+    ta, tb = a.clone().requires_grad_(True), b.clone().requires_grad_(True)
+    out = fn(ta, tb)
+    out.sum().backward()
+    pick = (lambda t: t) if rows is None else (lambda t: t[rows])
+    return pick(out.detach()), pick(ta.grad), pick(tb.grad)
+
+
+def _reference64(name, a, b):
+    ra, rb = a.double().clone().requires_grad_(True), b.double().clone().requires_grad_(True)
+    out = naive64(name, ra, rb)
+    out.sum().backward()
+    return out.detach(), ra.grad, rb.grad
+
+
+def _assert_same_numbers(first, second, reference):
+    """Value and both gradients: close to each other and each close to the float64 reference."""
+    for got, other, ref in zip(first, second, reference, strict=True):
+        assert _max_rel(got, other) <= FLOAT32_VS_FLOAT32
+        assert _max_rel(got, ref) <= FLOAT32_VS_FLOAT64 and _max_rel(other, ref) <= FLOAT32_VS_FLOAT64
+
+
 @pytest.mark.parametrize("name", sorted(NAIVE64))
 def test_direct_rows_do_not_change_other_rows(name):
-    """With saturated rows the batch takes the blended path (always taken on accelerators); other rows are unchanged."""
+    """With saturated rows the batch takes the blended path (always taken on accelerators); other rows are unchanged
+    up to float32 rounding (not bit for bit: another batch composition may use other vectorized kernels)."""
     fn = NAIVE64[name][0]
     a, b = mixed_logits(torch.float32)
     ordinary = [0, 2, 3, 5]
-    ta, tb = a.clone().requires_grad_(True), b.clone().requires_grad_(True)
-    fn(ta, tb).sum().backward()
-    oa, ob = a[ordinary].clone().requires_grad_(True), b[ordinary].clone().requires_grad_(True)
-    fn(oa, ob).sum().backward()
-    assert torch.equal(fn(a, b)[ordinary], fn(a[ordinary], b[ordinary]))
-    assert torch.equal(ta.grad[ordinary], oa.grad) and torch.equal(tb.grad[ordinary], ob.grad)
+    in_full_batch = _value_and_grads(fn, a, b, ordinary)
+    alone = _value_and_grads(fn, a[ordinary], b[ordinary])
+    _assert_same_numbers(in_full_batch, alone, _reference64(name, a[ordinary], b[ordinary]))
 
 
 @pytest.mark.parametrize("name", sorted(NAIVE64))
@@ -334,16 +367,9 @@ def test_blended_path_equals_cpu_shortcut(name, monkeypatch):
     g = torch.Generator().manual_seed(9)
     a = torch.randn(32, 10, generator=g)
     b = a + 0.3 * torch.randn(32, 10, generator=g)
-    results = []
-    for blended in (False, True):
-        if blended:
-            monkeypatch.setattr(distances, "_no_direct_rows", lambda large: False)
-        ta, tb = a.clone().requires_grad_(True), b.clone().requires_grad_(True)
-        out = fn(ta, tb)
-        out.sum().backward()
-        results.append((out.detach(), ta.grad, tb.grad))
-    for x, y in zip(*results, strict=True):
-        assert torch.equal(x, y)
+    shortcut = _value_and_grads(fn, a, b)
+    monkeypatch.setattr(distances, "_no_direct_rows", lambda large: False)
+    _assert_same_numbers(shortcut, _value_and_grads(fn, a, b), _reference64(name, a, b))
 
 
 @pytest.mark.parametrize("name", sorted(NAIVE64))
@@ -354,7 +380,8 @@ def test_values_without_grad_and_with_other_class_dim(name):
     b = torch.randn(3, 7, 4, generator=g, dtype=torch.float64)
     ta, tb = a.clone().requires_grad_(True), b.clone().requires_grad_(True)
     out = fn(ta, tb, dim=1)
-    assert torch.equal(out.detach(), fn(a, b, dim=1))
+    # with and without autograd: float64, measured equal here; bound 1e-12 relative (another CPU's kernels)
+    torch.testing.assert_close(out.detach(), fn(a, b, dim=1), rtol=1e-12, atol=1e-14)
     torch.testing.assert_close(out.detach(), fn(a.transpose(1, 2), b.transpose(1, 2)), rtol=1e-12, atol=1e-14)
     assert torch.autograd.gradcheck(lambda x, y: fn(x, y, dim=1), (ta, tb))
 
@@ -521,21 +548,14 @@ def test_nan_and_positive_inf_and_all_masked_rows_give_nan(name):
 
 
 @pytest.mark.parametrize("name", sorted(NAIVE64))
-def test_masked_path_gives_the_same_bits_on_finite_logits(name, monkeypatch):
+def test_masked_path_gives_the_same_numbers_on_finite_logits(name, monkeypatch):
     """Accelerators always take the masked path (no host synchronization); on finite logits it changes nothing."""
     fn = NAIVE64[name][0]
     a, b = mixed_logits(torch.float32)
-    results = []
-    for always in (False, True):
-        if always:
-            monkeypatch.setattr(distances, "_known_finite", lambda x: False)
-            monkeypatch.setattr(distances, "_no_direct_rows", lambda large: False)
-        ta, tb = a.clone().requires_grad_(True), b.clone().requires_grad_(True)
-        out = fn(ta, tb)
-        out.sum().backward()
-        results.append((out.detach(), ta.grad, tb.grad))
-    for x, y in zip(*results, strict=True):
-        assert torch.equal(x, y)
+    cpu_path = _value_and_grads(fn, a, b)
+    monkeypatch.setattr(distances, "_known_finite", lambda x: False)
+    monkeypatch.setattr(distances, "_no_direct_rows", lambda large: False)
+    _assert_same_numbers(cpu_path, _value_and_grads(fn, a, b), _reference64(name, a, b))
 
 
 # ---------------------------------------------------------------- errors

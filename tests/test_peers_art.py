@@ -65,8 +65,10 @@ def test_classifier_loss_is_the_natural_term_by_default(data):
         torch.manual_seed(1)
         trainer.fit(x, y, nb_epochs=1, batch_size=32, shuffle=False)
         results[name] = _weights(model)
-    assert not torch.allclose(results["plain"], results["smooth"])
-    assert torch.equal(results["plain"], results["smooth_ce"])
+    # two code paths of the same cross-entropy (ART's loss object, ours): measured 0 difference here (AVX512, AVX2
+    # and default kernels), label smoothing moves the weights by 2.2e-3; bound 1e-6 (another CPU may round apart)
+    assert (results["plain"] - results["smooth"]).abs().max() > 1e-3
+    assert (results["plain"] - results["smooth_ce"]).abs().max() <= 1e-6
     with pytest.raises(ValueError, match="natural_loss must be one of"):
         FIRETrainer(_classifier(_net()), natural_loss="mse")
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import json
-import time
 
 import numpy as np
 import pytest
@@ -100,22 +99,10 @@ def test_overrides_are_parsed_and_type_checked():
     assert set(load_preset("mnist-lenet-isometry")) == set(DEFAULTS)
 
 
-def _isometry_available() -> bool:
-    try:
-        from fire_plugin.isometry import PartialIsometryObjective, delta_m  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
 @pytest.mark.parametrize("name", ALL)
 def test_every_preset_runs_a_smoke_run(name, tmp_path):
-    if "isometry" in name and not _isometry_available():
-        pytest.skip("fire_plugin.isometry.PartialIsometryObjective is not there yet")
-    start = time.perf_counter()
-    res = run_preset(name, out=tmp_path, smoke=True, tiny=True, keep_checkpoints=True, verbose=False)
-    seconds = time.perf_counter() - start
-    assert seconds < 15, seconds  # measured 0.4 - 0.8 s each (1 thread)
+    res = run_preset(name, out=tmp_path, smoke=True, tiny=True, keep_checkpoints=True,
+                     verbose=False)  # measured 0.4 - 0.8 s each
     cfg = json.loads((tmp_path / "config.json").read_text())
     assert cfg["preset"] == name and cfg["smoke"] is True and set(cfg) >= set(DEFAULTS)
     saved = json.loads((tmp_path / "results.json").read_text())
