@@ -34,8 +34,8 @@ from fire_plugin.engine import AdversarialObjective, CrossEntropyObjective, fit,
 from fire_plugin.losses import FIRELoss
 from fire_plugin.margins import arc_margins
 from fire_plugin.margins_report import CLASS_NAMES, margin_inputs, run_margins
-from fire_plugin.models import load_pretrained
 from fire_plugin.plots import plot_class_margins, plot_margin_histograms
+from fire_plugin.pretrained import load_pretrained
 
 
 def part_cifar(args: argparse.Namespace, out: Path) -> None:

@@ -25,7 +25,8 @@ import torch.nn.functional as F
 
 from fire_plugin.data import DATASETS, dataset_to_tensors, load_dataset
 from fire_plugin.evaluation import evaluate
-from fire_plugin.models import DigitsCNN, load_pretrained
+from fire_plugin.models import DigitsCNN
+from fire_plugin.pretrained import load_pretrained
 from fire_plugin.robustbench_io import model_info_from_result, write_model_info
 
 

@@ -30,6 +30,7 @@ __all__ = [
     "DatasetNotFoundError",
     "dataset_to_tensors",
     "load_dataset",
+    "mixed_loader",
 ]
 
 _logger = logging.getLogger(__name__)

@@ -281,7 +281,7 @@ def evaluate_checkpoint(
     """
     from fire_plugin.data import dataset_to_tensors, load_dataset
     from fire_plugin.evaluation import evaluate
-    from fire_plugin.models import load_pretrained
+    from fire_plugin.pretrained import load_pretrained
     from fire_plugin.robustbench_io import model_info_from_result, model_info_path, write_model_info
 
     if model_id is not None:

@@ -1,7 +1,7 @@
 """The ``fire-plugin margins`` pipeline: trace Fisher-Rao margins, write CSV, JSON, Markdown and PNG figures.
 
 :func:`run_margins` takes a model and inputs; :func:`margins_from_names` loads both by name (a pretrained model
-from :func:`fire_plugin.models.load_pretrained`, test images from :func:`fire_plugin.data.load_dataset`, or
+from :func:`fire_plugin.pretrained.load_pretrained`, test images from :func:`fire_plugin.data.load_dataset`, or
 synthetic inputs when the dataset is not on disk) and calls it. Files written to ``out_dir``:
 
 * ``margins.csv``: one row per traced (input, target) path (:meth:`MarginResult.to_csv`);
@@ -27,8 +27,8 @@ from torch import nn
 
 from fire_plugin.data import DATASETS, dataset_to_tensors, load_dataset
 from fire_plugin.margins import MarginResult, ShieldingReport, shielding_report, trace_margins
-from fire_plugin.models import load_pretrained
 from fire_plugin.plots import plot_class_margins, plot_margin_histograms, plot_path_matrix
+from fire_plugin.pretrained import load_pretrained
 
 __all__ = ["CLASS_NAMES", "margin_inputs", "margins_from_names", "run_margins", "synthetic_inputs"]
 
@@ -224,7 +224,7 @@ def margins_from_names(
     Args:
         model: ``"autoattack-resnet18"``, a RobustBench zoo name, or an architecture (``digits_cnn``,
             ``small_cnn``, ``resnet18_cifar``, any timm name) with ``checkpoint``; see
-            :func:`fire_plugin.models.load_pretrained`.
+            :func:`fire_plugin.pretrained.load_pretrained`.
         dataset: a key of ``fire_plugin.data.DATASETS``.
         out_dir: output folder.
         checkpoint: checkpoint file for an architecture name.

@@ -19,9 +19,9 @@ name                      architecture
 Every model takes [0, 1] images; an optional ``mean``/``std`` adds an input normalization as the first
 step. Its statistics are non-persistent buffers, so state dicts stay those of the plain architecture.
 
-Pretrained and offline loading (RobustBench zoo, local checkpoints, pyautoattack's ResNet-18) lives in
-:mod:`fire_plugin.pretrained`; its names (:func:`~fire_plugin.pretrained.load_pretrained`, ...) stay importable
-from here.
+Pretrained and offline loading (RobustBench zoo, local checkpoints, pyautoattack's CIFAR-10 ResNet-18:
+``load_pretrained("autoattack-resnet18")``) lives in :mod:`fire_plugin.pretrained`, which imports this module (never
+the other way). ``pretrained=True`` is refused by every entry point here, with the call to use instead.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from __future__ import annotations
 import logging
 from collections import OrderedDict
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -38,57 +38,21 @@ from torch import nn
 
 from fire_plugin._compat import import_robustbench
 
-if TYPE_CHECKING:  # re-exported lazily (see __getattr__): fire_plugin.pretrained imports this module
-    from fire_plugin.pretrained import (
-        AUTOATTACK_RESNET18,
-        CheckpointNotFoundError,
-        CorruptCheckpointError,
-        autoattack_checkpoint_path,
-        load_pretrained,
-        load_state_dict_from_checkpoint,
-    )
-
 __all__ = [
-    "AUTOATTACK_RESNET18",
     "MODEL_NAMES",
-    "CheckpointNotFoundError",
-    "CorruptCheckpointError",
     "DigitsCNN",
     "InputNormalization",
     "LeNetPI",
     "ResNet18CIFAR",
     "SmallCNN",
     "WideResNet",
-    "autoattack_checkpoint_path",
     "create_model_for_dataset",
-    "load_pretrained",
-    "load_state_dict_from_checkpoint",
     "model_kwargs_for_dataset",
 ]
 
 _logger = logging.getLogger(__name__)
 
 MODEL_NAMES = ("small_cnn", "lenet_pi", "digits_cnn", "resnet18_cifar", "wrn34_10", "wrn28_10")
-
-# Names that moved to fire_plugin.pretrained; `from fire_plugin.models import load_pretrained` keeps working.
-_PRETRAINED_NAMES = frozenset(
-    {
-        "AUTOATTACK_RESNET18",
-        "CheckpointNotFoundError",
-        "CorruptCheckpointError",
-        "autoattack_checkpoint_path",
-        "load_pretrained",
-        "load_state_dict_from_checkpoint",
-    }
-)
-
-
-def __getattr__(name: str) -> Any:
-    if name in _PRETRAINED_NAMES:
-        from fire_plugin import pretrained
-
-        return getattr(pretrained, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -530,22 +494,17 @@ def digits_cnn(pretrained: bool = False, **kwargs: Any) -> DigitsCNN:
 def resnet18_cifar(pretrained: bool = False, **kwargs: Any) -> ResNet18CIFAR:
     """CIFAR ResNet-18 (see :class:`ResNet18CIFAR`).
 
-    ``pretrained=True`` loads the CIFAR-10 weights shipped with pyautoattack (10 classes, 3 channels).
+    Its CIFAR-10 weights shipped with pyautoattack: ``fire_plugin.pretrained.load_pretrained("autoattack-resnet18")``.
 
     >>> import timm
     >>> timm.create_model("resnet18_cifar", num_classes=100).linear.out_features
     100
     """
-    kwargs.pop("pretrained_cfg", None)
-    kwargs.pop("pretrained_cfg_overlay", None)
-    model = ResNet18CIFAR(**kwargs)
     if pretrained:
-        if model.num_classes != 10 or model.conv1.in_channels != 3:
-            raise ValueError("pretrained=True loads CIFAR-10 weights; allowed only with num_classes=10 and in_chans=3")
-        from fire_plugin.pretrained import _read_state_dict, autoattack_checkpoint_path
-
-        model.load_state_dict(_read_state_dict(autoattack_checkpoint_path()))
-    return model
+        raise ValueError("pretrained=True is not available for 'resnet18_cifar'; its CIFAR-10 weights (pyautoattack's) "
+                         "load with fire_plugin.pretrained.load_pretrained('autoattack-resnet18')")
+    _no_pretrained("resnet18_cifar", pretrained, kwargs)
+    return ResNet18CIFAR(**kwargs)
 
 
 @register_model

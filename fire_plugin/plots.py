@@ -17,18 +17,27 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from matplotlib.figure import Figure
 from numpy.typing import ArrayLike
+from scipy.special import expit
 
-from fire_plugin.gaussian import AccuracyCurve, GaussianModel, SweepResult, fisher_rao_binary
+from fire_plugin.gaussian_erm import SweepResult
+from fire_plugin.gaussian_model import AccuracyCurve, GaussianModel, fisher_rao_binary
+
+if TYPE_CHECKING:  # type hints only: drawing a placement or margins needs neither module imported here
+    from fire_plugin.leaderboard import Placement
+    from fire_plugin.margins import MarginResult, ShieldingReport
 
 __all__ = [
-    "plot_tradeoff",
-    "plot_manifold_surfaces",
+    "plot_class_margins",
     "plot_fisher_rao_ball",
     "plot_fisher_rao_vs_euclidean",
-    "plot_training_history",
-    "plot_accuracy_bars",
+    "plot_leaderboard",
+    "plot_manifold_surfaces",
+    "plot_margin_histograms",
+    "plot_path_matrix",
     "plot_robustness_scatter",
+    "plot_tradeoff",
     "plot_training_curves",
+    "plot_training_history",
     "plot_weight_tradeoff",
 ]
 
@@ -130,7 +139,6 @@ def plot_manifold_surfaces(
         raise ValueError(f"extent must be a finite number > 0, got {extent!r}")
     if n_points < 2:
         raise ValueError(f"n_points must be >= 2, got {n_points!r}")
-    from scipy.special import expit
 
     g = np.linspace(-extent, extent, n_points)
     x1, x2 = np.meshgrid(g, g)
@@ -241,36 +249,6 @@ def plot_training_history(history: list[dict[str, Any]]) -> Figure:
     ax_acc.set_ylim(0, 1)
     ax_acc.legend(fontsize=8)
     return fig
-
-
-def plot_accuracy_bars(results: Mapping[str, Mapping[str, float | None]]) -> Figure:
-    """Grouped bars of clean / PGD / FRPGD / AutoAttack accuracy, one group per model (e.g. CE vs FIRE).
-
-    >>> fig = plot_accuracy_bars({"ce": {"clean_acc": 0.98, "pgd_acc": 0.5}, "fire": {"clean_acc": 0.93}})
-    >>> len(fig.axes)
-    1
-    """
-    keys = [("clean_acc", "clean"), ("pgd_acc", "PGD-20"), ("frpgd_acc", "FRPGD"), ("autoattack_acc", "AutoAttack")]
-    fig = Figure(figsize=(6.5, 3.6), constrained_layout=True)
-    ax = fig.subplots()
-    width = 0.8 / max(len(results), 1)
-    for i, (model, metrics) in enumerate(results.items()):
-        xs = np.arange(len(keys)) + (i - (len(results) - 1) / 2) * width
-        values = [metrics.get(k) for k, _ in keys]
-        heights = [float("nan") if v is None else float(v) for v in values]
-        bars = ax.bar(xs, heights, width, label=model)
-        ax.bar_label(bars, labels=["" if v is None else f"{v:.2f}" for v in values], fontsize=7)
-    ax.set_xticks(np.arange(len(keys)), [label for _, label in keys])
-    ax.set_ylim(0, 1.05)
-    ax.set_ylabel("accuracy")
-    ax.legend()
-    return fig
-
-
-if TYPE_CHECKING:
-    from fire_plugin.leaderboard import Placement
-
-__all__ += ["plot_leaderboard"]
 
 
 def plot_leaderboard(placement: Placement, *, label_neighbours: bool = True) -> Figure:
@@ -385,12 +363,6 @@ def plot_weight_tradeoff(rows: Sequence[Mapping[str, Any]], *, references: Seque
 
 # --------------------------------------------------------------------------------------------------
 # Fisher-Rao margins and class shielding (fire_plugin.margins)
-
-if TYPE_CHECKING:
-    from fire_plugin.margins import MarginResult, ShieldingReport
-
-__all__ += ["plot_path_matrix", "plot_class_margins", "plot_margin_histograms"]
-
 
 def plot_path_matrix(report: ShieldingReport) -> Figure:
     """Heat map of the path matrix: rows are source classes, columns the first class reached, colour the share of

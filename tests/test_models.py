@@ -13,13 +13,8 @@ import torch
 
 from fire_plugin import pretrained
 from fire_plugin._compat import import_robustbench
-from fire_plugin.models import (
-    MODEL_NAMES,
-    InputNormalization,
-    WideResNet,
-    autoattack_checkpoint_path,
-    load_pretrained,
-)
+from fire_plugin.models import MODEL_NAMES, InputNormalization, WideResNet
+from fire_plugin.pretrained import autoattack_checkpoint_path, load_pretrained
 
 INPUT_SHAPES = {
     "small_cnn": (1, 28, 28),
@@ -147,18 +142,17 @@ def test_resnet18_matches_robustbench_resnet18():
 # ------------------------------------------------------------------------------------- the split
 
 
-def test_loading_names_still_importable_from_models():
-    # pretrained loading moved to fire_plugin.pretrained; fire_plugin.models re-exports every name it had.
+def test_loading_lives_in_pretrained_only():
+    # The silent re-export shim is gone: fire_plugin.models holds the architectures, fire_plugin.pretrained the
+    # loading (it imports models, never the other way).
     import fire_plugin
     import fire_plugin.models as models
 
     for name in pretrained.__all__:
-        assert getattr(models, name) is getattr(pretrained, name), name
-        assert name in models.__all__
+        assert name not in models.__all__ and not hasattr(models, name), name
     assert fire_plugin.load_pretrained is pretrained.load_pretrained
-    with pytest.raises(AttributeError, match="no_such_name"):
-        models.no_such_name  # noqa: B018
-    # the architectures module does not hold loading code any more
+    with pytest.raises(AttributeError, match="load_pretrained"):
+        models.load_pretrained  # noqa: B018
     assert "def load_pretrained" not in Path(models.__file__).read_text()
 
 
