@@ -132,3 +132,25 @@ def test_bench_startup_times_a_fresh_interpreter_and_reports_its_failures():
     with pytest.raises(RuntimeError, match="exited with 3"):
         bench.time_once(["-c", "raise SystemExit(3)"], env=env)
     assert set(bench.CASES) == {case for r in bench.ROWS for case in r[1:3]}  # every case is in a row
+
+
+def test_every_flag_of_every_subcommand_has_a_help_text():
+    import argparse
+
+    def walk(parser: argparse.ArgumentParser, path: str) -> list[str]:
+        missing = []
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for name, sub in action.choices.items():
+                    missing += walk(sub, f"{path} {name}")
+                continue
+            if action.help == argparse.SUPPRESS:
+                continue
+            if not (action.help or "").strip():
+                missing.append(f"{path} {'/'.join(action.option_strings) or action.dest}")
+        return missing
+
+    parser = cli.build_parser()
+    subcommands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    assert set(cli.SUBCOMMANDS) <= set(subcommands.choices)  # the walk reaches every subcommand
+    assert walk(parser, "fire-plugin") == []
