@@ -180,8 +180,8 @@ def _train_preset(args: argparse.Namespace) -> int:
 def _presets(args: argparse.Namespace) -> int:
     from fire_plugin.presets import describe_preset, describe_presets
 
-    if args.action == "show" and args.name is None:
-        raise ValueError("fire-plugin presets show needs a NAME (see fire-plugin presets list)")
+    if args.action == "show" and args.name not in preset_names():
+        raise ValueError(f"fire-plugin presets show needs a NAME among {preset_names()}, got {args.name!r}")
     print(describe_presets() if args.action == "list" else describe_preset(args.name))
     return 0
 
@@ -386,8 +386,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("presets", help=SUBCOMMANDS["presets"])
     p.add_argument("action", choices=["list", "show"], help="list: every preset and --set key; show: one preset")
-    p.add_argument("name", nargs="?", default=None, choices=[*preset_names(), None], metavar="NAME",
-                   help="the preset to show")
+    p.add_argument("name", nargs="?", default=None, metavar="NAME",
+                   help="the preset to show, one of: " + ", ".join(preset_names()))
 
     p = sub.add_parser("evaluate", help=SUBCOMMANDS["evaluate"])
     p.add_argument("--model", required=True, help="architecture name, RobustBench zoo name or autoattack-resnet18")

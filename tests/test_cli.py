@@ -247,4 +247,17 @@ def test_presets_list_and_show(capsys):
     out = capsys.readouterr().out
     assert "delta_over_epsilon  * 0.001" in out and "n_train" in out
     assert main(["presets", "show"]) == 2
-    assert "needs a NAME" in capsys.readouterr().err
+    assert "needs a NAME among ['cifar10-wrn28-extra-fire'" in capsys.readouterr().err
+    assert main(["presets", "show", "bogus"]) == 2
+    assert "got 'bogus'" in capsys.readouterr().err
+
+
+def test_train_defaults_are_the_library_defaults():
+    """The CLI keeps torch-free copies of train's defaults (its flags default to None, to see them with --preset)."""
+    import inspect
+
+    from fire_plugin.cli import TRAIN_DEFAULTS
+    from fire_plugin.experiments import train
+
+    params = inspect.signature(train).parameters
+    assert {k: params[k].default for k in TRAIN_DEFAULTS} == TRAIN_DEFAULTS
