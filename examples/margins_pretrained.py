@@ -2,9 +2,10 @@
 
 Part 1 traces natural-gradient paths (``fire_plugin.margins``) from CIFAR-10 inputs toward every other class on the
 ResNet-18 that ships inside pyautoattack (``load_pretrained("autoattack-resnet18")``, offline). It uses the CIFAR-10
-test images when ``--data-dir`` holds them (``cifar-10-batches-py``), otherwise a few smooth random CIFAR-shaped
-inputs labelled with the model's own predictions; the output says which (synthetic inputs are not CIFAR-10 data,
-their table says nothing about CIFAR-10 classes).
+test images when ``--data-dir`` holds them (``cifar-10-batches-py``); otherwise it is skipped with a note, unless
+``--synthetic always`` asks for a few smooth random CIFAR-shaped inputs labelled with the model's own predictions
+(every output then says SYNTHETIC: such inputs are not CIFAR-10 data, their table says nothing about CIFAR-10
+classes).
 
 Part 2 trains two ``digits_cnn`` models on sklearn's embedded 8x8 digits with the same recipe, one with plain
 cross-entropy and one with FIRE (``FIRELoss(lam=3.0)``, FRPGD with eps 0.1, 10 steps of eps / 4): SGD, lr 0.05,
@@ -40,7 +41,12 @@ from fire_plugin.pretrained import load_pretrained
 
 def part_cifar(args: argparse.Namespace, out: Path) -> None:
     model = load_pretrained("autoattack-resnet18")
-    x, y, what = margin_inputs("cifar10", model=model, n_inputs=args.cifar_inputs, data_dir=args.data_dir)
+    try:
+        x, y, what = margin_inputs("cifar10", model=model, n_inputs=args.cifar_inputs, data_dir=args.data_dir,
+                                   synthetic=args.synthetic)
+    except FileNotFoundError as err:
+        print(f"\n=== CIFAR-10 ResNet-18: skipped ({err})")
+        return
     print(f"\n=== CIFAR-10 ResNet-18 (pyautoattack's model_test.pt) on {what}")
     start = time.process_time()
     run = run_margins(model, x, y, out / "resnet18", class_names=CLASS_NAMES["cifar10"], n_inputs=None,
@@ -107,13 +113,16 @@ def part_digits(args: argparse.Namespace, out: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-dir", default="data", help="folder holding cifar-10-batches-py (optional)")
-    parser.add_argument("--cifar-inputs", type=int, default=4)
+    parser.add_argument("--cifar-inputs", type=int, default=4, help="CIFAR-10 test images to trace")
     parser.add_argument("--digits-inputs", type=int, default=450, help="test digits to trace (450 = all)")
-    parser.add_argument("--epochs", type=int, default=15)
-    parser.add_argument("--step", type=float, default=0.1, help="step length in the damped Fisher metric")
-    parser.add_argument("--skip-cifar", action="store_true")
-    parser.add_argument("--skip-digits", action="store_true")
-    parser.add_argument("--out", default="runs/margins_example")
+    parser.add_argument("--epochs", type=int, default=15, help="training epochs of the digits models")
+    parser.add_argument("--step", type=float, default=None,
+                        help="step length in the damped Fisher metric (default: the library's)")
+    parser.add_argument("--synthetic", default="never", choices=["never", "always"],
+                        help="part 1 on synthetic CIFAR-shaped inputs when the test images are not on disk")
+    parser.add_argument("--skip-cifar", action="store_true", help="skip part 1 (the ResNet-18)")
+    parser.add_argument("--skip-digits", action="store_true", help="skip part 2 (CE vs FIRE digits models)")
+    parser.add_argument("--out", default="runs/margins_example", help="output folder")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     torch.set_num_threads(1)

@@ -24,6 +24,7 @@ import sys
 import traceback
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from fire_plugin import __version__
 
@@ -83,6 +84,34 @@ def _positive_float(text: str) -> float:
 
 def _floats(text: str) -> list[float]:
     return [_float(t) for t in text.replace(",", " ").split()]
+
+
+def _positive_floats(text: str) -> list[float]:
+    values = [_positive_float(t) for t in text.replace(",", " ").split()]
+    if not values:
+        raise argparse.ArgumentTypeError("must hold at least one number > 0")
+    return values
+
+
+def _class_list(text: str) -> list[int]:
+    values = []
+    for t in text.replace(",", " ").split():
+        if not t.isdigit():
+            raise argparse.ArgumentTypeError(f"must be class indices such as '3,5', got {t!r} in {text!r}")
+        values.append(int(t))
+    if not values:
+        raise argparse.ArgumentTypeError("must hold at least one class index, e.g. '3,5'")
+    return values
+
+
+def _bounded_int(limit: int):  # type: ignore[no-untyped-def]
+    def parse(text: str) -> int:
+        value = _positive_int(text)
+        if value > limit:
+            raise argparse.ArgumentTypeError(f"must be an int in [1, {limit}], got {text}")
+        return value
+
+    return parse
 
 
 # --------------------------------------------------------------------------------------------------- commands
@@ -237,15 +266,21 @@ def _demo(args: argparse.Namespace) -> int:
 def _margins(args: argparse.Namespace) -> int:
     from fire_plugin.margins_report import margins_from_names
 
-    targets = None if args.targets is None else [int(t) for t in args.targets.replace(",", " ").split()]
+    extra: dict[str, Any] = ({"steps": args.steps, "dampings": args.dampings} if args.convergence
+                             else {"check_convergence": not args.no_check_convergence})
     out = margins_from_names(
         args.model, dataset=args.dataset, out_dir=args.out, checkpoint=args.checkpoint, model_dir=args.model_dir,
         data_dir=args.data_dir, n_inputs=args.n_inputs, synthetic=args.synthetic, seed=args.seed, inputs=args.inputs,
-        verbose=not args.quiet, targets=targets, damping=args.damping, step=args.step, max_length=args.max_length,
-        max_steps=args.max_steps, solver=args.solver, cg_iters=args.cg_iters, batch_size=args.batch_size,
+        convergence=args.convergence, verbose=not args.quiet, targets=args.targets, mode=args.mode,
+        damping=args.damping, step=args.step, max_length=args.max_length, max_steps=args.max_steps,
+        solver=args.solver, cg_iters=args.cg_iters, batch_size=args.batch_size,
+        **extra,
     )
-    print(json.dumps(out.get("summary", {}), indent=2, default=str))
-    print(out["report"].to_markdown())
+    if args.convergence:
+        print(out["study"].to_markdown())
+    else:
+        print(json.dumps(out.get("summary", {}), indent=2, default=str))
+        print(out["report"].to_markdown())
     print(f"inputs: {out['inputs']}; files: " + ", ".join(str(v) for v in out["files"].values()))
     return 0
 
@@ -436,26 +471,43 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("margins", help=SUBCOMMANDS["margins"])
     p.add_argument("--model", required=True,
                    help="autoattack-resnet18, a RobustBench zoo name, or an architecture with --checkpoint")
-    p.add_argument("--checkpoint", default=None, help="our checkpoint or a state dict for --model's architecture")
-    p.add_argument("--dataset", default="digits", choices=DATASET_CHOICES, help="test data (default: digits)")
+    p.add_argument("--checkpoint", default=None, help="a checkpoint of --model's architecture (ours or a state dict)")
+    p.add_argument("--dataset", default="digits", choices=DATASET_CHOICES,
+                   help="the dataset the model was trained on: test images, class names, image shape")
     p.add_argument("--inputs", default=None, help="a .pt file of (images, labels) to trace instead of test images")
-    p.add_argument("--n-inputs", type=_positive_int, default=100, help="inputs to trace (100)")
-    p.add_argument("--synthetic", default="auto", choices=["auto", "never", "always"],
-                   help="synthetic inputs of the dataset's shape when its test images are not on disk (labelled)")
-    p.add_argument("--targets", default=None, help="target classes, e.g. '3,5' (default: every other class)")
-    p.add_argument("--damping", type=_positive_float, default=1e-3, help="lambda of the metric G + lambda I (1e-3)")
-    p.add_argument("--step", type=_positive_float, default=0.1, help="Fisher-Rao length of one step (0.1)")
-    p.add_argument("--max-length", type=_positive_float, default=20.0, help="stop a path at this length (20)")
-    p.add_argument("--max-steps", type=_positive_int, default=1000, help="stop a path after this many steps (1000)")
+    p.add_argument("--n-inputs", type=_positive_int, default=100, help="how many inputs (the first ones)")
+    p.add_argument("--synthetic", default="never", choices=["never", "auto", "always"],
+                   help="synthetic stand-in inputs of the dataset's shape, labelled by the model: never (default), "
+                        "auto (when the test images are not on disk) or always; every output then says SYNTHETIC")
+    p.add_argument("--targets", type=_class_list, default=None,
+                   help="target classes, e.g. '3,5' (default: every other class)")
+    p.add_argument("--mode", default="converged", choices=["converged", "paper"],
+                   help="converged: FR length of small bisected steps; paper: the paper's unit steps, counted")
+    p.add_argument("--damping", type=_positive_float, default=None,
+                   help="damping lambda of the metric G_x + lambda I (default: the library's measured default)")
+    p.add_argument("--step", type=_positive_float, default=None,
+                   help="step length in the damped metric (default: the library's for --mode; paper: 1)")
+    p.add_argument("--max-length", type=_positive_float, default=20.0, help="give a path up at this margin")
+    p.add_argument("--max-steps", type=_bounded_int(1_000_000), default=1000,
+                   help="give a path up after this many steps (at most 1,000,000)")
     p.add_argument("--solver", default="auto", choices=["auto", "exact", "cg", "dense"],
-                   help="natural-gradient solve: exact (Woodbury), cg, dense, auto (exact for <= 32 classes)")
-    p.add_argument("--cg-iters", type=_positive_int, default=20, help="most conjugate-gradient iterations (20)")
-    p.add_argument("--batch-size", type=_positive_int, default=256, help="paths traced together (256)")
-    p.add_argument("--model-dir", default="models", help="RobustBench zoo download folder (models)")
-    p.add_argument("--data-dir", default="data", help="where datasets are read from or downloaded to (data)")
-    p.add_argument("--seed", type=int, default=0, help="seed of synthetic inputs (0)")
-    p.add_argument("--out", default="runs/margins", help="output directory (runs/margins)")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+                   help="linear solver of the natural-gradient step (auto: exact for <= 32 classes; cg in paper mode)")
+    p.add_argument("--cg-iters", type=_bounded_int(10_000), default=20, help="conjugate-gradient iterations")
+    p.add_argument("--batch-size", type=_bounded_int(1_000_000), default=256,
+                   help="paths advanced together; finished paths are saved every batch (resume point)")
+    p.add_argument("--no-check-convergence", action="store_true",
+                   help="skip the half-step check (retracing a fifth of the paths at step / 2, about 0.4x the cost)")
+    p.add_argument("--convergence", action="store_true",
+                   help="run the convergence study over --steps x --dampings instead (convergence.md/json/png)")
+    p.add_argument("--steps", type=_positive_floats, default=None,
+                   help="steps of the study (default: '1 0.5 0.2 0.1 0.05 0.02')")
+    p.add_argument("--dampings", type=_positive_floats, default=None,
+                   help="dampings of the study (default: '1e-3 0.1')")
+    p.add_argument("--model-dir", default="models", help="RobustBench model folder")
+    p.add_argument("--data-dir", default="data", help="torchvision dataset folder (nothing is downloaded)")
+    p.add_argument("--seed", type=int, default=0, help="seed of synthetic inputs")
+    p.add_argument("--out", default="runs/margins", help="output folder (rerun the same command to resume)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
 
     p = sub.add_parser("leaderboard", help=SUBCOMMANDS["leaderboard"])
     p.add_argument("--model-info", required=True, help="a RobustBench model_info JSON (e.g. from evaluate)")

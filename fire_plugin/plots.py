@@ -28,6 +28,7 @@ if TYPE_CHECKING:  # type hints only: drawing a placement or margins needs neith
 
 __all__ = [
     "plot_class_margins",
+    "plot_convergence_study",
     "plot_fisher_rao_ball",
     "plot_fisher_rao_vs_euclidean",
     "plot_leaderboard",
@@ -396,14 +397,16 @@ def plot_path_matrix(report: ShieldingReport) -> Figure:
     return fig
 
 
-def plot_class_margins(reports: ShieldingReport | Mapping[str, ShieldingReport]) -> Figure:
-    """Per class: mean Fisher-Rao margin (left) and mean ``||delta||_2`` at the flip (right) of the class's own
-    successful paths, one bar per report (e.g. CE vs FIRE); shielding % is written above the FR bars.
+def plot_class_margins(reports: ShieldingReport | Mapping[str, ShieldingReport], *, note: str | None = None) -> Figure:
+    """Per class: shielding % (left: the share of all successful paths on which the class was the first
+    intervening label), mean Fisher-Rao margin (middle) and mean ``||delta||_2`` at the flip (right) of the class's
+    own successful paths, one bar per report (e.g. CE vs FIRE). Classes without traced or successful paths are left
+    blank and named in a note under the axes; ``note`` is added to the title (e.g. "SYNTHETIC inputs").
 
     >>> from fire_plugin.margins import MarginResult, shielding_report
     >>> report = shielding_report(MarginResult.empty(num_classes=3))
     >>> len(plot_class_margins({"ce": report, "fire": report}).axes)
-    2
+    3
     """
     named = {"": reports} if not isinstance(reports, Mapping) else dict(reports)
     if not named:
@@ -411,30 +414,41 @@ def plot_class_margins(reports: ShieldingReport | Mapping[str, ShieldingReport])
     first = next(iter(named.values()))
     names = first.class_names
     m = len(names)
-    fig = Figure(figsize=(max(7.0, 2.0 + 1.0 * m), 3.6), layout="constrained")
-    ax_fr, ax_l2 = fig.subplots(1, 2)
+    fig = Figure(figsize=(max(10.0, 3.0 + 1.4 * m), 3.9), layout="constrained")
+    ax_sh, ax_fr, ax_l2 = fig.subplots(1, 3)
     width = 0.8 / len(named)
     xs = np.arange(m)
+    blank: set[str] = set()
     for i, (label, report) in enumerate(named.items()):
         if list(report.class_names) != list(names):
             raise ValueError(f"reports[{label!r}] has classes {report.class_names}; allowed: the same as {names}")
         offset = (i - (len(named) - 1) / 2) * width
-        bars = ax_fr.bar(xs + offset, report.mean_fr_margin, width, label=label or None)
-        ax_fr.bar_label(bars, labels=[f"{v:.0f}%" if np.isfinite(v) else "" for v in report.shielding_pct],
-                        fontsize=6)
+        ax_sh.bar(xs + offset, report.shielding_pct, width, label=label or None)
+        ax_fr.bar(xs + offset, report.mean_fr_margin, width, label=label or None)
         ax_l2.bar(xs + offset, report.mean_l2, width, label=label or None)
-    for ax, ylabel in ((ax_fr, "mean FR margin (label: shielding %)"), (ax_l2, "mean ||delta||_2 at the flip")):
+        prefix = f"{label}: " if label else ""
+        blank |= {prefix + names[c] for c in range(m) if not np.isfinite(report.mean_fr_margin[c])}
+    mode = first.traced_with.get("mode") if first.traced_with else None
+    margin_label = "mean margin (steps x step)" if mode == "paper" else "mean FR margin"
+    for ax, ylabel in ((ax_sh, "shielding % (first intervening label)"), (ax_fr, margin_label),
+                       (ax_l2, "mean ||delta||_2 at the flip")):
         ax.set_xticks(xs, names, rotation=45, ha="right", fontsize=8)
         ax.set_ylabel(ylabel, fontsize=9)
         ax.grid(axis="y", alpha=0.3)
         if len(named) > 1:
             ax.legend(fontsize=8)
+    total = sum(r.total_flipped for r in named.values())
+    title = f"class shielding and margins ({total} successful paths)"
+    fig.suptitle(title + (f" - {note}" if note else ""), fontsize=10)
+    if blank:
+        fig.supxlabel("blank: no successful path from " + ", ".join(sorted(blank)), fontsize=8)
     return fig
 
 
-def plot_margin_histograms(results: MarginResult | Mapping[str, MarginResult], *, bins: int = 30) -> Figure:
-    """Histograms of the traced FR lengths of the flipped paths (left) and of the per-input FR margins, the minimum
-    over targets (right), one overlaid histogram per result (e.g. CE vs FIRE).
+def plot_margin_histograms(results: MarginResult | Mapping[str, MarginResult], *, bins: int = 30,
+                           note: str | None = None) -> Figure:
+    """Histograms of the margins of the flipped paths (left) and of the per-input margins, the minimum over
+    targets (right), one overlaid histogram per result (e.g. CE vs FIRE), with a title and a labelled legend.
 
     >>> from fire_plugin.margins import MarginResult
     >>> len(plot_margin_histograms(MarginResult.empty(num_classes=3)).axes)
@@ -445,20 +459,57 @@ def plot_margin_histograms(results: MarginResult | Mapping[str, MarginResult], *
         raise ValueError("results must hold at least one MarginResult, got an empty mapping")
     if bins < 1:
         raise ValueError(f"bins={bins!r} is not allowed; allowed: a positive int")
-    fig = Figure(figsize=(9.0, 3.4), layout="constrained")
+    fig = Figure(figsize=(9.0, 3.6), layout="constrained")
     ax_paths, ax_inputs = fig.subplots(1, 2)
+    modes = set()
     for label, result in named.items():
-        lengths = result.fr_length[result.flipped]
+        modes.add(result.mode)
+        lengths = result.margin[result.flipped]
         margins = result.input_margins()
         margins = margins[np.isfinite(margins) & (margins > 0)]
-        for ax, values in ((ax_paths, lengths), (ax_inputs, margins)):
+        name = label or ("paper margin" if result.mode == "paper" else "FR margin")
+        for ax, values, what in ((ax_paths, lengths, "paths"), (ax_inputs, margins, "inputs")):
             if len(values):
-                ax.hist(values, bins=bins, alpha=0.55, label=f"{label} (n={len(values)})".strip())
-    ax_paths.set_xlabel("traced FR length of flipped paths")
-    ax_inputs.set_xlabel("FR margin per input (min over targets)")
+                ax.hist(values, bins=bins, alpha=0.55, label=f"{name} ({len(values)} {what})")
+            else:
+                ax.text(0.5, 0.5, f"{name}: no flipped {what}", transform=ax.transAxes, ha="center", fontsize=8)
+    unit = "margin (steps x step)" if modes == {"paper"} else "FR margin"
+    ax_paths.set_xlabel(f"{unit} of each flipped path")
+    ax_inputs.set_xlabel(f"{unit} per input (min over targets)")
     for ax in (ax_paths, ax_inputs):
         ax.set_ylabel("count")
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=8)
+            ax.legend(fontsize=8, title="model (count)" if len(named) > 1 else None, title_fontsize=8)
+    fig.suptitle("Fisher-Rao margins: flipped paths and inputs" + (f" - {note}" if note else ""), fontsize=10)
+    return fig
+
+
+def plot_convergence_study(study: Any) -> Figure:
+    """Shielding % (left) and mean margin (right) against the step, one line per damping, log x axis, for a
+    :class:`fire_plugin.margins.ConvergenceStudy`.
+
+    >>> from fire_plugin.margins import ConvergenceStudy
+    >>> len(plot_convergence_study(ConvergenceStudy(rows=[], class_names=[], n_inputs=0)).axes)
+    2
+    """
+    fig = Figure(figsize=(9.0, 3.5), layout="constrained")
+    ax_s, ax_m = fig.subplots(1, 2)
+    mode = study.rows[0]["mode"] if study.rows else "-"
+    for damping in study.dampings():
+        rows = [r for r in study.rows if r["damping"] == damping]
+        xs = [r["step"] for r in rows]
+        for ax, key in ((ax_s, "shielding_pct"), (ax_m, "mean_margin")):
+            ys = [np.nan if r[key] is None else r[key] for r in rows]
+            ax.plot(xs, ys, marker="o", label=f"damping {damping:g}")
+    for ax, ylabel in ((ax_s, "shielding % of flipped paths"),
+                       (ax_m, "mean margin (steps x step)" if mode == "paper" else "mean FR margin")):
+        ax.set_xscale("log")
+        ax.set_xlabel("step (damped-metric length)")
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3, which="both")
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8, title="damping", title_fontsize=8)
+    note = f" - {study.inputs_note}" if study.inputs_note and study.inputs_note.startswith("SYNTHETIC") else ""
+    fig.suptitle(f"convergence in the step ({mode} mode, {study.n_inputs} inputs){note}", fontsize=10)
     return fig

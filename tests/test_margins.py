@@ -260,7 +260,7 @@ def test_shielding_report_by_hand():
     assert report.vuln_rank.tolist() == [2, 1, 0]  # b needs the larger FR margin; c has no traced paths
     assert report.path_matrix.tolist() == [[0, 2, 0], [0, 1, 1], [0, 0, 0]]
     markdown = report.to_markdown()
-    assert "| b | 33.3 | 1.200 | 4.000 | 1 | 2 | 1 |" in markdown
+    assert "| b | 33.3 | 1.200 | 1.200 | 4.000 | 1 | 1 | 2 | 1 |" in markdown
     as_dict = report.to_dict()
     assert as_dict["mean_fr_margin"][2] is None
     json.dumps(as_dict)
@@ -285,8 +285,8 @@ def test_result_files_round_trip(tmp_path):
         np.testing.assert_array_equal(getattr(back, name), getattr(result, name))
     assert back.settings() == result.settings()
     lines = result.to_csv(tmp_path / "r.csv").read_text().splitlines()
-    assert lines[0] == "index,source,target,flipped,first_class,shielded,fr_length,l2,linf,steps,status"
-    assert len(lines) == 1 + len(result) and lines[1].startswith("0,0,1,True,1,False,0.5,1,")
+    assert lines[0] == "index,source,target,flipped,first_class,shielded,margin,fr_length,l2,linf,steps,status"
+    assert len(lines) == 1 + len(result) and lines[1].startswith("0,0,1,True,1,False,0.5,0.5,1,")
 
 
 # ------------------------------------------------------------------------------------------ validation
@@ -349,7 +349,7 @@ def test_run_margins_digits(digits_model, digits_test, tmp_path):
     result = out["result"]
     assert result.n_inputs == 6 and len(result) == 6 * 3 - int((y[:6] < 3).sum())
     payload = json.loads((tmp_path / "digits" / "margins.json").read_text())
-    assert set(payload) == {"inputs", "summary", "result", "report"}
+    assert set(payload) == {"inputs", "synthetic", "summary", "result", "report"}
     assert payload["summary"]["n_paths"] == len(result) and payload["report"]["class_names"][3] == "3"
     back = MarginResult.from_dict(payload["result"])
     np.testing.assert_array_equal(back.fr_length, result.fr_length)
