@@ -169,9 +169,9 @@ def test_cli_errors_name_the_argument(checkpoint, tmp_path, capsys):
     out_file.write_text("x")
     assert "is an existing file" in error([*base, "--out", str(out_file)])
     assert "--model 'nosuch'" in error(["--model", "nosuch", "--dataset", "digits", "--out", str(tmp_path / "o")])
-    line = error(["--model", "small_cnn", "--checkpoint", checkpoint, "--dataset", "digits", "--out",
+    line = error(["--model", "lenet_pi", "--checkpoint", checkpoint, "--dataset", "digits", "--out",
                   str(tmp_path / "o")])
-    assert "does not fit --model 'small_cnn'" in line and checkpoint in line
+    assert checkpoint in line and "another architecture" in line and "lenet_pi" in line.lower()
     assert "cifar10" in error(["--model", "autoattack-resnet18", "--dataset", "cifar10", "--data-dir",
                                str(tmp_path / "nodata"), "--out", str(tmp_path / "o")])
     nan = torch.rand(2, 1, 8, 8)
