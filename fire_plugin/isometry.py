@@ -81,7 +81,7 @@ __all__ = [
 
 _logger = logging.getLogger(__name__)
 
-ESTIMATORS = ("exact", "hutchinson")
+ESTIMATORS = ("exact", "hutchinson", "orthogonal")
 PAPER_DELTA_OVER_EPSILON = 1e-3  # section 4.2: epsilon = delta_m / 1e-3
 
 
@@ -366,6 +366,25 @@ def isometry_jacobian(model: nn.Module, x: Tensor) -> Tensor:
 # ----------------------------------------------------------------------------------------------- penalty
 
 
+def _orthogonal_probes(n_probes: int, batch: int, m: int, dtype: torch.dtype, device: torch.device) -> Tensor:
+    """``(n_probes, batch, m)``: per sample, the columns of independent Haar-random orthogonal ``m x m`` matrices
+    (``ceil(n_probes / m)`` of them, columns in order), times ``sqrt(m)`` so that ``E[v v^T] = I``."""
+    blocks = -(-n_probes // m)
+    gauss = torch.randn(blocks, batch, m, m, dtype=dtype, device=device)
+    q, r = torch.linalg.qr(gauss)
+    sign = torch.where(torch.diagonal(r, dim1=-2, dim2=-1) < 0, -1.0, 1.0).to(dtype)  # Q R with R_ii > 0: Haar
+    cols = (q * sign.unsqueeze(-2)).permute(0, 3, 1, 2).reshape(blocks * m, batch, m)  # column j of block b
+    return math.sqrt(m) * cols[:n_probes]
+
+
+def _probes(estimator: str, n_probes: int, like: Tensor) -> Tensor:
+    """Probe vectors ``(n_probes, B, m)`` of ``estimator`` for ``like`` of shape ``(B, m)``, independent across
+    samples, with ``E[v v^T] = I``."""
+    if estimator == "orthogonal":
+        return _orthogonal_probes(n_probes, int(like.shape[0]), int(like.shape[1]), like.dtype, like.device)
+    return torch.randint(0, 2, (n_probes, *like.shape), device=like.device).to(like.dtype) * 2 - 1  # Rademacher
+
+
 def _penalty_and_logits(
     model: nn.Module, x: Tensor, *, epsilon: float, estimator: str, n_probes: int, squared: bool
 ) -> tuple[Tensor, Tensor]:
@@ -386,8 +405,8 @@ def _penalty_and_logits(
         else:
             norm = torch.linalg.matrix_norm(inner)  # Frobenius; zero-safe gradient
     else:
-        # Rademacher probes from torch's global generator on x's device (restored with the engine's RNG state).
-        probes = torch.randint(0, 2, (n_probes, *log_t.shape), device=log_t.device).to(log_t.dtype) * 2 - 1
+        # probes from torch's global generator on x's device (restored with the engine's RNG state)
+        probes = _probes(estimator, n_probes, log_t)
         _, l_u = lin.probe(mu * probes)  # (P, B, m) = L L^T (mu v), one VJP and one VJP of it per probe
         av = eps_sq * mu * l_u - delta_sq * probes  # (P, B, m) = A v with A = eps^2 diag(mu) L L^T diag(mu) - delta^2 I
         sq = av.square().sum(-1)  # (P, B), E[|A v|^2] = |A|_F^2
@@ -413,16 +432,26 @@ def partial_isometry_penalty(
     ``c(x)`` is our derivation from eq 12 (see the module docstring), not the paper's eq 13. Gradients flow to the
     model's parameters (the penalty is trained). Computed in float32 or wider; the model's forward runs as given.
 
-    Estimators (both estimate the same quantity):
+    Estimators. Per sample, eq 14 is ``s^-2 ||A||_F`` with the symmetric ``m x m`` matrix
+    ``A = epsilon^2 diag(mu) L L^T diag(mu) - delta_m^2 I`` (module docstring); ``squared=True`` gives
+    ``s^-4 ||A||_F^2 = alpha^2``.
 
-    * ``"exact"``: forms ``J~`` (``m`` VJPs under vmap) and returns eq 14 exactly; with ``squared=True``
-      it returns ``alpha^2 = epsilon^4 ||J~ J~^T - c I||_F^2`` per sample, averaged.
-    * ``"hutchinson"``: never forms ``J~``. With ``M = J~ J~^T - c I`` (symmetric) and Rademacher probes ``v``
-      (``E[v v^T] = I``), ``|M v|^2`` is an unbiased estimate of ``||M||_F^2``; each probe costs one VJP
-      (``J~^T v``) and one more VJP of that VJP map (``J~ u``, the double-VJP trick, which reuses the forward pass
-      and so stays consistent under dropout). With ``squared=True`` the estimate of ``alpha^2`` is unbiased; with
-      ``squared=False`` (eq 14) it is the square root of the mean over ``n_probes`` probes: biased low (Jensen),
-      consistent as ``n_probes`` grows.
+    * ``"exact"``: forms ``L`` (``m`` VJPs under vmap) and returns eq 14 (or ``alpha^2``) exactly.
+    * ``"hutchinson"``: never forms ``L``. For probes ``v`` with ``E[v v^T] = I``, ``E|A v|^2 = ||A||_F^2``; each
+      probe costs one VJP (``L^T u``) and one VJP of that VJP map (``L w``, the double-VJP trick, which reuses the
+      forward pass and so stays consistent under dropout). Probes are Rademacher (``+-1``), independent across
+      probes and samples.
+    * ``"orthogonal"``: the same estimate with orthogonal probe blocks: per sample, the columns of a Haar-random
+      orthogonal ``m x m`` matrix times ``sqrt(m)``. The columns of one block are exchangeable and sum to the exact
+      value, so ``k`` of them have ``(m - k) / (m - 1)`` times the variance of ``k`` independent ones (sampling
+      without replacement); ``n_probes = m`` (or any multiple) is exact, at twice the cost of ``"exact"``.
+
+    Relation to eq 14. With ``squared=True`` both stochastic estimators are unbiased for ``alpha^2`` (and so is
+    the gradient). With ``squared=False`` (eq 14's norm) they return, per sample, the square root of the
+    unbiased estimate of ``||A||_F^2``: biased low (Jensen), by an amount set by the per-sample relative variance
+    (a batch mean does not average it away), and consistent as ``n_probes`` grows. Measured on digits (lenet_pi,
+    batch 64, 100 draws; ``benchmarks/isometry_estimators.py``, ``docs/isometry.md``): with one probe, 0.9% low on
+    a trained model and 7% low early in training.
 
     Probes come from torch's global generator on ``x``'s device, so restoring the RNG state reproduces them.
 
@@ -432,8 +461,8 @@ def partial_isometry_penalty(
         x: inputs ``(B, ...)``.
         epsilon: the radius of eq 7 (input-space units); the paper's MNIST run takes ``delta_m / epsilon = 1e-3``,
             i.e. ``epsilon = delta_m(10) / 1e-3``, about 2498.
-        estimator: ``"exact"`` or ``"hutchinson"``.
-        n_probes: probes of the Hutchinson estimator.
+        estimator: ``"exact"``, ``"hutchinson"`` or ``"orthogonal"``.
+        n_probes: probes per sample of the stochastic estimators.
         squared: return the squared norm (``alpha^2``) instead of eq 14's norm.
 
     Returns:
@@ -495,8 +524,8 @@ class PartialIsometryObjective(Objective):
 
     Behaviour: the model is put in ``train()`` mode; a model with BatchNorm layers raises ValueError (batch
     statistics couple the samples, so the per-sample Jacobian is undefined). Under CUDA autocast the objective
-    runs in full precision (autocast is disabled inside it). Hutchinson probes come from torch's global RNG on the
-    batch's device, which the engine's checkpoints restore, so resume is bit-identical.
+    runs in full precision (autocast is disabled inside it). Probes of the stochastic estimators come from torch's
+    global RNG on the batch's device, which the engine's checkpoints restore, so resume is bit-identical.
 
     Choosing ``epsilon``: the paper's MNIST setting (``delta_m / epsilon = 1e-3``, ``epsilon^2 = 6.2e6``) makes the
     penalty outweigh the cross-entropy on sklearn's digits (a constant predictor, 10% accuracy). Measured on digits
@@ -508,8 +537,8 @@ class PartialIsometryObjective(Objective):
         epsilon: radius of eq 7 (input units); the paper's MNIST run: ``delta_m(10) / PAPER_DELTA_OVER_EPSILON``.
         eta_min: ``eta`` of the first epoch (section 4.2: 0.002).
         eta_max: ``eta`` of the last epoch (section 4.2: 0.006).
-        estimator: ``"exact"`` or ``"hutchinson"`` (see :func:`partial_isometry_penalty`).
-        n_probes: Hutchinson probes per sample.
+        estimator: ``"exact"``, ``"hutchinson"`` or ``"orthogonal"`` (see :func:`partial_isometry_penalty`).
+        n_probes: probes per sample of the stochastic estimators.
         squared: penalize ``alpha^2`` instead of eq 14's ``alpha``.
 
     Example:

@@ -450,8 +450,10 @@ class PartialIsometryTrainer(EngineTrainer):
             ``delta_m(10) / fire_plugin.isometry.PAPER_DELTA_OVER_EPSILON`` (about 2498).
         eta_min: weight of the penalty at the first epoch (paper: 0.002).
         eta_max: weight at the last epoch (paper: 0.006).
-        estimator: ``"exact"`` (``m`` VJPs per batch) or ``"hutchinson"`` (``n_probes`` random probes).
-        n_probes: probes of the Hutchinson estimator.
+        estimator: ``"exact"`` (``m`` VJPs per batch), ``"hutchinson"`` (``n_probes`` Rademacher probes per
+            sample) or ``"orthogonal"`` (``n_probes`` orthogonal probes per sample); see
+            :func:`fire_plugin.isometry.partial_isometry_penalty`.
+        n_probes: probes per sample of the stochastic estimators.
         verbose: tqdm progress over epochs and batches.
 
     Example:
