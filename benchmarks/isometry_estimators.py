@@ -184,7 +184,7 @@ def _states(seed: int, snapshots: tuple[int, ...], epochs: int) -> dict[int, dic
 
     recipe = DigitsRecipe(epochs=epochs)
     torch.manual_seed(seed)
-    net = _create_model(recipe.model, num_classes=10, **recipe.model_kwargs())
+    net = _create_model(recipe.model, "digits")
     out = {0: {k: v.clone() for k, v in net.state_dict().items()}} if 0 in snapshots else {}
     loader = DataLoader(load_dataset("digits", split="train"), batch_size=recipe.batch_size, shuffle=True,
                         generator=torch.Generator().manual_seed(seed))
@@ -224,7 +224,7 @@ def accuracy_study(draws: int, snapshots: tuple[int, ...], epochs: int, only: li
     states = _states(0, snapshots, epochs)
     rows = []
     for epoch, state in sorted(states.items()):
-        net = _create_model(recipe.model, num_classes=10, **recipe.model_kwargs()).to(dtype)
+        net = _create_model(recipe.model, "digits").to(dtype)
         net.load_state_dict({k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()})
         net.train()
         exact_norm = batch_penalty(net, x, epsilon, None, 1, squared=False)
@@ -300,7 +300,7 @@ def cost_study(rounds: int, repeats: int) -> list[dict[str, Any]]:
 
     clock, label = choose_clock("auto", threads=1)
     rows = []
-    setups = {"digits lenet_pi 8x8, batch 64": (lambda: _create_model("lenet_pi", num_classes=10, img_size=8),
+    setups = {"digits lenet_pi 8x8, batch 64": (lambda: _create_model("lenet_pi", "digits"),
                                                  (64, 1, 8, 8)),
               "LeNet 28x28, batch 32": (lambda: timm.create_model("lenet_pi", num_classes=10), (32, 1, 28, 28))}
     for setup, (make, shape) in setups.items():

@@ -71,7 +71,7 @@ def run_variant(label: str, seed: int, out: Path, *, verbose: bool = False) -> d
 
     torch.set_num_threads(1)
     torch.manual_seed(seed)
-    net = _create_model(recipe.model, num_classes=10, **recipe.model_kwargs())
+    net = _create_model(recipe.model, "digits")
     train_set = load_dataset("digits", split="train")
     x_test, y_test = load_dataset("digits", split="test").tensors  # type: ignore[attr-defined]
     loader = DataLoader(train_set, batch_size=recipe.batch_size, shuffle=True,
