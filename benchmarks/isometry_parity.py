@@ -16,7 +16,7 @@ sample standard deviation, min, max over seeds).
     python benchmarks/isometry_parity.py table --out runs/isometry_parity            # parity.json + parity.md
 
 Each run writes ``<out>/<variant>/seed<k>/result.json`` and checkpoints; a finished run is read back, an
-interrupted one resumes from its last epoch. Not part of CI (25 runs: about 15 minutes of one CPU core).
+interrupted one resumes from its last epoch. Not part of CI (30 runs: about 30 minutes of one CPU core).
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ VARIANTS: dict[str, tuple[str, int]] = {
     "hutchinson-2": ("hutchinson", 2),
     "hutchinson-4": ("hutchinson", 4),
     "orthogonal-1": ("orthogonal", 1),
+    "deflated-2": ("deflated", 2),
 }
 """label -> (estimator, n_probes) of the table's rows."""
 SEEDS = (0, 1, 2, 3, 4)

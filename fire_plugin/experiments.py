@@ -102,7 +102,7 @@ def build_objective(
     num_classes: int = 10,
     eta_min: float = 0.02,
     eta_max: float = 0.06,
-    estimator: str = "exact",
+    estimator: str | None = None,
     n_probes: int = 1,
 ) -> Objective:
     """The training :class:`~fire_plugin.engine.Objective` of ``method`` for ``model``.
@@ -111,7 +111,8 @@ def build_objective(
     ``isometry_epsilon`` defaults to ``delta_m(num_classes)`` (delta_m / epsilon = 1) and eta goes from 0.02 to
     0.06: measured on digits. The paper's MNIST setting (delta_m / epsilon = 1e-3, eta 0.002 to 0.006; the preset
     ``mnist-lenet-isometry``) collapses to a constant prediction on digits (clean accuracy 0.10): its penalty,
-    scaled by epsilon^2 = 6.2e6, outweighs the cross-entropy.
+    scaled by epsilon^2 = 6.2e6, outweighs the cross-entropy. ``estimator`` (None:
+    ``fire_plugin.isometry.DEFAULT_ESTIMATOR``) and ``n_probes`` choose how the isometry penalty is estimated.
 
     Example:
         >>> model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10))
@@ -123,11 +124,11 @@ def build_objective(
     if method == "ce":
         return CrossEntropyObjective()
     if method == "isometry":
-        from fire_plugin.isometry import PartialIsometryObjective, delta_m
+        from fire_plugin.isometry import DEFAULT_ESTIMATOR, PartialIsometryObjective, delta_m
 
         epsilon = isometry_epsilon if isometry_epsilon is not None else delta_m(num_classes)
-        return PartialIsometryObjective(epsilon=epsilon, eta_min=eta_min, eta_max=eta_max, estimator=estimator,
-                                        n_probes=n_probes)
+        return PartialIsometryObjective(epsilon=epsilon, eta_min=eta_min, eta_max=eta_max,
+                                        estimator=estimator or DEFAULT_ESTIMATOR, n_probes=n_probes)
     step = eps_step if eps_step is not None else 2.5 * eps / steps
     return AdversarialObjective(method_loss(method, weight),
                                 method_attack(method, model, eps=eps, eps_step=step, steps=steps, norm=norm))
@@ -165,6 +166,16 @@ def _create_model(name: str, dataset: str) -> nn.Module:
     return create_model_for_dataset(name, dataset)
 
 
+def _isometry_config(method: str, estimator: str | None, n_probes: int) -> dict[str, Any]:
+    """The isometry penalty's estimator for a run's configuration (other methods: nothing, so their saved
+    configurations stay as they were)."""
+    if method != "isometry":
+        return {}
+    from fire_plugin.isometry import DEFAULT_ESTIMATOR
+
+    return {"estimator": estimator or DEFAULT_ESTIMATOR, "n_probes": n_probes}
+
+
 def train(
     *,
     out: str | os.PathLike[str],
@@ -192,12 +203,15 @@ def train(
     seed: int = 0,
     ema: float | None = None,
     compile: bool = False,
+    estimator: str | None = None,
+    n_probes: int = 1,
     verbose: bool = True,
 ) -> dict[str, Any]:
     """Train ``model`` on ``dataset`` with ``method``; write ``summary.json``, ``training.png`` and checkpoints.
 
     The run's configuration is saved with the checkpoint: rerunning with the same arguments resumes, with other
     arguments it is refused (:class:`fire_plugin.engine.ConfigMismatchError`) unless ``resume=False``.
+    ``estimator`` and ``n_probes`` apply to ``method="isometry"`` (see :func:`build_objective`).
     Returns the summary (configuration, wall time, per-epoch history, checkpoint path).
     """
     from torch.utils.data import DataLoader
@@ -225,11 +239,11 @@ def train(
     optimizer = torch.optim.SGD(net.parameters(), lr=lr, momentum=0.9, weight_decay=weight_decay, nesterov=True)
     scheduler = lr_scheduler(optimizer, schedule, epochs)
     objective = build_objective(method, net, weight=weight, eps=eps, eps_step=step, steps=steps, norm=norm,
-                                num_classes=info.num_classes)
+                                num_classes=info.num_classes, estimator=estimator, n_probes=n_probes)
     config = {"method": method, "model": model, "dataset": dataset, "weight": weight, "eps": eps, "eps_step": step,
               "steps": steps, "norm": norm, "epochs": epochs, "batch_size": batch_size, "lr": lr,
               "weight_decay": weight_decay, "schedule": schedule, "self_adaptive": self_adaptive, "seed": seed,
-              "ema": ema}
+              "ema": ema, **_isometry_config(method, estimator, n_probes)}
     average = ModelEMA(net, decay=ema) if ema is not None else None
     start = time.perf_counter()
     history = fit(
@@ -414,7 +428,8 @@ def run_one(
     weight = DEFAULT_WEIGHTS[method] if weight is None else float(weight)
     out_dir = check_output_dir(out)
     config = json.loads(json.dumps({"method": method, "weight": weight, "seed": seed,  # tuples become lists
-                                    "recipe": dataclasses.asdict(recipe), "spec": dataclasses.asdict(spec)}))
+                                    "recipe": dataclasses.asdict(recipe), "spec": dataclasses.asdict(spec),
+                                    **_isometry_config(method, None, 1)}))
     done = _result_matches(out_dir / "result.json", config)
     if done is not None:
         return done

@@ -186,7 +186,7 @@ def test_partial_isometry_trainer_fits_with_the_eta_schedule_and_ART_kwargs(smal
     torch.manual_seed(0)
     x, y = small_digits
     clf = _classifier(Net(), lr=0.05)
-    trainer = PartialIsometryTrainer(clf, epsilon=20.0, eta_min=0.01, eta_max=0.04, verbose=False)
+    trainer = PartialIsometryTrainer(clf, epsilon=20.0, eta_min=0.01, eta_max=0.04, estimator="exact", verbose=False)
     assert isinstance(trainer, Trainer)
     sched = torch.optim.lr_scheduler.StepLR(clf._optimizer, step_size=1, gamma=0.5)
     trainer.fit(x, y, validation_data=(x[:32], y[:32]), batch_size=32, nb_epochs=3, scheduler=sched,
