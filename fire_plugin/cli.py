@@ -324,19 +324,11 @@ def _submit(args: argparse.Namespace) -> int:
 
 
 def _bench(args: argparse.Namespace) -> int:
-    import importlib.util
+    from fire_plugin.bench.perf import main as perf_main
 
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "perf.py"
-    if not path.exists():
-        raise ValueError(f"the perf suite lives in the source checkout's benchmarks/ folder ({path} not found); run "
-                         "it from a clone of the repository")
-    spec = importlib.util.spec_from_file_location("fire_plugin_perf", path)
-    module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
-    assert spec is not None and spec.loader is not None
-    spec.loader.exec_module(module)
     argv = [*(["--quick"] if args.quick else []), *(["--json", args.json] if args.json else []),
             *[f"--only={name}" for name in args.only or []], *(["--strict"] if args.strict else [])]
-    return int(module.main(argv))
+    return int(perf_main(argv))
 
 
 COMMANDS = {"train": _train, "presets": _presets, "evaluate": _evaluate, "gaussian": _gaussian, "demo": _demo,

@@ -1,29 +1,18 @@
-"""The perf-suite runner (benchmarks/perf.py) and the bench_*.py contract: run(quick) -> rows."""
+"""The perf-suite runner (fire_plugin/bench/perf.py) and the bench_*.py contract: run(quick) -> rows."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
+import os
 import sys
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 
-BENCH_DIR = Path(__file__).resolve().parents[1] / "benchmarks"
+from fire_plugin.bench import perf
 
-
-def _load(name: str) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(f"_test_{name}", BENCH_DIR / f"{name}.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-perf = _load("perf")
+BENCH_DIR = Path(perf.__file__).resolve().parent
 
 FAKES = {
     "good": 'def run(quick=False):\n'
@@ -134,3 +123,20 @@ def test_perf_quick_runs_every_benchmark(tmp_path: Path) -> None:
         _check_rows(mine)
     targets = {r["target"] for r in rows if r["bench"] in ("trainers", "attacks")}
     assert targets >= {"<= 0.75", "<= 1.02", "<= 1.05"}
+
+
+def test_fire_plugin_bench_runs_from_the_package_alone(tmp_path: Path) -> None:
+    """``fire-plugin bench`` from a copy of the package with no source checkout beside it (as an installed wheel)."""
+    import shutil
+    import subprocess
+
+    shutil.copytree(BENCH_DIR.parent, tmp_path / "site" / "fire_plugin",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    env = {**os.environ, "PYTHONPATH": str(tmp_path / "site"), "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    done = subprocess.run([sys.executable, "-m", "fire_plugin.cli", "bench", "--quick", "--only", "distances",
+                           "--json", str(tmp_path / "perf.json")], capture_output=True, text=True, env=env,
+                          cwd=tmp_path, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = json.loads((tmp_path / "perf.json").read_text())["rows"]
+    assert rows and all(r["bench"] == "distances" and r["ratio"] > 0 for r in rows)
+    assert "site" in done.stdout or "fisher_rao_squared" in done.stdout

@@ -105,6 +105,9 @@ def test_cli_torch_free_names_match_the_library():
     assert set(cli.METHOD_CHOICES) == set(METHODS)
     assert set(cli.DATASET_CHOICES) == set(DATASETS)
     assert cli.preset_names() == list_presets()
+    from fire_plugin.bench.perf import BENCHMARKS, discover
+
+    assert set(cli.BENCH_NAMES) == set(BENCHMARKS) == set(discover())
 
 
 def test_autoattack_finder_leaves_a_real_autoattack_alone(tmp_path, monkeypatch):
@@ -119,13 +122,8 @@ def test_autoattack_finder_leaves_a_real_autoattack_alone(tmp_path, monkeypatch)
 
 
 def test_bench_startup_times_a_fresh_interpreter_and_reports_its_failures():
-    import importlib.util
+    from fire_plugin.bench import bench_startup as bench
 
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_startup.py"
-    spec = importlib.util.spec_from_file_location("_test_bench_startup", path)
-    assert spec is not None and spec.loader is not None
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
     env = bench._env()
     wall, cpu = bench.time_once(["-c", "sum(range(3_000_000))"], env=env)
     assert wall > 0 and 0 < cpu <= wall * 1.5  # one thread: its CPU time cannot much exceed its wall time

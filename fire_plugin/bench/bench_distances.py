@@ -9,28 +9,35 @@ rounds reported), so drift on a shared machine hits both sides alike. By default
 is the process CPU time, which does not count the time other jobs hold the core; ``--threads 0 --clock wall`` times
 torch's default threading on the wall clock instead.
 
-Run: ``python benchmarks/bench_distances.py [--quick]``; ``run(quick)`` returns the rows (``benchmarks/perf.py``).
+Run: ``python -m fire_plugin.bench.bench_distances [--quick]``; ``run(quick)`` returns the rows (``fire-plugin bench``).
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
-from pathlib import Path
+import functools
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _timing import add_timing_args, choose_clock, format_table, interleaved_times, row  # noqa: E402
-
-from fire_plugin.distances import fisher_rao_squared, hellinger_squared, kl_divergence  # noqa: E402
+from fire_plugin.bench._timing import add_timing_args, choose_clock, format_table, interleaved_times, row
+from fire_plugin.distances import fisher_rao_squared, hellinger_squared, kl_divergence
 
 
 def trades_kl(nat: Tensor, adv: Tensor) -> Tensor:
     """The peer: TRADES' per-sample KL(p_nat || p_adv)."""
     return F.kl_div(F.log_softmax(adv, dim=-1), F.softmax(nat, dim=-1), reduction="none").sum(-1)
+
+
+_CONTENDERS: list[tuple[str, Callable[[Tensor, Tensor], Tensor]]] = [
+    ("kl_div", trades_kl), ("fisher_rao_squared", fisher_rao_squared), ("kl_divergence", kl_divergence),
+    ("hellinger_squared", hellinger_squared)]
+
+
+def _forward_backward(fn: Callable[[Tensor, Tensor], Tensor], nat: Tensor, adv: Tensor) -> None:
+    fn(nat, adv).sum().backward()
 
 
 def run(quick: bool = False, *, rounds: int = 15, repeats: int = 5, threads: int = 1, clock: str = "auto",
@@ -49,10 +56,9 @@ def run(quick: bool = False, *, rounds: int = 15, repeats: int = 5, threads: int
     for shape in shapes:
         nat = torch.randn(*shape, device=device)
         adv = (nat + 0.5 * torch.randn(*shape, device=device)).requires_grad_(True)
-        fns = {
-            name: (lambda fn=fn, nat=nat, adv=adv: fn(nat, adv).sum().backward())
-            for name, fn in [("kl_div", trades_kl), ("fisher_rao_squared", fisher_rao_squared),
-                             ("kl_divergence", kl_divergence), ("hellinger_squared", hellinger_squared)]
+        fns: dict[str, Callable[[], object]] = {
+            name: functools.partial(_forward_backward, fn, nat, adv)
+            for name, fn in _CONTENDERS
         }
         t = interleaved_times(fns, rounds=rounds, repeats=repeats, device=device, clock=clock_fn)
         peer = t["kl_div"]

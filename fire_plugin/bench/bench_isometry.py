@@ -26,26 +26,22 @@ multiply-adds per sample in both; batching saves only the per-call overhead and 
 Timing: the contenders alternate over rounds (median of repeats per round, median over rounds); one torch thread
 and the process CPU time by default (``_timing.choose_clock``).
 
-Run: ``python benchmarks/bench_isometry.py [--quick]``; ``run(quick)`` returns the rows (``benchmarks/perf.py``).
+Run: ``python -m fire_plugin.bench.bench_isometry [--quick]``; ``run(quick)`` returns the rows (``fire-plugin bench``).
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
 from collections.abc import Callable
-from pathlib import Path
 
 import timm
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _timing import add_timing_args, choose_clock, format_table, interleaved_times, row  # noqa: E402
-
-import fire_plugin  # noqa: E402,F401  (registers lenet_pi)
-from fire_plugin.engine import CrossEntropyObjective, Objective, fit  # noqa: E402
-from fire_plugin.isometry import (  # noqa: E402
+import fire_plugin  # noqa: F401  (registers lenet_pi)
+from fire_plugin.bench._timing import add_timing_args, choose_clock, format_table, interleaved_times, row
+from fire_plugin.engine import CrossEntropyObjective, Objective, fit
+from fire_plugin.isometry import (
     PAPER_DELTA_OVER_EPSILON,
     PartialIsometryObjective,
     delta_m,

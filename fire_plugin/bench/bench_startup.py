@@ -15,7 +15,7 @@ a start-up cost on a machine shared with other jobs. The ratio uses the child's 
 uses its wall time, which is what a user waits on an idle machine. The detail gives both. Disk caches are warm
 after the first round.
 
-Run: ``python benchmarks/bench_startup.py [--quick]``; ``run(quick)`` returns the rows (``benchmarks/perf.py``).
+Run: ``python -m fire_plugin.bench.bench_startup [--quick]``; ``run(quick)`` returns the rows (``fire-plugin bench``).
 """
 
 from __future__ import annotations
@@ -27,10 +27,8 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _timing import format_table, row  # noqa: E402
-
-import fire_plugin  # noqa: E402
+import fire_plugin
+from fire_plugin.bench._timing import format_table, row
 
 _ALL = "import fire_plugin; [getattr(fire_plugin, n) for n in fire_plugin.__all__]"
 

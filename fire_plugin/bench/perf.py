@@ -1,4 +1,4 @@
-"""One perf table: every ``benchmarks/bench_*.py`` run in one process, each ratio against its named peer.
+"""One perf table: every ``fire_plugin/bench/bench_*.py`` run in one process, each ratio against its named peer.
 
 Each benchmark module exposes ``run(quick: bool = False) -> list[dict]`` returning rows
 ``{"name": str, "ratio": float, "target": str, "peer": str}`` (optionally ``"detail"``); an empty target marks a
@@ -18,7 +18,8 @@ one markdown table; ``--json PATH`` saves it with the run's settings.
 Timing follows each benchmark (1 torch thread and the process CPU time on a CPU); the runner also sets one torch
 thread. ``--quick`` runs every benchmark's reduced version (a smoke run: its ratios are noisy).
 
-Run: ``python benchmarks/perf.py [--quick] [--json runs/perf.json] [--only attacks --only distances] [--strict]``.
+Run: ``fire-plugin bench [--quick] [--json runs/perf.json] [--only attacks --only distances] [--strict]`` (or
+``python -m fire_plugin.bench.perf ...``, ``make bench``).
 From Python: ``run_all(quick) -> list[dict]`` (no printing), ``main(argv) -> exit code``.
 """
 
@@ -37,9 +38,9 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+from fire_plugin.bench._timing import format_table, target_met
+
 BENCH_DIR = Path(__file__).resolve().parent
-sys.path.insert(0, str(BENCH_DIR))
-from _timing import format_table, target_met  # noqa: E402
 
 #: Benchmarks of the suite, in the order they run (``bench_<name>.py``).
 BENCHMARKS: tuple[str, ...] = ("trainers", "distances", "attacks", "isometry", "margins", "startup")

@@ -9,25 +9,21 @@ them), 4 inputs x 9 targets = 36 paths advancing together, each path exactly ``S
 
 Targets: exact >= 10x the dense baseline at n = 784 and >= 2x cg.
 
-Run: ``python benchmarks/bench_margins.py`` (about a minute; ``--quick`` for a smoke run).
+Run: ``python -m fire_plugin.bench.bench_margins`` (about a minute; ``--quick`` for a smoke run).
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
 import time
-from pathlib import Path
 from typing import Any
 
 import timm
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _timing import interleaved_times  # noqa: E402
-
-import fire_plugin.models  # noqa: E402,F401  (registers the architectures with timm)
-from fire_plugin.margins import trace_margins  # noqa: E402
+import fire_plugin.models  # noqa: F401  (registers the architectures with timm)
+from fire_plugin.bench._timing import interleaved_times
+from fire_plugin.margins import trace_margins
 
 STEPS = 3
 N_INPUTS = 4

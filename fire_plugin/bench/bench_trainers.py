@@ -10,17 +10,15 @@ batch 128. The paper's MNIST attack has 40 steps; on a CPU this benchmark uses `
 ``--steps 40`` on a GPU). Rounds alternate between the contenders so that drift of a shared machine hits all alike.
 
 Only the thing named is timed: ``fit`` for one epoch (the classifier and trainer are built outside the timer), one
-training step. Run: ``python benchmarks/bench_trainers.py [--quick] [--steps 10] [--samples 512] [--rounds 7]``;
-``run(quick)`` returns the rows (``benchmarks/perf.py``).
+training step. Run: ``python -m fire_plugin.bench.bench_trainers [--quick] [--steps 10] [--samples 512] [--rounds 7]``;
+``run(quick)`` returns the rows (``fire-plugin bench``).
 """
 
 from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 from collections.abc import Callable
-from pathlib import Path
 
 import numpy as np
 import timm
@@ -31,11 +29,9 @@ from art.defences.trainer import AdversarialTrainerTRADESPyTorch
 from art.estimators.classification import PyTorchClassifier
 from torch import nn
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _timing import add_timing_args, choose_clock, format_table, row  # noqa: E402
-
 import fire_plugin  # noqa: F401  (registers small_cnn)
 from fire_plugin.attacks import FRPGD
+from fire_plugin.bench._timing import add_timing_args, choose_clock, format_table, row
 from fire_plugin.data import load_dataset
 from fire_plugin.distances import fisher_rao_squared
 from fire_plugin.engine import adversarial_step

@@ -8,27 +8,26 @@ upsampled to 28x28 (a random-weight network makes the distance comparison meanin
 Fisher-Rao distance ``2 * arccos(sum sqrt(p * q))`` between the clean and the adversarial predictions on held-out
 digits; FRPGD maximizes it, PGD maximizes the cross-entropy of the label, TPGD the KL divergence.
 
-Run: ``python benchmarks/bench_attacks.py`` (about 2 to 3 minutes on 2 CPU cores; ``--quick`` for a smoke run);
-``run(quick)`` returns the rows (``benchmarks/perf.py``).
+Run: ``python -m fire_plugin.bench.bench_attacks`` (about 2 to 3 minutes on 2 CPU cores; ``--quick`` for a smoke run);
+``run(quick)`` returns the rows (``fire-plugin bench``).
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
+import functools
 from collections import OrderedDict
-from pathlib import Path
+from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 import torchattacks
 from torch import nn
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _timing import add_timing_args, choose_clock, format_table, interleaved_times, row  # noqa: E402
-
-from fire_plugin.attacks import FRPGD  # noqa: E402
-from fire_plugin.distances import fisher_rao  # noqa: E402
+from fire_plugin.attacks import FRPGD
+from fire_plugin.bench._timing import add_timing_args, choose_clock, format_table, interleaved_times, row
+from fire_plugin.distances import fisher_rao
 
 
 def small_cnn() -> nn.Module:
@@ -97,7 +96,7 @@ def run(quick: bool = False, *, eps: float = 0.3, alpha: float = 0.01, steps: in
     how = (f"{device.type}, {torch.get_num_threads()} thread(s), {clock_label} clock, median of {rounds} rounds; "
            f"SmallCNN trained {train_steps} steps, held-out clean accuracy {clean_acc:.3f}")
 
-    kw = {"eps": eps, "alpha": alpha, "steps": steps}
+    kw: dict[str, Any] = {"eps": eps, "alpha": alpha, "steps": steps}
     attacks = OrderedDict(
         [
             ("FRPGD", FRPGD(model, **kw)),
@@ -108,7 +107,7 @@ def run(quick: bool = False, *, eps: float = 0.3, alpha: float = 0.01, steps: in
 
     # --- time, FRPGD relative to PGD (and TPGD), interleaved rounds
     xb, yb = x_test[:batch_size], y_test[:batch_size]
-    fns = {name: (lambda atk=atk: atk(xb, yb)) for name, atk in attacks.items()}
+    fns: dict[str, Callable[[], object]] = {name: functools.partial(atk, xb, yb) for name, atk in attacks.items()}
     times = interleaved_times(fns, rounds=rounds, repeats=repeats, device=str(device), clock=clock_fn)
     rows = [
         row(f"FRPGD attack time, {setting}", times["FRPGD"] / times["PGD"], "<= 1.05", "torchattacks.PGD",
