@@ -166,6 +166,7 @@ def _autoattack_in_turn_against_autoattack(model, x, y, sub_attacks, caplog):
                           autoattack_attacks=sub_attacks, verbose=False)
     assert f"AutoAttack (custom: {', '.join(sub_attacks)}) on" in caplog.text and "DigitsCNN" in caplog.text
     assert "AutoAttack apgd-ce: the first" in caplog.text and "examples it attacks" in caplog.text
+    assert ("at most about" in caplog.text) == (len(sub_attacks) > 1)  # the bound needs later sub-attacks
     ok = (model(x).argmax(1) == y).nonzero().flatten()
     reference = AutoAttack(model, norm="Linf", eps=EPS, version="standard", seed=0, device=torch.device("cpu"))
     reference.attacks_to_run = list(sub_attacks)  # the standard settings, these attacks, all in one call
