@@ -260,4 +260,5 @@ def test_train_defaults_are_the_library_defaults():
     from fire_plugin.experiments import train
 
     params = inspect.signature(train).parameters
-    assert {k: params[k].default for k in TRAIN_DEFAULTS} == TRAIN_DEFAULTS
+    library_name = {"probes": "n_probes"}  # flag -> keyword of experiments.train where they differ
+    assert {k: params[library_name.get(k, k)].default for k in TRAIN_DEFAULTS} == TRAIN_DEFAULTS
