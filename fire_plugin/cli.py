@@ -121,12 +121,12 @@ def _bounded_int(limit: int):  # type: ignore[no-untyped-def]
 TRAIN_DEFAULTS: dict[str, object] = {"dataset": "digits", "model": "digits_cnn", "method": "fire", "eps": 8 / 255,
                                      "steps": 10, "norm": "Linf", "epochs": 100, "batch_size": 128, "lr": 0.1,
                                      "weight_decay": 5e-4, "schedule": "multistep", "sat_warmup": 10, "workers": 0,
-                                     "data_dir": "data", "seed": 0, "probes": 1}
+                                     "data_dir": "data", "seed": 0, "n_probes": 1}
 # train flag -> preset key, for the flags that mean the same thing with --preset (applied as --set KEY=VALUE)
 _PRESET_KEY_OF = {"dataset": "dataset", "model": "model", "method": "method", "lam": "lam", "eps": "eps",
                   "eps_step": "eps_step", "steps": "attack_steps", "epochs": "epochs", "batch_size": "batch_size",
                   "lr": "lr", "weight_decay": "weight_decay", "schedule": "schedule", "workers": "workers",
-                  "data_dir": "data_dir", "seed": "seed", "estimator": "estimator", "probes": "n_probes"}
+                  "data_dir": "data_dir", "seed": "seed", "estimator": "estimator", "n_probes": "n_probes"}
 # train flags without a preset key: refused with --preset
 _NOT_PRESET_FLAGS = {"norm": "--norm", "self_adaptive": "--self-adaptive", "sat_warmup": "--sat-warmup",
                      "sync_bn": "--sync-bn", "validate": "--validate"}
@@ -175,7 +175,7 @@ def _train(args: argparse.Namespace) -> int:
             setattr(args, dest, value)
     if args.out is None:
         raise ValueError("--out is required (where checkpoints, summary.json and the curves go)")
-    if args.method != "isometry" and (args.estimator is not None or args.probes != 1):
+    if args.method != "isometry" and (args.estimator is not None or args.n_probes != 1):
         raise ValueError(f"--estimator and --probes apply to --method isometry, not --method {args.method}")
     summary = train(
         out=args.out, dataset=args.dataset, model=args.model, method=args.method, weight=args.lam, eps=args.eps,
@@ -183,7 +183,7 @@ def _train(args: argparse.Namespace) -> int:
         lr=args.lr, weight_decay=args.weight_decay, schedule=args.schedule, self_adaptive=args.self_adaptive,
         sat_warmup=args.sat_warmup, amp=args.amp, sync_bn=args.sync_bn, validate=args.validate,
         resume=not args.no_resume, workers=args.workers, data_dir=args.data_dir, seed=args.seed,
-        ema=args.ema, compile=args.compile, estimator=args.estimator, n_probes=args.probes, verbose=not args.quiet,
+        ema=args.ema, compile=args.compile, estimator=args.estimator, n_probes=args.n_probes, verbose=not args.quiet,
     )
     last = summary["history"][-1] if summary["history"] else {}
     print(json.dumps({k: v for k, v in summary.items() if k != "history"} | {"last_epoch": last}, indent=2))
@@ -376,7 +376,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--estimator", default=None, choices=ESTIMATOR_CHOICES,
                    help="--method isometry: how the penalty is estimated (default hutchinson, one random probe per "
                         "sample, about 3.5x CE training; exact: eq 14 exactly, about 12x)")
-    p.add_argument("--probes", type=_positive_int, default=None,
+    p.add_argument("--probes", dest="n_probes", type=_positive_int, default=None,
                    help="--method isometry: random probes per sample (default 1; deflated needs 2 or more)")
     p.add_argument("--lam", type=_non_negative_float, default=None,
                    help="regularizer weight; default: the matched weight of the method (FIRE 3 on d^2 with "

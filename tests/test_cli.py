@@ -201,6 +201,17 @@ def test_train_isometry_method(tmp_path):
     assert main(["train", *_TINY, "--method", "isometry", "--out", str(run)]) == 0
     summary = json.loads((run / "summary.json").read_text())
     assert summary["method"] == "isometry" and summary["history"][0]["adv_acc"] is None
+    assert (summary["estimator"], summary["n_probes"]) == ("hutchinson", 1)  # the default estimator
+    exact = tmp_path / "exact"
+    assert main(["train", *_TINY, "--method", "isometry", "--estimator", "exact", "--out", str(exact)]) == 0
+    assert json.loads((exact / "summary.json").read_text())["estimator"] == "exact"
+
+
+def test_train_estimator_flags_need_the_isometry_method(tmp_path, capsys):
+    assert main(["train", *_TINY, "--estimator", "exact", "--out", str(tmp_path / "x")]) == 2
+    assert "--estimator and --probes apply to --method isometry, not --method fire" in capsys.readouterr().err
+    assert main(["train", *_TINY, "--method", "isometry", "--estimator", "deflated", "--out", str(tmp_path / "d")]) == 2
+    assert "n_probes=1 is not allowed with estimator='deflated'" in capsys.readouterr().err
 
 
 # ------------------------------------------------------------------------------------------- issue 22 / 16
