@@ -273,3 +273,13 @@ def test_train_defaults_are_the_library_defaults():
     params = inspect.signature(train).parameters
     library_name = {"probes": "n_probes"}  # flag -> keyword of experiments.train where they differ
     assert {k: params[library_name.get(k, k)].default for k in TRAIN_DEFAULTS} == TRAIN_DEFAULTS
+
+
+def test_smoke_keeps_checkpoints_only_when_asked(tmp_path, capsys):
+    # (without the flag no checkpoints stay: tests/test_presets.py::test_smoke_keeps_no_checkpoints_unless_asked)
+    assert main(["train", "--preset", "mnist-smallcnn-fire", "--smoke", "--keep-checkpoints", "--out",
+                 str(tmp_path / "b"), "--quiet"]) == 0
+    assert (tmp_path / "b" / "checkpoints" / "last.pt").exists()
+    capsys.readouterr()
+    assert main(["train", "--preset", "mnist-smallcnn-fire", "--keep-checkpoints", "--out", str(tmp_path / "c")]) == 2
+    assert "--keep-checkpoints applies to --smoke" in capsys.readouterr().err
