@@ -496,7 +496,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=_bounded_int(1_000_000), default=256,
                    help="paths advanced together; finished paths are saved every batch (resume point)")
     p.add_argument("--no-check-convergence", action="store_true",
-                   help="skip the half-step check (retracing a fifth of the paths at step / 2, about 0.4x the cost)")
+                   help="skip the half-step check (retracing a tenth of the paths at step / 2, about 0.45x the cost)")
     p.add_argument("--convergence", action="store_true",
                    help="run the convergence study over --steps x --dampings instead (convergence.md/json/png)")
     p.add_argument("--steps", type=_positive_floats, default=None,

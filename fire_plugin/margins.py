@@ -125,14 +125,17 @@ _CG_RTOL = 1e-7  # CG stops when ||r|| <= 1e-7 ||g|| for every sample of the bat
 _SCHEMA = "fire_plugin.margins/2"
 _SCHEMA_V1 = "fire_plugin.margins/1"
 MODES: tuple[str, ...] = ("converged", "paper")
-"""``"converged"``: FR length of steps of ``step`` (default 0.1), last step bisected; ``"paper"``: the paper's
-algorithm as printed, unit steps counted, no bisection."""
-DEFAULT_STEP = 0.1
-"""Step of ``"converged"`` mode (chosen by the convergence study in docs/margins.md)."""
-DEFAULT_DAMPING = 1e-3
-"""Damping of the metric ``G_x + damping I`` (chosen by the convergence study in docs/margins.md)."""
+"""``"converged"``: FR length of steps of ``step`` (default :data:`DEFAULT_STEP`), last step bisected;
+``"paper"``: the paper's algorithm as printed, unit steps counted, no bisection."""
+DEFAULT_STEP = 0.05
+"""Step of ``"converged"`` mode, chosen by the convergence study of docs/margins.md: on CE, TRADES and FIRE digits
+models, the largest step at which halving it changed the shielding % by less than 1 point and the mean margin by
+less than 1% (with ``DEFAULT_DAMPING``; 0.1 changed CE's mean margin by 1.9%)."""
+DEFAULT_DAMPING = 0.1
+"""Damping of the metric ``G_x + damping I``: with 0.1 the margins converge from step 0.05 on (all three digits
+models), with 1e-3 only from 0.02 (2.5x the steps) for margins about 3% shorter (docs/margins.md)."""
 _MAX_STEPS_LIMIT = 1_000_000
-_CHECK_FRACTION = 0.2  # the half-step convergence check retraces every 5th path: about 0.4x the trace's cost
+_CHECK_FRACTION = 0.1  # the half-step check retraces every 10th path: measured 1.44x the cost of the trace alone
 _CHECK_SHIELDING_POINTS = 1.0  # converged: halving the step changes shielding % by less than 1 point ...
 _CHECK_MARGIN_REL = 0.01  # ... and the mean margin by less than 1%
 
@@ -646,7 +649,7 @@ def _predict_logp(fn: _LogProb, x: Tensor, batch_size: int) -> Tensor:
     return torch.cat([fn(x[i : i + batch_size]) for i in range(0, len(x), batch_size)])
 
 
-def _within_fr(logp_start: Tensor, radius: float, logp: Tensor) -> Tensor:
+def _within_fr(logp_start: Tensor, radius: float | Tensor, logp: Tensor) -> Tensor:
     return fisher_rao(logp_start, logp.double()) <= radius
 
 
@@ -727,9 +730,9 @@ def trace_margins(
     descent direction, or a step the input box cancels) or on a non-finite value; only the first is "flipped".
     Inputs the model misclassifies (prediction != ``y``) are not traced (status ``"misclassified"``, margin 0).
 
-    With ``check_convergence`` (default) every fifth traced path is traced again at ``step / 2`` and the result
+    With ``check_convergence`` (default) every tenth traced path is traced again at ``step / 2`` and the result
     records in :attr:`MarginResult.convergence` whether halving the step changed the shielding % by less than 1
-    point and the mean margin by less than 1% (about 0.4x the cost of the trace).
+    point and the mean margin by less than 1% (measured: 1.44x the time of the trace alone, digits_cnn).
 
     Up to ``batch_size`` paths advance together; finished paths leave the batch and queued ones take their place.
     The model runs in eval mode (its mode is restored afterwards); parameters get no gradients. Inputs are cast to
@@ -818,23 +821,45 @@ def trace_margins(
         if n_paths == 0:
             return MarginResult.empty(m, **settings)
 
-        # per-path outputs (CPU)
-        flipped = torch.zeros(n_paths, dtype=torch.bool)
-        first = pred0[p_input].clone()
-        length = torch.zeros(n_paths, dtype=torch.float64)
-        steps_out = torch.zeros(n_paths, dtype=torch.long)
-        status = np.full(n_paths, "misclassified", dtype="<U13")
-        x_end = x0[p_input.to(device)].cpu().clone() if return_paths else None
-        l2 = torch.zeros(n_paths, dtype=torch.float64)
-        linf = torch.zeros(n_paths, dtype=torch.float64)
-
         todo = torch.nonzero(pred0[p_input] == yy[p_input]).flatten()  # misclassified inputs are not traced
+        # The half-step check traces a twin of every tenth traced path at step / 2 in the same batches (each twin
+        # right behind its path): the two share every model call, so the check costs little beyond its paths.
+        path_step = torch.full((n_paths,), float(step), dtype=torch.float64)
+        path_max = torch.full((n_paths,), int(max_steps), dtype=torch.long)
+        check_rows = torch.zeros(0, dtype=torch.long)
+        if check_convergence and len(todo):
+            k = max(1, math.ceil(len(todo) * _CHECK_FRACTION))
+            pick = torch.as_tensor(np.unique(np.linspace(0, len(todo) - 1, k).round().astype(np.int64)))
+            check_rows = todo[pick]
+            twins = n_paths + torch.arange(len(check_rows))
+            p_input = torch.cat([p_input, p_input[check_rows]])
+            p_target = torch.cat([p_target, p_target[check_rows]])
+            path_step = torch.cat([path_step, torch.full((len(twins),), float(step) / 2, dtype=torch.float64)])
+            path_max = torch.cat([path_max, torch.full((len(twins),), min(2 * int(max_steps), _MAX_STEPS_LIMIT))])
+            order = torch.stack([todo, torch.full_like(todo, -1)], 1)
+            order[pick, 1] = twins
+            todo = order.flatten()[order.flatten() >= 0]
+        n_total = len(p_input)
+
+        # per-path outputs (CPU)
+        flipped = torch.zeros(n_total, dtype=torch.bool)
+        first = pred0[p_input].clone()
+        length = torch.zeros(n_total, dtype=torch.float64)
+        steps_out = torch.zeros(n_total, dtype=torch.long)
+        status = np.full(n_total, "misclassified", dtype="<U13")
+        x_end = x0[p_input.to(device)].cpu().clone() if return_paths else None
+        l2 = torch.zeros(n_total, dtype=torch.float64)
+        linf = torch.zeros(n_total, dtype=torch.float64)
+
         p_input_d, p_target_d, y_d = p_input.to(device), p_target.to(device), yy.to(device)
+        path_step_d, path_max_d = path_step.to(device), path_max.to(device)
         _logger.info(
-            "tracing %d paths (%d inputs, %d of them classified correctly) of %s on %s: mode=%s step=%g "
-            "damping=%g solver=%s", len(todo), len(x0), int((pred0 == yy).sum()), type(model).__name__,
-            device, mode, step, damping, name,
+            "tracing %d paths (%d inputs, %d of them classified correctly; %d of the paths retraced at half the "
+            "step for the convergence check) of %s on %s: mode=%s step=%g damping=%g solver=%s", len(todo),
+            len(x0), int((pred0 == yy).sum()), len(check_rows), type(model).__name__, device, mode, step, damping,
+            name,
         )
+        t_start = time.perf_counter()
 
         # the batch of active paths
         a_id = torch.zeros(0, dtype=torch.long, device=device)
@@ -842,6 +867,8 @@ def trace_margins(
         a_len = torch.zeros(0, dtype=torch.float64, device=device)
         a_steps = torch.zeros(0, dtype=torch.long, device=device)
         a_stall = torch.zeros(0, dtype=torch.long, device=device)
+        a_step = torch.zeros(0, dtype=torch.float64, device=device)
+        a_max = torch.zeros(0, dtype=torch.long, device=device)
         ptr = 0
         n_done, first_batch, t_loop = 0, min(batch_size, len(todo)), time.perf_counter()
         bar = tqdm(total=len(todo), desc=f"FR margins ({mode}, {name})", unit="path", disable=not verbose,
@@ -858,6 +885,8 @@ def trace_margins(
                     a_len = torch.cat([a_len, zeros.double()])
                     a_steps = torch.cat([a_steps, zeros])
                     a_stall = torch.cat([a_stall, zeros])
+                    a_step = torch.cat([a_step, path_step_d[new]])
+                    a_max = torch.cat([a_max, path_max_d[new]])
                 if len(a_id) == 0:
                     break
                 src, tgt = y_d[p_input_d[a_id]], p_target_d[a_id]
@@ -878,7 +907,7 @@ def trace_margins(
                 valid = torch.isfinite(g_v) & torch.isfinite(v).all(-1)
                 stuck = valid & (g_v <= 0)  # no descent direction for L_k (on the free face of the box): stalled
                 ok = valid & ~stuck
-                scale = torch.where(ok, -float(step) / g_v.clamp_min(1e-300).sqrt(), 0.0)
+                scale = torch.where(ok, -a_step / g_v.clamp_min(1e-300).sqrt(), 0.0)
                 delta = torch.nan_to_num(v) * scale.unsqueeze(-1)  # (S, n) float64, decreases L_k
                 x_new = clip((a_x.double() + delta).to(a_x.dtype))
                 with torch.no_grad():
@@ -886,10 +915,10 @@ def trace_margins(
                 # A step moving the prediction by more than _MAX_STEP_RATIO * step in FR distance (where the
                 # damping dominates G_x, the step is up to step / sqrt(damping) long in l2) is shortened along its
                 # direction to at most `step`, so that the path keeps following the geometry (not in paper mode).
-                too_long = ok & (fisher_rao(logp.double(), logp_new.double()) > _MAX_STEP_RATIO * step)
+                too_long = ok & (fisher_rao(logp.double(), logp_new.double()) > _MAX_STEP_RATIO * a_step)
                 if not paper and bool(too_long.any()):
                     idx = too_long.nonzero().flatten()
-                    within = functools.partial(_within_fr, logp[idx].double(), step)
+                    within = functools.partial(_within_fr, logp[idx].double(), a_step[idx])
                     lo, (x_lo, logp_lo), _ = _bisect_step(
                         fn, clip, a_x[idx], delta[idx], (a_x[idx], logp[idx]), (x_new[idx], logp_new[idx]),
                         within, _SHORTEN_ITERS)
@@ -911,7 +940,7 @@ def trace_margins(
                 increment = fisher_rao(logp.double(), torch.where(moved.unsqueeze(-1), logp_new, logp).double())
                 a_len = a_len + torch.where(moved, increment, 0.0)
                 a_steps = a_steps + moved.long()
-                a_margin = a_steps.double() * float(step) if paper else a_len
+                a_margin = a_steps.double() * a_step if paper else a_len
                 gap = (logp[rows, src] - logp[rows, tgt]).double()
                 gap_new = (logp_new[rows, src] - logp_new[rows, tgt]).double()
                 progress_made = (gap - gap_new) > _PROGRESS_RTOL * (1.0 + gap.abs())
@@ -921,7 +950,7 @@ def trace_margins(
                 code = torch.full_like(a_id, -1)  # index into STATUSES, -1: continue
                 stalled = stuck if paper else (a_stall >= _STALL_PATIENCE) | stuck
                 code = torch.where(stalled, STATUSES.index("stalled"), code)
-                code = torch.where(a_steps >= max_steps, STATUSES.index("max_steps"), code)
+                code = torch.where(a_steps >= a_max, STATUSES.index("max_steps"), code)
                 code = torch.where(a_margin >= max_length, STATUSES.index("max_length"), code)
                 code = torch.where(flip & finite, STATUSES.index("flipped"), code)
                 code = torch.where(~finite, STATUSES.index("nonfinite"), code)
@@ -941,7 +970,7 @@ def trace_margins(
                         x_end[ids] = a_x[done].cpu()
                     keep = ~done
                     a_id, a_x, a_len = a_id[keep], a_x[keep], a_len[keep]
-                    a_steps, a_stall = a_steps[keep], a_stall[keep]
+                    a_steps, a_stall, a_step, a_max = a_steps[keep], a_stall[keep], a_step[keep], a_max[keep]
                     bar.update(len(ids))
                     if progress is not None:
                         progress(len(ids))
@@ -956,24 +985,18 @@ def trace_margins(
     finally:
         model.train(was_training)
 
-    source = yy[p_input]
+    seconds = time.perf_counter() - t_start
     steps_np = steps_out.numpy().astype(np.int64)
+    columns: dict[str, Any] = {
+        "index": p_input.numpy().astype(np.int64), "source": yy[p_input].numpy().astype(np.int64),
+        "target": p_target.numpy().astype(np.int64), "flipped": flipped.numpy(),
+        "first_class": first.numpy().astype(np.int64), "shielded": (flipped & (first != p_target)).numpy(),
+        "fr_length": length.numpy(), "margin": steps_np * path_step.numpy() if paper else length.numpy().copy(),
+        "l2": l2.numpy(), "linf": linf.numpy(), "steps": steps_np, "status": status,
+    }
     result = MarginResult(
-        index=p_input.numpy().astype(np.int64),
-        source=source.numpy().astype(np.int64),
-        target=p_target.numpy().astype(np.int64),
-        flipped=flipped.numpy(),
-        first_class=first.numpy().astype(np.int64),
-        shielded=(flipped & (first != p_target)).numpy(),
-        fr_length=length.numpy(),
-        margin=steps_np * float(step) if paper else length.numpy().copy(),
-        l2=l2.numpy(),
-        linf=linf.numpy(),
-        steps=steps_np,
-        status=status,
-        num_classes=m,
-        x_end=x_end.view(n_paths, *shape).numpy() if x_end is not None else None,
-        **settings,
+        **{k: v[:n_paths] for k, v in columns.items()}, num_classes=m,
+        x_end=x_end[:n_paths].view(n_paths, *shape).numpy() if x_end is not None else None, **settings,
     )
     _logger.info(
         "traced %d paths from %d inputs (%s, %s): %d flipped, %d shielded, median margin of flipped %.4g",
@@ -981,8 +1004,10 @@ def trace_margins(
         float(np.median(result.margin[result.flipped])) if result.flipped.any() else float("nan"),
     )
     if check_convergence:
-        result.convergence = half_step_check(model, x0.view(-1, *shape), result, solver=solver, cg_iters=cg_iters,
-                                             batch_size=batch_size)
+        half = MarginResult(**{k: v[n_paths:] for k, v in columns.items()}, num_classes=m,
+                            **(settings | {"step": float(step) / 2}))
+        share = len(half) / max(1, len(half) + n_paths)
+        result.convergence = _compare_half_step(result, check_rows.numpy(), half, seconds * share)
     return result
 
 
@@ -999,11 +1024,12 @@ def half_step_check(
     model: nn.Module, x: Tensor, result: MarginResult, *, solver: str = "auto", cg_iters: int = 20,
     batch_size: int = 256,
 ) -> dict[str, Any]:
-    """Retrace every fifth traced path of ``result`` at half its step (same mode, damping, box; twice the step
+    """Retrace every tenth traced path of ``result`` at half its step (same mode, damping, box; twice the step
     budget) and compare the shielding % and the mean margin of those paths at both steps.
 
     ``converged`` is True when halving changed the shielding % by less than 1 point, the mean margin by less than
-    1% and no path's flip; None when no path was traced. Costs about 0.4x the trace of ``result``.
+    1% and no path's flip; None when no path was traced. (:func:`trace_margins` runs the same check inside its
+    own batches; this function is for results assembled from parts, such as resumed runs.)
 
     Args:
         model: the model ``result`` was traced on.
@@ -1019,7 +1045,7 @@ def half_step_check(
     >>> r = trace_margins(model, x, torch.zeros(5, dtype=torch.long), clamp=None, check_convergence=False,
     ...                   verbose=False)
     >>> half_step_check(model, x, r)["half_step"]
-    0.05
+    0.025
     """
     x = _flat_inputs(model, x)[0].view(len(x), *tuple(x.shape[1:]))
     kw: dict[str, Any] = {"solver": solver, "cg_iters": cg_iters, "batch_size": batch_size, "clamp": result.clamp}
@@ -1038,6 +1064,16 @@ def half_step_check(
         step=result.step / 2, max_length=result.max_length, max_steps=min(2 * result.max_steps, _MAX_STEPS_LIMIT),
         check_convergence=False, verbose=False, **kw,
     )
+    return _compare_half_step(result, sel, half, time.perf_counter() - start)
+
+
+def _compare_half_step(result: MarginResult, sel: np.ndarray, half: MarginResult, seconds: float) -> dict[str, Any]:
+    """The check's verdict from the paths ``sel`` of ``result`` and the same paths ``half`` traced at step / 2."""
+    out: dict[str, Any] = {"step": result.step, "half_step": result.step / 2, "n_paths": len(sel), "converged": None,
+                           "tolerance": {"shielding_points": _CHECK_SHIELDING_POINTS,
+                                         "margin_rel": _CHECK_MARGIN_REL}}
+    if len(sel) == 0:
+        return out | {"note": "no path was traced (no input classified correctly)"}
     coarse = _subset(result, sel)
     pct, mean, n_fl = _subsample_stats(coarse)
     pct_h, mean_h, n_fl_h = _subsample_stats(half)
@@ -1045,10 +1081,10 @@ def half_step_check(
     d_rel = abs(mean_h - mean) / abs(mean_h) if mean_h else float("inf")
     agree = float(np.mean(coarse.first_class == half.first_class))
     converged = bool(d_points < _CHECK_SHIELDING_POINTS and d_rel < _CHECK_MARGIN_REL and n_fl == n_fl_h)
-    out |= {"n_paths": len(sel), "flipped": n_fl, "flipped_half": n_fl_h, "shielding_pct": pct,
+    out |= {"flipped": n_fl, "flipped_half": n_fl_h, "shielding_pct": pct,
             "shielding_pct_half": pct_h, "mean_margin": mean, "mean_margin_half": mean_h,
             "shielding_change_points": d_points, "mean_margin_rel_change": d_rel,
-            "first_class_agreement": agree, "converged": converged, "seconds": time.perf_counter() - start}
+            "first_class_agreement": agree, "converged": converged, "seconds": seconds}
     level = logging.INFO if converged else logging.WARNING
     _logger.log(level, "half-step check on %d paths (step %g vs %g): shielding %.1f%% vs %.1f%%, mean margin %.4g "
                 "vs %.4g (%.2f%%): %s", len(sel), result.step, result.step / 2, pct, pct_h, mean, mean_h,

@@ -264,7 +264,7 @@ def run_margins(
         class_names: one name per class (``CLASS_NAMES["cifar10"]`` for CIFAR-10).
         n_inputs: use the first ``n_inputs`` inputs (all when None).
         inputs_note: where the inputs come from, written to every output (e.g. "SYNTHETIC ...").
-        check_convergence: retrace a fifth of the paths at half the step and report whether it had converged.
+        check_convergence: retrace a tenth of the paths at half the step and report whether it had converged.
         resume: reuse the finished chunks of ``out_dir/paths.jsonl`` (False: trace everything again).
         verbose: progress bar (counting paths).
         **trace_kw: passed to :func:`fire_plugin.margins.trace_margins` (``mode``, ``damping``, ``step``,
