@@ -204,3 +204,40 @@ def test_cli_paper_mode_and_convergence_study(checkpoint, tmp_path, capsys):
     assert [r["step"] for r in study["rows"]] == [0.5, 0.2] and study["rows"][0]["damping"] == 0.1
     assert (tmp_path / "c" / "convergence.png").read_bytes()[:4] == b"\x89PNG"
     assert "| 0.1 | 0.5 |" in (tmp_path / "c" / "convergence.md").read_text()
+
+
+@pytest.mark.slow
+def test_killed_cli_run_resumes_to_the_same_result(checkpoint, tmp_path):
+    """kill -9 after the first chunk was written, rerun: the same files as an uninterrupted run."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    def argv(out):
+        return [sys.executable, "-m", "fire_plugin.cli", "margins", "--model", "digits_cnn", "--checkpoint",
+                checkpoint, "--dataset", "digits", "--n-inputs", "12", "--targets", "0,1", "--batch-size", "2",
+                "--out", str(out), "--quiet"]
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    whole = tmp_path / "whole"
+    subprocess.run(argv(whole), check=True, env=env, capture_output=True)
+    cut = tmp_path / "cut"
+    proc = subprocess.Popen(argv(cut), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    progress = cut / "paths.jsonl"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        if progress.exists() and len(progress.read_text().splitlines()) >= 2:
+            break
+        time.sleep(0.02)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    written = len(progress.read_text().splitlines())
+    assert 2 <= written < 13 and not (cut / "margins.json").exists()  # killed part-way
+    subprocess.run(argv(cut), check=True, env=env, capture_output=True)
+    a = json.loads((whole / "margins.json").read_text())
+    b = json.loads((cut / "margins.json").read_text())
+    assert a["result"]["paths"] == b["result"]["paths"]  # the same computation: bit for bit
+    assert a["report"]["notes"] == b["report"]["notes"]
+    assert (whole / "shielding.md").read_text() == (cut / "shielding.md").read_text()
