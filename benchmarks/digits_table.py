@@ -26,6 +26,7 @@ from fire_plugin.experiments import (
     run_one,
     summarize,
 )
+from fire_plugin.runfolder import atomic_write_text, write_environment
 
 TABLE_METHODS = ("ce", "ace", "trades", "hellinger", "fire", "isometry")
 
@@ -106,6 +107,7 @@ def main() -> None:
     p.add_argument("--workers", type=int, default=2, help="runs in parallel processes (1 torch thread each)")
     args = parser.parse_args()
     torch.set_num_threads(1)
+    write_environment(args.out, torch_threads_per_run=1, workers=getattr(args, "workers", 1))  # beside the results
     start = time.perf_counter()
     if args.command == "sweep":
         payload = sweep(args.out, args.models, args.lams, args.epochs)
@@ -114,7 +116,7 @@ def main() -> None:
     payload["wall_seconds"] = time.perf_counter() - start
     payload["torch_threads"] = torch.get_num_threads()
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "summary.json").write_text(json.dumps(payload, indent=2))
+    atomic_write_text(args.out / "summary.json", json.dumps(payload, indent=2))
     print(f"wall time {payload['wall_seconds']:.0f} s, {payload['torch_threads']} torch thread(s); "
           f"{args.out / 'summary.json'}")
 

@@ -266,18 +266,22 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _margins(args: argparse.Namespace) -> int:
+    from fire_plugin.experiments import check_model_name
     from fire_plugin.margins_report import margins_from_names
+    from fire_plugin.runfolder import run_lock
 
     extra: dict[str, Any] = ({"steps": args.steps, "dampings": args.dampings} if args.convergence
                              else {"check_convergence": not args.no_check_convergence})
-    out = margins_from_names(
-        args.model, dataset=args.dataset, out_dir=args.out, checkpoint=args.checkpoint, model_dir=args.model_dir,
-        data_dir=args.data_dir, n_inputs=args.n_inputs, synthetic=args.synthetic, seed=args.seed, inputs=args.inputs,
-        convergence=args.convergence, verbose=not args.quiet, targets=args.targets, mode=args.mode,
-        damping=args.damping, step=args.step, max_length=args.max_length, max_steps=args.max_steps,
-        solver=args.solver, cg_iters=args.cg_iters, batch_size=args.batch_size,
-        **extra,
-    )
+    check_model_name(args.model, dataset=args.dataset, checkpoint=args.checkpoint)
+    with run_lock(args.out, command="margins"):
+        out = margins_from_names(
+            args.model, dataset=args.dataset, out_dir=args.out, checkpoint=args.checkpoint, model_dir=args.model_dir,
+            data_dir=args.data_dir, n_inputs=args.n_inputs, synthetic=args.synthetic, seed=args.seed,
+            inputs=args.inputs, convergence=args.convergence, verbose=not args.quiet, targets=args.targets,
+            mode=args.mode, damping=args.damping, step=args.step, max_length=args.max_length, max_steps=args.max_steps,
+            solver=args.solver, cg_iters=args.cg_iters, batch_size=args.batch_size,
+            **extra,
+        )
     if args.convergence:
         print(out["study"].to_markdown())
     else:
@@ -324,8 +328,15 @@ def _submit(args: argparse.Namespace) -> int:
 
 
 def _bench(args: argparse.Namespace) -> int:
+    from fire_plugin.bench.perf import check_json_path, discover
     from fire_plugin.bench.perf import main as perf_main
 
+    known = discover()
+    unknown = [name for name in args.only or [] if name not in known]
+    if unknown:
+        raise ValueError(f"--only {unknown[0]!r} is not a benchmark; allowed: {known}")
+    if args.json is not None:
+        check_json_path(Path(args.json))  # before the run, not after it
     argv = [*(["--quick"] if args.quick else []), *(["--json", args.json] if args.json else []),
             *[f"--only={name}" for name in args.only or []], *(["--strict"] if args.strict else [])]
     return int(perf_main(argv))
@@ -560,12 +571,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         for name, text in SUBCOMMANDS.items():
             print(f"  {name:<11} {text}")
         return 0
+    from fire_plugin.runfolder import Terminated, raise_on_sigterm
+
+    raise_on_sigterm()  # SIGTERM stops a run as Ctrl-C does: checkpoint kept, exit status 143
     try:
+        out = getattr(args, "out", None)
+        if out is not None and Path(out).exists() and not Path(out).is_dir():
+            raise ValueError(f"--out {out!r} is an existing file; pass a folder (it is created if needed)")
         return COMMANDS[args.command](args)
-    except KeyboardInterrupt:
-        print("fire-plugin: interrupted; rerun the same command to resume where a checkpoint exists",
-              file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as err:
+        what = "terminated (SIGTERM)" if isinstance(err, Terminated) else "interrupted"
+        print(f"fire-plugin: {what}; rerun the same command to resume where a checkpoint exists", file=sys.stderr)
+        return 143 if isinstance(err, Terminated) else 130
     except USER_ERRORS as err:
         if args.verbose:
             traceback.print_exc()

@@ -379,7 +379,7 @@ def _kl_terms(a: Tensor, b: Tensor, dim: int, p_minus_q: bool) -> tuple[Tensor, 
     b_max = b.amax(dim, keepdim=True)
     eb = _exp2_shifted(b, dim, _LOG2E, b_max)  # sb * q
     sb = eb.sum(dim, keepdim=True)
-    c, u, mean, _ = _centred_log_ratio(a, b, eb, sb, dim, squared=False)  # a - b - E_q[a - b]
+    c, u, _, _ = _centred_log_ratio(a, b, eb, sb, dim, squared=False)  # a - b - E_q[a - b]
     large = c.amax(dim, keepdim=True) > bound
     c.clamp_(min=-bound)  # above the bound only in large rows, which use the direct log A below
     direct_free = _no_direct_rows(large)
@@ -392,8 +392,13 @@ def _kl_terms(a: Tensor, b: Tensor, dim: int, p_minus_q: bool) -> tuple[Tensor, 
     a_max = a.amax(dim, keepdim=True)
     ea = _exp2_shifted(a, dim, _LOG2E, a_max, out=v)  # sa * p
     sa = ea.sum(dim, keepdim=True)
-    log_a = torch.where(large, (a_max + sa.log()).sub_(b_max + sb.log()).sub_(mean), torch.log1p(a_m1))
-    terms = c.sub_(log_a).mul_(ea)
+    terms = c.sub_(torch.log1p(a_m1)).mul_(ea)
+    if not direct_free:  # large rows: log p - log q from the two log-softmaxes (as F.kl_div), not from c - log A,
+        # whose a_max + log(sa) loses log(sa) next to a large a_max (2e-4 relative at a logit spread of 1e4)
+        log_p = torch.sub(a, a_max).sub_(sa.log())
+        log_ratio = log_p.sub_(torch.sub(b, b_max).sub_(sb.log()))
+        direct = torch.mul(log_ratio, ea).masked_fill_(ea == 0, 0.0)  # p = 0 contributes 0 (0 log 0, 0 log 0/0)
+        terms = torch.where(large, direct, terms)
     kl = terms.sum(dim).div_(sa.squeeze(dim)).clamp_(min=0.0)
     if not p_minus_q:
         return kl, ea, sa, terms, None

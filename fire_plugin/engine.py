@@ -37,7 +37,7 @@ import math
 import os
 import pickle
 import random
-import tempfile
+import secrets
 import time
 import types
 import warnings
@@ -192,6 +192,8 @@ def _distributed_loader(loader: DataLoader, *, seed: int) -> DataLoader:
                                "pin_memory": loader.pin_memory, "persistent_workers": loader.persistent_workers}
     if loader.num_workers > 0:
         workers["prefetch_factor"] = loader.prefetch_factor
+    # worker seeds come from this generator (checkpointed by fit), not from the global RNG the attacks draw from
+    workers["generator"] = loader.generator if loader.generator is not None else torch.Generator().manual_seed(seed)
     shard = getattr(loader.batch_sampler, "shard", None)
     if callable(shard):
         info = distributed_info()
@@ -337,8 +339,12 @@ class ModelEMA:
     """
 
     def __init__(self, model: nn.Module, *, decay: float = 0.999, warmup: bool = True) -> None:
+        if not isinstance(model, nn.Module):
+            raise ValueError(f"model must be the torch.nn.Module to average, got {type(model).__name__}")
         if isinstance(decay, bool) or not isinstance(decay, (int, float)) or not 0.0 < decay < 1.0:
             raise ValueError(f"decay={decay!r} is not allowed; allowed: a number in (0, 1), e.g. 0.999")
+        if not isinstance(warmup, bool):
+            raise ValueError(f"warmup={warmup!r} is not allowed; allowed: True or False")
         self.module = copy.deepcopy(unwrap_model(model)).eval()
         self.module.requires_grad_(False)
         self.decay = float(decay)
@@ -374,6 +380,14 @@ class ModelEMA:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore :meth:`state_dict` (the settings must match: they define the run)."""
+        missing = [k for k in ("module", "updates", "decay", "warmup") if not isinstance(state, dict) or k not in state]
+        if missing:
+            raise ValueError(f"an EMA state needs the keys {missing} (the dict ModelEMA.state_dict() returns); got "
+                             + (f"the keys {sorted(state)}" if isinstance(state, dict) else type(state).__name__))
+        updates = state["updates"]
+        if isinstance(updates, bool) or not isinstance(updates, (int, Tensor)) or int(updates) < 0:
+            raise ValueError(f"an EMA state's 'updates' must be an int >= 0 (the number of averaged steps), got "
+                             f"{updates!r}")
         if float(state["decay"]) != self.decay or bool(state["warmup"]) != self.warmup:
             raise ConfigMismatchError(f"the checkpoint's EMA has decay={state['decay']!r}, warmup={state['warmup']!r};"
                                       f" this run has decay={self.decay!r}, warmup={self.warmup!r}")
@@ -689,6 +703,9 @@ def train_epoch(
         count += result.batch_size
         if verbose and info.is_main and batch_idx % 10 == 0:
             bar.set_postfix(loss=f"{result.loss.item():.4f}")
+    if count == 0 and not info.enabled:
+        raise ValueError(f"the training loader yielded no batch in epoch {epoch + 1} (an empty dataset, or fewer "
+                         "samples than batch_size with drop_last=True); nothing was trained")
     totals = torch.stack([loss_sum, nat_sum.double(), adv_sum.double(), torch.tensor(float(count), device=device,
                                                                                     dtype=torch.float64)])
     if info.enabled and dist.is_initialized():
@@ -754,14 +771,42 @@ def _set_rng_state(state: dict[str, Any]) -> None:
     random.setstate((state["python_version"], tuple(state["python"]), None))
 
 
+def _loader_generators(loader: Any) -> list[torch.Generator]:
+    """The ``torch.Generator`` objects a DataLoader draws from (its own, its sampler's, its batch sampler's), once each.
+
+    A DataLoader built with ``generator=`` (or a sampler with one) draws its shuffling order and worker seeds from
+    it; :func:`fit` saves their states with every checkpoint and restores them on resume, so that the resumed
+    epochs see the same batches as an uninterrupted run.
+    """
+    found: list[torch.Generator] = []
+    objects = [loader, getattr(loader, "sampler", None), getattr(loader, "batch_sampler", None)]
+    objects.append(getattr(objects[2], "sampler", None))
+    for obj in objects:
+        gen = getattr(obj, "generator", None)
+        if isinstance(gen, torch.Generator) and not any(gen is g for g in found):
+            found.append(gen)
+    return found
+
+
+def _rng_states_of_all_ranks(info: DistInfo) -> list[dict[str, Any]] | None:
+    """Every rank's RNG state (a collective under DDP: all ranks call it); None in a single process."""
+    if not (info.enabled and dist.is_initialized()):
+        return None
+    states: list[Any] = [None] * info.world_size
+    dist.all_gather_object(states, _rng_state())
+    return states
+
+
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
     """Write ``state`` atomically: to a temporary file in the same directory, then ``os.replace``.
 
-    An interrupted write never leaves a truncated checkpoint in place of a good one.
+    An interrupted write never leaves a truncated checkpoint in place of a good one. The file gets the permissions
+    of any new file (``0o666`` minus the umask), like the run's other outputs.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = str(path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"))
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
         with os.fdopen(fd, "wb") as handle:
             torch.save(state, handle)
@@ -775,8 +820,11 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
     return path
 
 
-def load_checkpoint(path: str | Path, *, map_location: str | torch.device | None = "cpu") -> dict[str, Any]:
+def load_checkpoint(path: str | Path, *, map_location: str | torch.device | None = "cpu",
+                    what: str = "checkpoint") -> dict[str, Any]:
     """Load a checkpoint written by :func:`fit` with ``weights_only=True`` (no code from the file is run).
+
+    ``what`` names the file in error messages (e.g. ``"--inputs file"`` for a file that is not a checkpoint).
 
     Raises:
         FileNotFoundError: ``path`` does not exist; ``IsADirectoryError``: it is a directory.
@@ -784,25 +832,37 @@ def load_checkpoint(path: str | Path, *, map_location: str | torch.device | None
     """
     path = Path(path)
     if path.is_dir():
-        raise IsADirectoryError(f"checkpoint {str(path)!r} is a directory; pass the checkpoint file inside it "
-                                f"(e.g. {str(path / CHECKPOINT_NAME)!r})")
+        raise IsADirectoryError(f"{what} {str(path)!r} is a directory; pass the file inside it"
+                                + (f" (e.g. {str(path / CHECKPOINT_NAME)!r})" if what == "checkpoint" else ""))
     if not path.exists():
-        raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
+        raise FileNotFoundError(f"{what} {str(path)!r} does not exist")
     if path.stat().st_size == 0:
-        raise ValueError(f"checkpoint {str(path)!r} is empty (an interrupted copy?); delete it or pass another file")
+        raise ValueError(f"{what} {str(path)!r} is empty (an interrupted copy?); delete it or pass another file")
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
-        if "Unsupported global" in str(err):
+        text = str(err)
+        if "unsupported global" in text.lower():
+            # torch's message advises weights_only=False, i.e. running the file's code: never passed on
+            found = next((line.strip() for line in text.splitlines() if "unsupported global" in line.lower()), "")
             raise ValueError(
-                f"checkpoint {str(path)!r} holds objects other than tensors and plain containers; it was refused "
-                "because loading it could run code (load only files you trust, outside this package)"
-            ) from err
-        raise ValueError(f"checkpoint {str(path)!r} is corrupt or not a torch checkpoint; delete it or pass "
-                         f"another file ({err})") from err
+                f"{what} {str(path)!r} holds objects other than tensors and plain containers"
+                + (f" ({found})" if found else "") + "; it was refused because loading it could run code (load "
+                "only files you trust, outside this package)"
+            ) from None
+        raise ValueError(f"{what} {str(path)!r} is corrupt or not a torch file; delete it or pass another file "
+                         f"({_first_line(text)})") from None
     except Exception as err:  # torch's unpickler raises many types on damaged bytes (EOFError, IndexError, ...)
-        raise ValueError(f"checkpoint {str(path)!r} is corrupt or truncated; delete it or pass another file "
-                         f"({type(err).__name__}: {err})") from err
+        raise ValueError(f"{what} {str(path)!r} is corrupt or truncated; delete it or pass another file "
+                         f"({type(err).__name__}: {_first_line(str(err))})") from None
+
+
+def _first_line(text: str) -> str:
+    """The first informative line of an error text; never torch's advice to load with ``weights_only=False``."""
+    skip = ("weights only load failed", "check the documentation")
+    lines = [t.strip() for t in text.splitlines() if t.strip()]
+    line = next((t for t in lines if "weights_only" not in t and not t.lower().startswith(skip)), "")
+    return line[:300]
 
 
 def lr_scheduler(
@@ -927,7 +987,11 @@ def fit(
             Needs ``val_loader``, a validation attack and ``checkpoint_dir``; ties keep the earlier epoch.
         checkpoint_dir: where ``last.pt`` is written atomically after every epoch (rank 0 only).
         resume: continue from ``checkpoint_dir/last.pt`` when it exists. Two epochs in one go and one epoch plus
-            a resumed one give identical weights (and EMA) on CPU.
+            a resumed one give identical weights (and EMA) on CPU: the checkpoint holds the RNG states of every
+            rank (torch, CUDA, numpy, Python) and of the loader's generators (:func:`_loader_generators`); a
+            sampler with ``set_epoch`` derives its order from the epoch. Random augmentation inside persistent
+            DataLoader workers is not restored: derive it from the epoch and the index as
+            :func:`fire_plugin.data.epoch_loader` does.
         config: the run's configuration (JSON-friendly values), saved with the checkpoint together with the
             objective's :meth:`Objective.config`. Resuming from a checkpoint written with another configuration
             raises :class:`ConfigMismatchError` naming the differing fields.
@@ -963,6 +1027,8 @@ def fit(
         raise ValueError(f"scheduler must be a torch.optim.lr_scheduler.LRScheduler, got {type(scheduler).__name__}")
     if ema is not None and not isinstance(ema, ModelEMA):
         raise ValueError(f"ema must be a fire_plugin.engine.ModelEMA or None, got {type(ema).__name__}")
+    if ema is not None:
+        _check_ema_of(ema, model)
     if not isinstance(compile, (bool, str)):
         raise ValueError(f"compile={compile!r} is not allowed; allowed: True, False or a torch.compile backend name")
     objective = _resolve_objective(objective, loss, attack)
@@ -994,6 +1060,7 @@ def fit(
     best_path = Path(checkpoint_dir) / BEST_CHECKPOINT_NAME if checkpoint_dir is not None else None
     history: list[dict[str, Any]] = []
     start_epoch = 0
+    saved_generators: list[Tensor] | None = None
     if ckpt_path is not None and resume and ckpt_path.exists():
         state = load_checkpoint(ckpt_path, map_location=device)
         _check_config(state.get("config"), run_config, ckpt_path)
@@ -1015,7 +1082,9 @@ def fit(
         objective.load_state_dict(state.get("objective") or {})
         history = list(state["history"])
         start_epoch = int(state["epoch"]) + 1
-        _set_rng_state(state["rng"])
+        ranks = state.get("rng_ranks")
+        _set_rng_state(ranks[info.rank] if ranks is not None and len(ranks) == info.world_size else state["rng"])
+        saved_generators = state.get("loader_rng")
         if info.is_main:
             _logger.info("resumed from %s at epoch %d", ckpt_path, start_epoch + 1)
 
@@ -1033,6 +1102,13 @@ def fit(
         device_ids = [info.local_rank] if device.type == "cuda" else None
         train_model = nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
         loader = _distributed_loader(train_loader, seed=seed)
+    generators = _loader_generators(loader)
+    if start_epoch > 0 and saved_generators is not None and len(saved_generators) == len(generators):
+        for gen, gen_state in zip(generators, saved_generators, strict=True):
+            gen.set_state(gen_state)
+    elif start_epoch > 0 and generators:
+        _logger.warning("%s holds no state of the DataLoader's generator (an older checkpoint?); the resumed epochs "
+                        "may see other batches than an uninterrupted run", ckpt_path)
 
     previous_benchmark = torch.backends.cudnn.benchmark
     if device.type == "cuda":
@@ -1074,6 +1150,7 @@ def fit(
                     postfix["adv"] = f"{stats.adv_acc:.3f}"
                 epoch_bar.set_postfix(postfix)
                 _logger.info("epoch %d: %s", epoch + 1, _format_record(record))
+            rng_ranks = _rng_states_of_all_ranks(info) if ckpt_path is not None else None
             if ckpt_path is not None and info.is_main:
                 if not (math.isfinite(stats.loss) and _all_finite(model)):
                     raise NonFiniteLossError(f"non-finite weights or loss after epoch {epoch + 1}; checkpoint kept")
@@ -1101,6 +1178,8 @@ def fit(
                         "epoch": epoch,
                         "history": history,
                         "rng": _rng_state(),
+                        "rng_ranks": rng_ranks,
+                        "loader_rng": [gen.get_state() for gen in generators],
                     },
                 )
             if info.enabled:
@@ -1110,6 +1189,19 @@ def fit(
     finally:
         torch.backends.cudnn.benchmark = previous_benchmark
     return history
+
+
+def _check_ema_of(ema: ModelEMA, model: nn.Module) -> None:
+    """``ema`` must average ``model``: the same parameter and buffer names and shapes."""
+    def shapes(module: nn.Module) -> dict[str, tuple[int, ...]]:
+        items = [*module.named_parameters(), *module.named_buffers()]
+        return {name: tuple(t.shape) for name, t in items}
+
+    mine, theirs = shapes(ema.module), shapes(unwrap_model(model))
+    if mine != theirs:
+        differ = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))[:5]
+        raise ValueError(f"ema is a ModelEMA of another model (parameters or buffers differ: {differ}); build it "
+                         "from the model being trained: fit(model, ..., ema=ModelEMA(model))")
 
 
 def _is_best(history: list[dict[str, Any]], record: dict[str, Any], selected: str) -> bool:

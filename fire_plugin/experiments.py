@@ -27,6 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from fire_plugin.engine import AdversarialObjective, CrossEntropyObjective, Objective
+from fire_plugin.runfolder import atomic_path, atomic_write_text, run_lock
 
 __all__ = [
     "DEFAULT_WEIGHTS",
@@ -34,6 +35,7 @@ __all__ = [
     "build_objective",
     "DigitsRecipe",
     "EvalSpec",
+    "check_model_name",
     "check_output_dir",
     "DEMO_METHODS",
     "paired_differences",
@@ -154,6 +156,37 @@ def check_output_dir(path: str | os.PathLike[str]) -> Path:
     return out
 
 
+def _seed_everything(seed: int) -> None:
+    """Seed torch, numpy and Python's global generators (fit checkpoints all three; a resume restores them)."""
+    import random
+
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+    random.seed(seed)
+
+
+def check_model_name(model: str, *, dataset: str, checkpoint: str | os.PathLike[str] | None) -> None:
+    """Refuse a ``model`` name that can name nothing for ``dataset`` before any loading starts.
+
+    Without a checkpoint a name is an architecture with shipped weights or a RobustBench zoo entry; a dataset
+    without a zoo (digits, mnist) then needs ``checkpoint`` and an architecture name. The message names ``--model``
+    (instead of reporting a zoo problem for a mistyped architecture).
+    """
+    import timm
+
+    import fire_plugin.models  # noqa: F401  (registers our architectures)
+    from fire_plugin.data import DATASETS
+    from fire_plugin.pretrained import AUTOATTACK_RESNET18
+
+    info = DATASETS.get(dataset)
+    if model == AUTOATTACK_RESNET18 or timm.is_model(model) or info is None or info.robustbench:
+        return
+    ours = list(fire_plugin.models.MODEL_NAMES)
+    raise ValueError(f"--model {model!r} is not an architecture, and dataset={dataset!r} has no RobustBench zoo to "
+                     f"look it up in; allowed: an architecture ({ours} or any timm.list_models() name) with "
+                     "--checkpoint")
+
+
 def _device() -> torch.device:
     from fire_plugin.engine import distributed_info
 
@@ -214,19 +247,36 @@ def train(
     ``estimator`` and ``n_probes`` apply to ``method="isometry"`` (see :func:`build_objective`).
     Returns the summary (configuration, wall time, per-epoch history, checkpoint path).
     """
-    from torch.utils.data import DataLoader
-
-    from fire_plugin.data import DATASETS, load_dataset
-    from fire_plugin.engine import IndexedDataset, ModelEMA, SelfAdaptiveTargets, distributed_info, fit, lr_scheduler
+    from fire_plugin.data import DATASETS
 
     _check_method(method)
     if dataset not in DATASETS:
         raise ValueError(f"dataset must be one of {sorted(DATASETS)}, got {dataset!r}")
     out_dir = check_output_dir(out)
+    with run_lock(out_dir, command="train"):
+        return _train_locked(out_dir, dataset=dataset, model=model, method=method, weight=weight, eps=eps,
+                             eps_step=eps_step, steps=steps, norm=norm, epochs=epochs, batch_size=batch_size, lr=lr,
+                             weight_decay=weight_decay, schedule=schedule, self_adaptive=self_adaptive,
+                             sat_warmup=sat_warmup, amp=amp, sync_bn=sync_bn, validate=validate, resume=resume,
+                             workers=workers, data_dir=data_dir, seed=seed, ema=ema, compile=compile,
+                             estimator=estimator, n_probes=n_probes, verbose=verbose)
+
+
+def _train_locked(out_dir: Path, *, dataset: str, model: str, method: str, weight: float | None, eps: float,
+                  eps_step: float | None, steps: int, norm: str, epochs: int, batch_size: int, lr: float,
+                  weight_decay: float, schedule: str, self_adaptive: bool, sat_warmup: int, amp: bool | None,
+                  sync_bn: bool, validate: bool, resume: bool, workers: int, data_dir: str | os.PathLike[str],
+                  seed: int, ema: float | None, compile: bool, estimator: str | None, n_probes: int,
+                  verbose: bool) -> dict[str, Any]:
+    from torch.utils.data import DataLoader
+
+    from fire_plugin.data import DATASETS, load_dataset
+    from fire_plugin.engine import IndexedDataset, ModelEMA, SelfAdaptiveTargets, distributed_info, fit, lr_scheduler
+
     info = DATASETS[dataset]
     weight = DEFAULT_WEIGHTS[method] if weight is None else float(weight)
     step = eps_step if eps_step is not None else 2.5 * eps / steps
-    torch.manual_seed(seed)
+    _seed_everything(seed)
     net = _create_model(model, dataset).to(_device())
     train_set: Any = load_dataset(dataset, split="train", data_dir=data_dir)
     test_set = load_dataset(dataset, split="test", data_dir=data_dir) if validate else None
@@ -255,7 +305,7 @@ def train(
     summary = {**config, "lam": weight, "seconds": time.perf_counter() - start, "history": history,
                "checkpoint": str(out_dir / "checkpoints" / "last.pt")}
     if distributed_info().is_main:
-        (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+        atomic_write_text(out_dir / "summary.json", json.dumps(summary, indent=2))
         save_history_plot(history, out_dir / "training.png")
     return summary
 
@@ -265,7 +315,8 @@ def save_history_plot(history: list[dict[str, Any]], path: Path) -> None:
     from fire_plugin.plots import plot_training_history
 
     if history:
-        plot_training_history(history).savefig(path, dpi=120)
+        with atomic_path(path) as tmp:
+            plot_training_history(history).savefig(tmp, dpi=120)
 
 
 def evaluate_checkpoint(
@@ -293,17 +344,32 @@ def evaluate_checkpoint(
     RobustBench ``model_info`` JSON. ``autoattack_attacks`` (None: standard AutoAttack) runs a subset of its
     sub-attacks with the standard settings, for quick checks (recorded as ``custom`` in the files).
     """
-    from fire_plugin.data import dataset_to_tensors, load_dataset
-    from fire_plugin.evaluation import evaluate
-    from fire_plugin.pretrained import load_pretrained
-    from fire_plugin.robustbench_io import model_info_from_result, model_info_path, write_model_info
+    from fire_plugin.robustbench_io import model_info_path
 
+    check_model_name(model, dataset=dataset, checkpoint=checkpoint)
     if model_id is not None:
         model_info_path(out, model_id, dataset=dataset, threat_model=norm)  # raises on a bad id, before any work
         if "autoattack" not in attacks:
             raise ValueError(f"model_id={model_id!r} writes a RobustBench model_info file, which needs the "
                              "AutoAttack accuracy: add 'autoattack' to the attacks")
     out_dir = check_output_dir(out)
+    with run_lock(out_dir, command="evaluate"):
+        return _evaluate_locked(out_dir, model=model, checkpoint=checkpoint, dataset=dataset, eps=eps, norm=norm,
+                                attacks=attacks, n_examples=n_examples, batch_size=batch_size,
+                                autoattack_attacks=autoattack_attacks, model_dir=model_dir, data_dir=data_dir,
+                                model_id=model_id, name=name, seed=seed, verbose=verbose)
+
+
+def _evaluate_locked(out_dir: Path, *, model: str, checkpoint: str | None, dataset: str, eps: float, norm: str,
+                     attacks: tuple[str, ...], n_examples: int | None, batch_size: int,
+                     autoattack_attacks: tuple[str, ...] | None, model_dir: str,
+                     data_dir: str, model_id: str | None, name: str | None, seed: int,
+                     verbose: bool) -> dict[str, Any]:
+    from fire_plugin.data import dataset_to_tensors, load_dataset
+    from fire_plugin.evaluation import evaluate
+    from fire_plugin.pretrained import load_pretrained
+    from fire_plugin.robustbench_io import model_info_from_result, write_model_info
+
     net = load_pretrained(model, dataset=dataset, threat_model=norm, model_dir=model_dir, checkpoint=checkpoint)
     net = net.to(_device()).eval()
     test_set = load_dataset(dataset, split="test", data_dir=data_dir)
@@ -317,7 +383,7 @@ def evaluate_checkpoint(
                       "dataset": dataset, "data_dir": str(Path(data_dir).resolve()), "n_test": n_test,
                       "norm": norm, "model_dir": str(Path(model_dir).resolve()), "model_id": model_id,
                       "batch_size": batch_size}
-    (out_dir / "eval.json").write_text(json.dumps(payload, indent=2))
+    atomic_write_text(out_dir / "eval.json", json.dumps(payload, indent=2))
     if result.autoattack_acc is not None and model_id:
         info_obj = model_info_from_result(result, dataset=dataset, name=name or model_id, architecture=model,
                                           n_test=n_test)
@@ -388,11 +454,19 @@ class EvalSpec:
 
 
 def _result_matches(path: Path, config: dict[str, Any]) -> dict[str, Any] | None:
+    """The finished result at ``path`` when it was computed with ``config``; None means compute it (again)."""
     if not path.exists():
         return None
     try:
         result = json.loads(path.read_text())
-    except (OSError, ValueError):
+    except (OSError, ValueError) as err:
+        _logger.warning("%s is unreadable (%s); computing it again from the run's checkpoints", path, err)
+        return None
+    if not isinstance(result, dict):
+        _logger.warning("%s holds no result dict; computing it again from the run's checkpoints", path)
+        return None
+    if result.get("config") == config and not (path.parent / "model.pt").exists():
+        _logger.warning("%s has no model.pt beside it; computing the result again", path)
         return None
     return result if result.get("config") == config else None
 
@@ -417,6 +491,15 @@ def run_one(
         the result dict: ``config``, ``eval`` (accuracies as fractions), ``aa_label``, ``fr_margin`` (mean and
         median over the first ``spec.margin_n`` test images), ``train_seconds``, ``history``.
     """
+    _check_method(method)
+    weight = DEFAULT_WEIGHTS[method] if weight is None else float(weight)
+    out_dir = check_output_dir(out)
+    with run_lock(out_dir, command=f"run_one {method}"):
+        return _run_one_locked(method, out_dir, weight=weight, seed=seed, recipe=recipe, spec=spec, verbose=verbose)
+
+
+def _run_one_locked(method: str, out_dir: Path, *, weight: float, seed: int, recipe: DigitsRecipe, spec: EvalSpec,
+                    verbose: bool) -> dict[str, Any]:
     import timm  # noqa: F401
     from torch.utils.data import DataLoader
 
@@ -424,9 +507,6 @@ def run_one(
     from fire_plugin.engine import fit, lr_scheduler
     from fire_plugin.evaluation import evaluate
 
-    _check_method(method)
-    weight = DEFAULT_WEIGHTS[method] if weight is None else float(weight)
-    out_dir = check_output_dir(out)
     config = json.loads(json.dumps({"method": method, "weight": weight, "seed": seed,  # tuples become lists
                                     "recipe": dataclasses.asdict(recipe), "spec": dataclasses.asdict(spec),
                                     **_isometry_config(method, None, 1)}))
@@ -434,7 +514,7 @@ def run_one(
     if done is not None:
         return done
 
-    torch.manual_seed(seed)
+    _seed_everything(seed)
     net = _create_model(recipe.model, "digits")
     train_set = load_dataset("digits", split="train")
     x_test, y_test = load_dataset("digits", split="test").tensors  # type: ignore[attr-defined]
@@ -478,8 +558,10 @@ def run_one(
                "fr_margin": margin, "train_seconds": float(sum(r["seconds"] for r in history)),
                "diverged": any(r.get("diverged") for r in history), "history": history}
     text = json.dumps(payload, indent=2)
-    (out_dir / "result.json").write_text(text)
-    torch.save(net.state_dict(), out_dir / "model.pt")
+    from fire_plugin.engine import save_checkpoint
+
+    save_checkpoint(out_dir / "model.pt", net.state_dict())  # before result.json: a finished run has both
+    atomic_write_text(out_dir / "result.json", text)
     return json.loads(text)  # the same object a later call reads back
 
 
@@ -538,11 +620,51 @@ def _run_job(job: dict[str, Any]) -> dict[str, Any]:
                    spec=job["spec"], verbose=False)
 
 
+def _run_indexed_job(item: tuple[int, dict[str, Any]]) -> tuple[int, dict[str, Any]]:
+    return item[0], _run_job(item[1])
+
+
+def _worker_start() -> None:
+    """In each worker of :func:`run_many`: end with the parent, however it ends; leave Ctrl-C to the parent.
+
+    SIGTERM raises ``SystemExit`` (locks are released, the last checkpoint stays); the parent's death sends it
+    (``PR_SET_PDEATHSIG`` on Linux, and a once-a-second check of the parent process elsewhere).
+    """
+    import signal
+    import threading
+
+    parent = os.getppid()
+
+    def stop(signum: int, frame: Any) -> None:
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent gets Ctrl-C and terminates the pool
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGTERM))  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # not Linux: the watchdog below does it
+        pass
+
+    def watch() -> None:
+        while True:
+            time.sleep(1.0)
+            if os.getppid() != parent:
+                os.kill(os.getpid(), signal.SIGTERM)
+                return
+
+    threading.Thread(target=watch, name="fire-plugin-parent-watch", daemon=True).start()
+    if os.getppid() != parent:  # the parent died before the death signal was armed
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
 def run_many(jobs: list[dict[str, Any]], workers: int, verbose: bool, desc: str = "runs") -> list[dict[str, Any]]:
     """Run independent :func:`run_one` jobs, ``workers`` processes at a time (each resumable on its own).
 
     Each job is a dict with ``method``, ``out``, ``weight``, ``seed``, ``recipe`` and ``spec``; results come back
-    in the order of ``jobs``.
+    in the order of ``jobs``. The worker processes end with this one: on an error, Ctrl-C or SIGTERM here they are
+    terminated (their last checkpoints stay, a rerun resumes), and a worker whose parent died (SIGKILL) ends too.
     """
     from tqdm.auto import tqdm
 
@@ -553,15 +675,20 @@ def run_many(jobs: list[dict[str, Any]], workers: int, verbose: bool, desc: str 
             results[i] = _run_job(job)
             bar.update()
     else:
-        import concurrent.futures
         import multiprocessing
 
         context = multiprocessing.get_context("spawn")
-        with concurrent.futures.ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
-            futures = {pool.submit(_run_job, job): i for i, job in enumerate(jobs)}
-            for future in concurrent.futures.as_completed(futures):
-                results[futures[future]] = future.result()
+        pool = context.Pool(processes=workers, initializer=_worker_start)
+        try:
+            for i, result in pool.imap_unordered(_run_indexed_job, list(enumerate(jobs))):
+                results[i] = result
                 bar.update()
+            pool.close()
+        except BaseException:
+            pool.terminate()
+            raise
+        finally:
+            pool.join()
     bar.close()
     return [r for r in results if r is not None]
 
@@ -588,14 +715,23 @@ def run_demo(
     Returns:
         the report: ``rows`` (one dict per method), ``table`` (markdown), ``files`` and ``wall_seconds``.
     """
+    out_dir = check_output_dir(out)
+    with run_lock(out_dir, command="demo"):
+        return _run_demo_locked(out_dir, recipe=recipe, spec=spec, methods=methods, tradeoff_lams=tradeoff_lams,
+                                seed=seed, workers=workers, verbose=verbose)
+
+
+def _run_demo_locked(out_dir: Path, *, recipe: DigitsRecipe, spec: EvalSpec,
+                     methods: tuple[tuple[str, str, float | None], ...], tradeoff_lams: tuple[float, ...], seed: int,
+                     workers: int | None, verbose: bool) -> dict[str, Any]:
     import csv
 
     from fire_plugin.evaluation import EvalResult
     from fire_plugin.plots import plot_robustness_scatter, plot_training_curves, plot_weight_tradeoff
     from fire_plugin.robustbench_io import DEMO_VENUE, model_info_from_result, write_model_info
+    from fire_plugin.runfolder import write_environment
 
     start = time.perf_counter()
-    out_dir = check_output_dir(out)
     workers = workers if workers is not None else min(2, os.cpu_count() or 1)
     jobs: list[dict[str, Any]] = []
     for label, method, weight in methods:
@@ -611,7 +747,8 @@ def run_demo(
     config = {"recipe": dataclasses.asdict(recipe), "spec": dataclasses.asdict(spec), "seed": seed,
               "methods": [[label, method, weight] for label, method, weight in methods],
               "tradeoff_lams": list(tradeoff_lams), "torch_threads_per_run": 1, "workers": workers}
-    (out_dir / "config.json").write_text(json.dumps(config, indent=2))
+    atomic_write_text(out_dir / "config.json", json.dumps(config, indent=2))
+    write_environment(out_dir, torch_threads_per_run=1, workers=workers)
     results = run_many(jobs, workers, verbose, desc="demo runs")
 
     rows: list[dict[str, Any]] = []
@@ -642,7 +779,7 @@ def run_demo(
 
     columns = ["label", "method", "weight", "clean", "pgd", "frpgd", "aa", "avg", "aa_label", "aa_standard_subset",
                "aa_standard_n", "fr_margin", "train_seconds", "diverged", "n_eval"]
-    with open(out_dir / "demo_table.csv", "w", newline="") as handle:
+    with atomic_path(out_dir / "demo_table.csv") as tmp, open(tmp, "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=columns)
         writer.writeheader()
         writer.writerows(rows)
@@ -660,13 +797,14 @@ def run_demo(
         "fire_tradeoff": plot_weight_tradeoff(fire_rows, references=references),
     }
     for name, fig in figures.items():
-        fig.savefig(out_dir / f"{name}.png", dpi=120)
+        with atomic_path(out_dir / f"{name}.png") as tmp:
+            fig.savefig(tmp, dpi=120)
         files[name] = str(out_dir / f"{name}.png")
 
     table = _markdown_table(rows)
     report = {"rows": rows, "tradeoff": fire_rows, "table": table, "files": files, "config": config,
               "wall_seconds": time.perf_counter() - start}
-    (out_dir / "demo_report.json").write_text(json.dumps(report, indent=2))
+    atomic_write_text(out_dir / "demo_report.json", json.dumps(report, indent=2))
     return report
 
 

@@ -293,6 +293,10 @@ def _check_consistency(cfg: dict[str, Any], name: str) -> None:
     if cfg["eta_min"] > cfg["eta_max"]:
         raise ValueError(f"preset {name!r}: eta_min={cfg['eta_min']!r} > eta_max={cfg['eta_max']!r}; "
                          "allowed: eta_min <= eta_max")
+    if cfg["extra_data"] is not None and cfg["extra_fraction"] == 0:
+        raise ValueError(f"preset {name!r}: extra_data={cfg['extra_data']!r} is given but extra_fraction=0, so it "
+                         "would not be used; allowed: extra_fraction > 0 with extra_data (e.g. --set "
+                         "extra_fraction=0.7), or no extra_data")
     if cfg["select_best"] and cfg["val_size"] == 0:
         raise ValueError(f"preset {name!r}: select_best=true needs a validation split, got val_size=0; allowed: "
                          "val_size >= 1, or select_best=false")
@@ -502,7 +506,9 @@ def _model_id(name: str, cfg: dict[str, Any] | None = None) -> str:
 
 
 def _write_csv(path: Path, row: dict[str, Any]) -> None:
-    with path.open("w", newline="", encoding="utf-8") as handle:
+    from fire_plugin.runfolder import atomic_path
+
+    with atomic_path(path) as tmp, tmp.open("w", newline="", encoding="utf-8") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(row))
         writer.writeheader()
         writer.writerow(row)
@@ -551,13 +557,24 @@ def run_preset(
         FileNotFoundError: the extra data file does not exist.
         fire_plugin.data.DatasetNotFoundError: the dataset is not under ``data_dir`` and cannot be downloaded.
     """
+    from fire_plugin.runfolder import run_lock
+
+    load_preset(name, overrides=overrides)  # a bad name or value is reported before the folder is created
+    with run_lock(out, command=f"train --preset {name}"):  # rank 0 only, under torchrun
+        return _run_preset_locked(name, overrides=overrides, out=out, smoke=smoke, tiny=tiny, resume=resume,
+                                  keep_checkpoints=keep_checkpoints, verbose=verbose)
+
+
+def _run_preset_locked(name: str, *, overrides: Sequence[str] | dict[str, Any], out: str | Path, smoke: bool,
+                       tiny: bool, resume: bool, keep_checkpoints: bool | None, verbose: bool) -> dict[str, Any]:
     import torch
     from torch.utils.data import DataLoader
 
-    from fire_plugin.data import DATASETS, dataset_to_tensors, load_dataset, mixed_loader
+    from fire_plugin.data import DATASETS, dataset_to_tensors, epoch_loader, load_dataset, mixed_loader
     from fire_plugin.engine import ModelEMA, distributed_info, fit, load_checkpoint, lr_scheduler
     from fire_plugin.evaluation import evaluate
     from fire_plugin.robustbench_io import PRESET_VENUE, model_info_from_result, write_model_info
+    from fire_plugin.runfolder import atomic_write_text
 
     wall_start = time.perf_counter()
     cfg = load_preset(name, overrides=overrides)
@@ -575,8 +592,13 @@ def run_preset(
         del compared["n_train"]
     keep = (not smoke) if keep_checkpoints is None else bool(keep_checkpoints)
     checkpoint_dir = out / ("checkpoints" if keep else ".smoke-checkpoints")
+    saved: Any = None
     if resume and results_path.exists():
-        saved = json.loads(results_path.read_text(encoding="utf-8"))
+        try:
+            saved = json.loads(results_path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as err:  # torn or damaged: the checkpoints still hold the run
+            _logger.warning("%s is unreadable (%s); evaluating the run's checkpoint again", results_path, err)
+    if isinstance(saved, dict):
         if {k: v for k, v in saved.get("config", {}).items() if k not in RUNTIME_KEYS} == {
                 k: v for k, v in cfg.items() if k not in RUNTIME_KEYS} and saved.get("smoke") == smoke \
                 and saved.get("tiny", False) == (smoke and tiny):
@@ -624,11 +646,10 @@ def run_preset(
             np.savez(extra, image=gen.integers(0, 256, size=size, dtype=np.uint8),
                      label=gen.integers(0, data_info.num_classes, size=8))
         loader = mixed_loader(train_set, extra, batch_size=batch_size, extra_fraction=cfg["extra_fraction"],
-                              seed=cfg["seed"], transform=transform, **workers)
-    else:
-        images: Any = _Augmented(train_set, transform) if transform else train_set
-        loader = DataLoader(images, batch_size=batch_size, shuffle=True, drop_last=True,
-                            persistent_workers=cfg["workers"] > 0, **workers)
+                              seed=cfg["seed"], transform=transform, num_classes=data_info.num_classes, **workers)
+    else:  # order and augmentation drawn from (seed, epoch): resumes bit for bit, whatever the workers
+        loader = epoch_loader(train_set, batch_size=batch_size, seed=cfg["seed"], drop_last=True, transform=transform,
+                              **workers)
     val_loader = (DataLoader(val_set, batch_size=cfg["eval_batch_size"], shuffle=False, **workers)
                   if val_set is not None else None)
 
@@ -653,7 +674,7 @@ def run_preset(
     if info.is_main:
         out.mkdir(parents=True, exist_ok=True)
         if not (out / "config.json").exists():
-            (out / "config.json").write_text(json.dumps({"preset": name, "smoke": smoke, **cfg}, indent=2))
+            atomic_write_text(out / "config.json", json.dumps({"preset": name, "smoke": smoke, **cfg}, indent=2))
     train_start = time.perf_counter()
     history = fit(
         model, loader, epochs=cfg["epochs"], objective=objective, optimizer=optimizer, scheduler=scheduler,
@@ -717,8 +738,8 @@ def run_preset(
            "weights": weights, "train_seconds": round(total_train, 3), "eval_seconds": round(eval_seconds, 3),
            "smoke": smoke}
     _write_csv(out / "results.csv", row)
-    (out / "config.json").write_text(json.dumps({"preset": name, "smoke": smoke, **cfg}, indent=2))
-    results_path.write_text(json.dumps(results, indent=2))
+    atomic_write_text(out / "config.json", json.dumps({"preset": name, "smoke": smoke, **cfg}, indent=2))
+    atomic_write_text(results_path, json.dumps(results, indent=2))
     if not keep:
         shutil.rmtree(checkpoint_dir, ignore_errors=True)
         _logger.info("smoke run: checkpoints not kept (keep_checkpoints=True / --keep-checkpoints keeps them)")

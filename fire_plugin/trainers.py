@@ -166,6 +166,8 @@ class EngineTrainer(Trainer):
     def _loader(self, x: np.ndarray, y: np.ndarray, batch_size: int, *, shuffle: bool, index: bool,
                 drop_last: bool = False, name: str = "x") -> DataLoader:
         xt = self._to_unit(x, name)
+        if xt.shape[0] == 0:
+            raise ValueError(f"{name} holds no samples (shape {tuple(xt.shape)}); pass at least one image")
         dataset: Any = TensorDataset(xt, self._to_labels(y, xt.shape[0], "y" if name == "x" else f"{name} labels"))
         if index:
             dataset = IndexedDataset(dataset)

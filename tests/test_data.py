@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 from sklearn.datasets import load_digits
+from torch.utils.data import TensorDataset
 
 from fire_plugin.data import DATASETS, CorruptDatasetError, DatasetNotFoundError, dataset_to_tensors, load_dataset
 
@@ -198,3 +199,105 @@ def test_data_dir_may_contain_dotdot(tmp_path):
     _mnist_dir(tmp_path / "data")
     ds = load_dataset("mnist", split="test", data_dir=tmp_path / "data" / ".." / "data", download=False)
     assert len(ds) == 3
+
+
+# ----------------------------------------------------------------------------------------------- mixed / epoch loaders
+
+
+def _sets(n_orig=12, n_more=20, shape=(1, 4, 4)):
+    orig = TensorDataset(torch.rand(n_orig, *shape), torch.zeros(n_orig, dtype=torch.long))
+    more = TensorDataset(torch.rand(n_more, *shape), torch.ones(n_more, dtype=torch.long))
+    return orig, more
+
+
+def test_mixed_loader_refuses_batches_without_original_or_without_extra_images():
+    """round(batch_size * extra_fraction) gave 0 original (or 0 extra) images per batch, silently."""
+    from fire_plugin.data import mixed_loader
+
+    orig, more = _sets()
+    with pytest.raises(ValueError, match=r"batch_size=10 with extra_fraction=0\.99 gives 0 original images"):
+        mixed_loader(orig, more, batch_size=10, extra_fraction=0.99)
+    with pytest.raises(ValueError, match=r"batch_size=10 with extra_fraction=0\.04 gives 0 extra images"):
+        mixed_loader(orig, more, batch_size=10, extra_fraction=0.04)
+    x, y = next(iter(mixed_loader(orig, more, batch_size=10, extra_fraction=0.9)))  # 1 original, 9 extra: fine
+    assert int((y == 0).sum()) == 1 and len(y) == 10
+
+
+def test_mixed_loader_refuses_extra_labels_outside_the_classes(tmp_path):
+    """-100 was ignored by cross-entropy without a word; 10 crashed at the first batch."""
+    from fire_plugin.data import mixed_loader
+
+    orig, _ = _sets(shape=(3, 4, 4))
+    images = np.zeros((6, 4, 4, 3), dtype=np.uint8)
+    for bad in (-100, 10):
+        path = tmp_path / f"labels{bad}.npz"
+        np.savez(path, image=images, label=np.array([0, 1, 2, 3, 4, bad]))
+        with pytest.raises(ValueError, match=rf"labels{bad}\.npz.*key 'label'.*labels in \[{min(bad, 0)}, "
+                                             rf"{max(bad, 4)}\].*\[0, 10\)"):
+            mixed_loader(orig, path, batch_size=4, extra_fraction=0.5, num_classes=10)
+    with pytest.raises(ValueError, match=r"holds labels in \[-1, 1\]"):  # without num_classes: still >= 0
+        mixed_loader(orig, TensorDataset(torch.rand(4, 3, 4, 4), torch.tensor([0, 1, -1, 0])), batch_size=4)
+
+
+def test_mixed_loader_names_an_npy_and_a_random_bytes_file(tmp_path):
+    from fire_plugin.data import mixed_loader
+
+    orig, _ = _sets(shape=(3, 4, 4))
+    np.save(tmp_path / "images.npy", np.zeros((6, 4, 4, 3), dtype=np.uint8))
+    with pytest.raises(ValueError, match=r"images\.npy' is a single \.npy array, not an \.npz archive"):
+        mixed_loader(orig, tmp_path / "images.npy", batch_size=4)
+    (tmp_path / "noise.npz").write_bytes(np.random.default_rng(0).bytes(1000))
+    with pytest.raises(ValueError, match=r"noise\.npz' is not a readable \.npz archive"):
+        mixed_loader(orig, tmp_path / "noise.npz", batch_size=4)
+
+
+def test_mixed_loader_refuses_extra_images_of_another_shape():
+    """Another shape crashed at the first batch in torch.stack, naming neither argument."""
+    from fire_plugin.data import mixed_loader
+
+    orig, _ = _sets()
+    _, more = _sets(shape=(1, 5, 5))
+    with pytest.raises(ValueError, match=r"extra images have shape \(1, 5, 5\), the original ones \(1, 4, 4\)"):
+        mixed_loader(orig, more, batch_size=4)
+
+
+@pytest.mark.parametrize("seed", [0.5, -1, True, "0"])
+def test_loaders_refuse_a_seed_that_is_not_an_int(seed):
+    """mixed_loader(seed=0.5) trained with seed 0."""
+    from fire_plugin.data import epoch_loader, mixed_loader
+
+    orig, more = _sets()
+    with pytest.raises(ValueError, match=r"seed=.* is not allowed; allowed: an int >= 0"):
+        mixed_loader(orig, more, batch_size=4, seed=seed)
+    with pytest.raises(ValueError, match=r"seed=.* is not allowed"):
+        epoch_loader(orig, batch_size=4, seed=seed)
+
+
+def test_epoch_loader_batches_and_augmentation_depend_only_on_seed_and_epoch():
+    """What makes presets resume exactly, also with persistent workers: no global RNG, no worker RNG involved."""
+    from fire_plugin.data import epoch_loader
+
+    orig, _ = _sets(n_orig=10)
+
+    def noisy(x):  # a random augmentation drawing from torch's global generator, as random_crop_flip does
+        return x + torch.rand(())
+
+    def epoch(seed, e, shard=None):
+        loader = epoch_loader(orig, batch_size=3, seed=seed, drop_last=True, transform=noisy)
+        sampler = loader.batch_sampler if shard is None else loader.batch_sampler.shard(*shard)
+        sampler.set_epoch(e)
+        return [x for x, _ in torch.utils.data.DataLoader(loader.dataset, batch_sampler=sampler,
+                                                          generator=loader.generator)]
+
+    torch.manual_seed(0)
+    a = epoch(1, 2)
+    torch.manual_seed(123)  # the global RNG plays no part, and is left as it was
+    state = torch.get_rng_state()
+    b = epoch(1, 2)
+    assert torch.equal(torch.get_rng_state(), state)
+    assert len(a) == 3 and all(torch.equal(u, v) for u, v in zip(a, b, strict=True))  # 10 // 3 batches
+    assert not torch.equal(torch.cat(epoch(1, 3)), torch.cat(a)) and not torch.equal(torch.cat(epoch(2, 2)),
+                                                                                  torch.cat(a))
+    ranks = [epoch(1, 2, (3, r)) for r in range(3)]  # one batch per rank, the same images as in one process
+    assert sorted(torch.cat([torch.cat(r) for r in ranks]).flatten().tolist()) == sorted(
+        torch.cat(a).flatten().tolist())

@@ -545,3 +545,65 @@ def test_compile_with_inductor_on_cpu(digits_train):
         results.append(model)
     for a, b in zip(results[0].parameters(), results[1].parameters(), strict=True):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+# ----------------------------------------------------------------------------------------------- refused inputs
+
+
+def test_model_ema_refuses_what_it_silently_took():
+    from fire_plugin.engine import ModelEMA
+
+    model = torch.nn.Linear(2, 2)
+    with pytest.raises(ValueError, match=r"warmup='no' is not allowed; allowed: True or False"):
+        ModelEMA(model, warmup="no")  # was bool("no") = True
+    with pytest.raises(ValueError, match=r"model must be the torch.nn.Module to average, got NoneType"):
+        ModelEMA(None)  # was AttributeError: 'NoneType' object has no attribute 'eval'
+    ema = ModelEMA(model)
+    with pytest.raises(ValueError, match=r"an EMA state needs the keys \['module', 'updates', 'decay', 'warmup'\]"):
+        ema.load_state_dict({})  # was KeyError: 'decay'
+    state = ema.state_dict()
+    with pytest.raises(ValueError, match=r"'updates' must be an int >= 0.*got -5"):
+        ema.load_state_dict({**state, "updates": -5})  # was a negative decay (1 - 5) / (10 - 5) = -0.8
+    ema.load_state_dict(state)
+    assert 0 < ema.current_decay() < 1
+
+
+def test_fit_refuses_an_ema_of_another_model():
+    from fire_plugin.engine import CrossEntropyObjective, ModelEMA
+
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10))
+    loader = DataLoader(TensorDataset(torch.rand(8, 1, 8, 8), torch.randint(0, 10, (8,))), batch_size=4)
+    other = ModelEMA(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 3)))
+    with pytest.raises(ValueError, match=r"ema is a ModelEMA of another model .*ema=ModelEMA\(model\)"):
+        fit(model, loader, epochs=1, objective=CrossEntropyObjective(), verbose=False, ema=other,
+            optimizer=torch.optim.SGD(model.parameters(), lr=0.1))
+
+
+def test_fit_refuses_a_loader_without_batches():
+    """An empty dataset trained nothing and reported loss 0, accuracy 0."""
+    from fire_plugin.engine import CrossEntropyObjective
+
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10))
+    empty = DataLoader(TensorDataset(torch.rand(0, 1, 8, 8), torch.zeros(0, dtype=torch.long)), batch_size=4)
+    with pytest.raises(ValueError, match=r"yielded no batch in epoch 1"):
+        fit(model, empty, epochs=1, objective=CrossEntropyObjective(), verbose=False,
+            optimizer=torch.optim.SGD(model.parameters(), lr=0.1))
+
+
+class _Hostile:
+    def __reduce__(self):
+        return (os.system, ("true",))
+
+
+def test_a_hostile_pickle_is_named_as_code_and_unsafe_loading_is_never_advised(tmp_path):
+    """torch 2.14 writes 'Unsupported GLOBAL'; the file was called corrupt, with torch's weights_only=False advice."""
+    torch.save({"x": _Hostile()}, tmp_path / "hostile.pt")
+    with pytest.raises(ValueError, match=r"loading it could run code") as info:
+        load_checkpoint(tmp_path / "hostile.pt")
+    assert "weights_only" not in str(info.value) and "posix.system" in str(info.value)
+    (tmp_path / "junk.pt").write_bytes(bytes(range(256)) * 4)
+    with pytest.raises(ValueError, match=r"junk\.pt' is corrupt") as info:
+        load_checkpoint(tmp_path / "junk.pt")
+    assert "weights_only" not in str(info.value)
+    with pytest.raises(ValueError, match=r"^inputs file .*junk\.pt' is corrupt"):
+        load_checkpoint(tmp_path / "junk.pt", what="inputs file")

@@ -85,5 +85,7 @@ def test_demo_end_to_end_reduced(tmp_path):
             validate_model_info(info)
             assert info.dataset == "digits" and "APGD-CE" in (info.footnote or "")
     assert json.loads((out / "config.json").read_text())["recipe"]["epochs"] == 1
+    env = json.loads((out / "environment.json").read_text())  # the machine the numbers came from
+    assert env["aten_cpu_capability"] == torch.backends.cpu.get_cpu_capability() and env["torch_threads_per_run"] == 1
     assert "| FIRE | 3 |" in report["table"]
     assert len(report["tradeoff"]) == 2  # lam = 3 of the table and lam = 1

@@ -30,6 +30,7 @@ import importlib.util
 import json
 import logging
 import math
+import os
 import platform
 import sys
 import time
@@ -151,6 +152,17 @@ def run_all(quick: bool = False, *, names: Sequence[str] | None = None,
     return rows
 
 
+def check_json_path(path: Path) -> None:
+    """``--json PATH`` must be a writable file path (checked before the suite runs, not after it)."""
+    if path.is_dir():
+        raise ValueError(f"--json {str(path)!r} is a folder; pass a file path such as {str(path / 'perf.json')!r}")
+    parent = path.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir() or not os.access(parent, os.W_OK):
+        raise ValueError(f"--json {str(path)!r} cannot be written ({str(parent)!r} is not a writable folder)")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the suite, print the table, optionally save JSON. Exit code 1 if a benchmark failed (or, with
     ``--strict``, if a target is missed), else 0."""
@@ -162,6 +174,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--strict", action="store_true", help="exit code 1 when a target is missed")
     parser.add_argument("--bench-dir", type=Path, default=BENCH_DIR, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    unknown = [name for name in args.only or [] if name not in discover(args.bench_dir)]
+    if unknown:
+        parser.error(f"--only {unknown[0]!r} is not a benchmark; allowed: {discover(args.bench_dir)}")
+    if args.json is not None:
+        try:
+            check_json_path(args.json)
+        except ValueError as err:
+            parser.error(str(err))
     if not _logger.handlers:  # progress of the runner only; the benchmarks' own logging stays as configured
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter("%(message)s"))
@@ -193,8 +213,12 @@ def main(argv: Sequence[str] | None = None) -> int:
           + (f"; failed benchmarks: {failed}" if failed else ""))
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n", encoding="utf-8")
-        print(f"saved {args.json}")
+        from fire_plugin.runfolder import atomic_write_text, environment_info, write_environment
+
+        meta["environment"] = environment_info()
+        atomic_write_text(args.json, json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
+        write_environment(args.json.parent)
+        print(f"saved {args.json} (and {args.json.parent / 'environment.json'})")
     return 1 if failed or (args.strict and missed) else 0
 
 
