@@ -203,7 +203,8 @@ def _train_preset(args: argparse.Namespace) -> int:
                      " ".join(f"--set {item}" for item in sets))
     out = args.out if args.out is not None else str(Path("runs") / args.preset)
     result = run_preset(args.preset, overrides=[*args.overrides, *sets], out=out, smoke=args.smoke,
-                        keep_checkpoints=args.keep_checkpoints, resume=not args.no_resume, verbose=not args.quiet)
+                        keep_checkpoints=True if args.keep_checkpoints else None,  # None: kept unless --smoke
+                        resume=not args.no_resume, verbose=not args.quiet)
     print(json.dumps({k: v for k, v in result.items() if k != "history"}, indent=2, default=str))
     return 0
 
