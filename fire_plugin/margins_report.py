@@ -544,7 +544,7 @@ def load_inputs(path: str | os.PathLike[str]) -> tuple[torch.Tensor, torch.Tenso
     if not Path(path).is_file():
         raise FileNotFoundError(f"{where} does not exist (or is not a file); pass a .pt file of (images, labels)")
     try:
-        obj: Any = load_checkpoint(Path(path))
+        obj: Any = load_checkpoint(Path(path), what="inputs file")
     except (ValueError, OSError, RuntimeError) as err:
         text = " ".join(str(err).split())
         raise ValueError(f"{where} cannot be read as a PyTorch file of tensors ({text[:200]})") from None
