@@ -34,7 +34,7 @@ from fire_plugin.data import DATASETS, load_dataset
 from fire_plugin.engine import AdversarialObjective, CrossEntropyObjective, fit, lr_scheduler
 from fire_plugin.losses import FIRELoss
 from fire_plugin.margins import arc_margins
-from fire_plugin.margins_report import CLASS_NAMES, margin_inputs, run_margins
+from fire_plugin.margins.report import CLASS_NAMES, margin_inputs, run_margins
 from fire_plugin.plots import plot_class_margins, plot_margin_histograms
 from fire_plugin.pretrained import load_pretrained
 

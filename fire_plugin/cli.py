@@ -268,7 +268,7 @@ def _demo(args: argparse.Namespace) -> int:
 
 def _margins(args: argparse.Namespace) -> int:
     from fire_plugin.experiments import check_model_name
-    from fire_plugin.margins_report import margins_from_names
+    from fire_plugin.margins.report import margins_from_names
     from fire_plugin.runfolder import run_lock
 
     extra: dict[str, Any] = ({"steps": args.steps, "dampings": args.dampings} if args.convergence

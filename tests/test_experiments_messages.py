@@ -41,7 +41,7 @@ def test_an_unknown_model_is_named_as_the_model_not_as_a_zoo_problem(tmp_path, c
 
 def test_inputs_problems_name_the_inputs_file(tmp_path):
     """Was: "checkpoint 'x.pt' is corrupt" for the file given to --inputs."""
-    from fire_plugin.margins_report import load_inputs
+    from fire_plugin.margins.report import load_inputs
 
     (tmp_path / "x.pt").write_bytes(b"\x80\x02not a torch file")
     with pytest.raises(ValueError, match=r"^inputs file .*x\.pt'") as info:

@@ -1,4 +1,4 @@
-"""Tests of fire_plugin.margins (Fisher-Rao margin tracing, class shielding) and fire_plugin.margins_report."""
+"""Tests of fire_plugin.margins (Fisher-Rao margin tracing, class shielding) and fire_plugin.margins.report."""
 
 from __future__ import annotations
 
@@ -345,7 +345,7 @@ def test_evaluate_fr_margin_entry(digits_model, digits_trace):
 
 
 def test_run_margins_digits(digits_model, digits_test, tmp_path):
-    from fire_plugin.margins_report import CLASS_NAMES, run_margins
+    from fire_plugin.margins.report import CLASS_NAMES, run_margins
 
     x, y = digits_test
     out = run_margins(digits_model, x, y, tmp_path / "digits", class_names=CLASS_NAMES["digits"], n_inputs=6,
@@ -365,7 +365,7 @@ def test_run_margins_digits(digits_model, digits_test, tmp_path):
 
 
 def test_run_margins_pretrained_resnet18(tmp_path):
-    from fire_plugin.margins_report import margins_from_names
+    from fire_plugin.margins.report import margins_from_names
 
     out = margins_from_names("autoattack-resnet18", dataset="cifar10", n_inputs=2, synthetic="always",
                              out_dir=tmp_path, verbose=False, targets=[0], max_steps=2)

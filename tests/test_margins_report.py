@@ -1,4 +1,4 @@
-"""The margins pipeline (fire_plugin.margins_report) and the ``fire-plugin margins`` command: resume after an
+"""The margins pipeline (fire_plugin.margins.report) and the ``fire-plugin margins`` command: resume after an
 interruption, what the outputs say, the figures, and the command line's refusals."""
 
 from __future__ import annotations
@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-import fire_plugin.margins_report as margins_report
+import fire_plugin.margins.report as margins_report
 from fire_plugin.cli import build_parser, main
 from fire_plugin.margins import MarginResult, shielding_report
-from fire_plugin.margins_report import run_margins
+from fire_plugin.margins.report import run_margins
 from fire_plugin.plots import plot_class_margins, plot_margin_histograms
 
 TRACE = {"targets": [0, 1], "max_steps": 40, "batch_size": 3}  # chunks of 3 // 2 = 1 input

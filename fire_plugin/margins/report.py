@@ -35,15 +35,10 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from fire_plugin.data import DATASETS, dataset_to_tensors, load_dataset
-from fire_plugin.margins import (
-    _COLUMNS,
-    MarginResult,
-    ShieldingReport,
-    convergence_study,
-    half_step_check,
-    shielding_report,
-    trace_margins,
-)
+from fire_plugin.margins.convergence import convergence_study, half_step_check
+from fire_plugin.margins.results import _COLUMNS, MarginResult
+from fire_plugin.margins.shielding import ShieldingReport, shielding_report
+from fire_plugin.margins.trace import trace_margins
 from fire_plugin.plots import plot_class_margins, plot_margin_histograms, plot_path_matrix
 from fire_plugin.pretrained import load_pretrained
 
