@@ -44,7 +44,9 @@ _LAZY: dict[str, str] = {
                     "isometry"),
     **dict.fromkeys(("ACELoss", "DivergenceRegularizedLoss", "FIRELoss", "HellingerLoss", "MARTLoss", "TRADESLoss"),
                     "losses"),
-    **dict.fromkeys(("MarginResult", "fr_margin", "shielding_report", "trace_margins"), "margins"),
+    "MarginResult": "margins.results",
+    **dict.fromkeys(("fr_margin", "trace_margins"), "margins.trace"),
+    "shielding_report": "margins.shielding",
     "MODEL_NAMES": "models",
     "load_pretrained": "pretrained",
     **dict.fromkeys(("ModelInfo", "read_model_info", "write_model_info"), "robustbench_io"),
@@ -137,7 +139,9 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time __getattr__ lo
     from fire_plugin.gaussian import GaussianModel, paper_setting
     from fire_plugin.isometry import PartialIsometryObjective, delta_m, isometry_jacobian, partial_isometry_penalty
     from fire_plugin.losses import ACELoss, DivergenceRegularizedLoss, FIRELoss, HellingerLoss, MARTLoss, TRADESLoss
-    from fire_plugin.margins import MarginResult, fr_margin, shielding_report, trace_margins
+    from fire_plugin.margins.results import MarginResult
+    from fire_plugin.margins.shielding import shielding_report
+    from fire_plugin.margins.trace import fr_margin, trace_margins
     from fire_plugin.models import MODEL_NAMES
     from fire_plugin.pretrained import load_pretrained
     from fire_plugin.robustbench_io import ModelInfo, read_model_info, write_model_info

@@ -289,15 +289,7 @@ def run_margins(
         raise ValueError("x is empty; allowed: at least one input")
     if class_names is not None and len(class_names) == 0:
         raise ValueError("class_names is empty; allowed: one name per class")
-    batch_size = int(trace_kw.get("batch_size", 256))
-    targets = trace_kw.get("targets")
-    if isinstance(targets, torch.Tensor) and targets.dim() == 2:
-        per_input = targets.shape[1]
-    elif targets is not None and not isinstance(targets, str | bytes):
-        per_input = max(1, len(targets))
-    else:
-        per_input = _num_classes(model, torch.as_tensor(x[:1])) - 1
-    chunk = max(1, batch_size // per_input)
+    per_input, chunk = _chunking(model, x, trace_kw)
     settings = {k: (v.tolist() if isinstance(v, torch.Tensor) else v) for k, v in trace_kw.items()}
     settings |= {"chunk": chunk, "n_inputs": len(x)}
     files = {
@@ -323,22 +315,8 @@ def run_margins(
     )
     start = time.perf_counter()
     bar = tqdm(total=len(x) * per_input, desc="FR margin paths", unit="path", disable=not verbose)
-    chunks = list(done)
     try:
-        bar.update(sum(len(c) for c in done))
-        for number in range(len(done), n_chunks):
-            lo = number * chunk
-            t0 = time.perf_counter()
-            part = trace_margins(model, xt[lo : lo + chunk], yt[lo : lo + chunk], check_convergence=False,
-                                 progress=bar.update, verbose=False, **trace_kw)
-            bar.update(int((part.status == "misclassified").sum()))
-            _append_line(files["progress"], {"chunk": number, "result": part.to_dict()})
-            chunks.append(part)
-            if number == len(done) and n_chunks - number > 1:
-                elapsed = time.perf_counter() - t0
-                _logger.info("chunk %d of %d (%d paths) took %.1f s: about %.0f s for the %d chunks left",
-                             number + 1, n_chunks, len(part), elapsed, elapsed * (n_chunks - number - 1),
-                             n_chunks - number - 1)
+        chunks = _trace_chunks(model, xt, yt, done, chunk, files["progress"], bar, trace_kw)
     finally:
         bar.close()
     result = _concat(chunks, [i * chunk for i in range(n_chunks)], len(x))
@@ -348,6 +326,54 @@ def run_margins(
     seconds = time.perf_counter() - start
     report: ShieldingReport = shielding_report(result, class_names)
     summary = _summary(result, seconds)
+    _write_outputs(out, files, result, report, summary, inputs_note)
+    _logger.info("margins of %d inputs written to %s: %s", result.n_inputs, out, summary)
+    return {"result": result, "report": report, "summary": summary, "files": {k: str(v) for k, v in files.items()}}
+
+
+def _chunking(model: nn.Module, x: torch.Tensor, trace_kw: dict[str, Any]) -> tuple[int, int]:
+    """``(paths per input, inputs per chunk)``: a chunk holds about ``batch_size`` paths."""
+    batch_size = int(trace_kw.get("batch_size", 256))
+    targets = trace_kw.get("targets")
+    if isinstance(targets, torch.Tensor) and targets.dim() == 2:
+        per_input = targets.shape[1]
+    elif targets is not None and not isinstance(targets, str | bytes):
+        per_input = max(1, len(targets))
+    else:
+        per_input = _num_classes(model, torch.as_tensor(x[:1])) - 1
+    return per_input, max(1, batch_size // per_input)
+
+
+def _trace_chunks(
+    model: nn.Module, xt: torch.Tensor, yt: torch.Tensor, done: list[MarginResult], chunk: int, progress_file: Path,
+    bar: Any, trace_kw: dict[str, Any],
+) -> list[MarginResult]:
+    """The finished chunks ``done`` followed by the missing ones, each traced and appended to ``progress_file`` as
+    it finishes."""
+    n_chunks = math.ceil(len(xt) / chunk)
+    chunks = list(done)
+    bar.update(sum(len(c) for c in done))
+    for number in range(len(done), n_chunks):
+        lo = number * chunk
+        t0 = time.perf_counter()
+        part = trace_margins(model, xt[lo : lo + chunk], yt[lo : lo + chunk], check_convergence=False,
+                             progress=bar.update, verbose=False, **trace_kw)
+        bar.update(int((part.status == "misclassified").sum()))
+        _append_line(progress_file, {"chunk": number, "result": part.to_dict()})
+        chunks.append(part)
+        if number == len(done) and n_chunks - number > 1:
+            elapsed = time.perf_counter() - t0
+            _logger.info("chunk %d of %d (%d paths) took %.1f s: about %.0f s for the %d chunks left",
+                         number + 1, n_chunks, len(part), elapsed, elapsed * (n_chunks - number - 1),
+                         n_chunks - number - 1)
+    return chunks
+
+
+def _write_outputs(
+    out: Path, files: dict[str, Path], result: MarginResult, report: ShieldingReport, summary: dict[str, Any],
+    inputs_note: str | None,
+) -> None:
+    """``margins.csv``, ``margins.json``, ``shielding.md`` and the three figures (synthetic inputs named so)."""
     synthetic = bool(inputs_note and inputs_note.startswith("SYNTHETIC"))
     csv_text = result.to_csv(out / ".margins.csv.tmp").read_text()
     (out / ".margins.csv.tmp").unlink()
@@ -361,8 +387,6 @@ def run_margins(
     plot_path_matrix(report).savefig(files["path_matrix"], dpi=120)
     plot_class_margins(report, note=title).savefig(files["class_margins"], dpi=120)
     plot_margin_histograms(result, note=title).savefig(files["margin_histograms"], dpi=120)
-    _logger.info("margins of %d inputs written to %s: %s", result.n_inputs, out, summary)
-    return {"result": result, "report": report, "summary": summary, "files": {k: str(v) for k, v in files.items()}}
 
 
 def _load_model(model: str, dataset: str, checkpoint: Any, model_dir: Any) -> nn.Module:

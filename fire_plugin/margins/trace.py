@@ -5,7 +5,6 @@ See :mod:`fire_plugin.margins` for the algorithm, the sign of the step and the t
 
 from __future__ import annotations
 
-import functools
 import logging
 import math
 import time
@@ -14,12 +13,9 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.func import vjp
 from tqdm.auto import tqdm
 
-from fire_plugin.distances import fisher_rao
 from fire_plugin.margins.metric import (
     _SOLVE,
     _check_positive,
@@ -34,19 +30,13 @@ from fire_plugin.margins.results import (
     DEFAULT_DAMPING,
     DEFAULT_STEP,
     MODES,
-    STATUSES,
     MarginResult,
     _compare_half_step,
 )
+from fire_plugin.margins.stepping import _Outputs, _Plan, _Tracer
 
 _logger = logging.getLogger(__name__)
 
-_BISECT_TOL = 0.01  # the crossing is located within this fraction of a step
-_BISECT_ITERS = math.ceil(math.log2(1.0 / _BISECT_TOL))  # 7 halvings: 1/128 < 0.01
-_MAX_STEP_RATIO = 2.0  # a step moving the prediction farther than 2 * step (FR distance) is shortened
-_SHORTEN_ITERS = 12  # bisection on the step fraction: to 1/4096 of the step
-_STALL_PATIENCE = 5  # consecutive steps without a decrease of L_k
-_PROGRESS_RTOL = 1e-6  # a decrease of L_k below 1e-6 * (1 + |L_k|) is float32 noise, not progress
 _MAX_STEPS_LIMIT = 1_000_000
 
 # --------------------------------------------------------------------------------------------------
@@ -112,47 +102,147 @@ def _predict_logp(fn: _LogProb, x: Tensor, batch_size: int) -> Tensor:
     return torch.cat([fn(x[i : i + batch_size]) for i in range(0, len(x), batch_size)])
 
 
-def _within_fr(logp_start: Tensor, radius: float | Tensor, logp: Tensor) -> Tensor:
-    return fisher_rao(logp_start, logp.double()) <= radius
+def _check_trace_settings(
+    mode: str, damping: float | None, step: float | None, max_length: float, max_steps: int, cg_iters: int,
+    batch_size: int, clamp: Any,
+) -> tuple[float, float, tuple[float, float] | None]:
+    """``(damping, step, box)`` with the mode's defaults filled in; one-line errors for bad settings."""
+    if mode not in MODES:
+        raise ValueError(f"mode={mode!r} is not allowed; allowed: {list(MODES)}")
+    damping = DEFAULT_DAMPING if damping is None else damping
+    step = (1.0 if mode == "paper" else DEFAULT_STEP) if step is None else step
+    _check_positive("damping", damping)
+    _check_positive("step", step)
+    _check_positive("max_length", max_length)
+    _check_positive("max_steps", max_steps, integer=True)
+    if max_steps > _MAX_STEPS_LIMIT:
+        raise ValueError(f"max_steps={max_steps} is not allowed; allowed: at most {_MAX_STEPS_LIMIT:,}")
+    _check_positive("cg_iters", cg_iters, integer=True)
+    _check_positive("batch_size", batch_size, integer=True)
+    return damping, step, _check_clamp(clamp)
 
 
-def _predicts(classes: Tensor, logp: Tensor) -> Tensor:
-    return logp.argmax(-1) == classes
+def _check_inputs(
+    model: nn.Module, x: Any, y: Any, box: tuple[float, float] | None
+) -> tuple[Tensor, tuple[int, ...], Tensor]:
+    """``(x0, shape, yy)``: the inputs flattened to ``(N, n)`` on the model's device and dtype, their shape and
+    the labels as int64 (CPU), checked against each other and the box."""
+    x0, shape = _flat_inputs(model, x)
+    yy = _class_indices("y", y)
+    if yy.shape != (len(x0),):
+        raise ValueError(f"y of shape {tuple(yy.shape)} is not allowed; allowed: ({len(x0)},)")
+    if len(x0) == 0:
+        raise ValueError("x is empty; allowed: at least one input")
+    if box is not None and (float(x0.min()) < box[0] or float(x0.max()) > box[1]):
+        raise ValueError(
+            f"inputs with values in [{float(x0.min()):.4g}, {float(x0.max()):.4g}] are outside clamp={box}; "
+            "allowed: inputs inside the clamp box (or clamp=None)"
+        )
+    return x0, shape, yy
 
 
-def _bisect_step(
-    fn: Callable[[Tensor], Tensor],
-    clip: Callable[[Tensor], Tensor],
-    x: Tensor,
-    delta: Tensor,
-    start: tuple[Tensor, Tensor],
-    end: tuple[Tensor, Tensor],
-    keep: Callable[[Tensor], Tensor],
-    iters: int,
-) -> tuple[Tensor, tuple[Tensor, Tensor], tuple[Tensor, Tensor]]:
-    """Bisect the fraction ``s`` in [0, 1] of the step ``x -> x + delta`` on the predicate ``keep(logp)``.
+def _plan_paths(
+    p_input: Tensor, p_target: Tensor, pred0: Tensor, yy: Tensor, step: float, max_steps: int,
+    check_convergence: bool,
+) -> _Plan:
+    """The paths of the inputs the model classifies correctly (``pred0 == yy``; the others are not traced).
 
-    ``keep`` holds at ``s = 0`` and fails at ``s = 1``; after ``iters`` halvings returns ``lo`` (the largest
-    fraction known to keep), the point and log-probabilities there (``start`` when none was found), and those of
-    the smallest fraction known to fail (``end`` when none was found). Rows are independent.
-    """
-    xs = x.double()
-    lo = torch.zeros(len(x), dtype=torch.float64, device=x.device)
-    hi = torch.ones_like(lo)
-    (x_lo, logp_lo), (x_hi, logp_hi) = start, end
-    for _ in range(iters):
-        mid = (lo + hi) / 2
-        x_mid = clip((xs + mid.unsqueeze(-1) * delta).to(x.dtype))
-        with torch.no_grad():
-            logp_mid = fn(x_mid)
-        ok = keep(logp_mid)
-        lo = torch.where(ok, mid, lo)
-        hi = torch.where(ok, hi, mid)
-        x_lo = torch.where(ok.unsqueeze(-1), x_mid, x_lo)
-        logp_lo = torch.where(ok.unsqueeze(-1), logp_mid, logp_lo)
-        x_hi = torch.where(ok.unsqueeze(-1), x_hi, x_mid)
-        logp_hi = torch.where(ok.unsqueeze(-1), logp_hi, logp_mid)
-    return lo, (x_lo, logp_lo), (x_hi, logp_hi)
+    The half-step check traces a twin of every tenth traced path at step / 2 in the same batches (each twin
+    right behind its path): the two share every model call, so the check costs little beyond its paths."""
+    todo = torch.nonzero(pred0[p_input] == yy[p_input]).flatten()  # misclassified inputs are not traced
+    n_paths = len(p_input)
+    path_step = torch.full((n_paths,), float(step), dtype=torch.float64)
+    path_max = torch.full((n_paths,), int(max_steps), dtype=torch.long)
+    check_rows = torch.zeros(0, dtype=torch.long)
+    if check_convergence and len(todo):
+        k = max(1, math.ceil(len(todo) * _CHECK_FRACTION))
+        pick = torch.as_tensor(np.unique(np.linspace(0, len(todo) - 1, k).round().astype(np.int64)))
+        check_rows = todo[pick]
+        twins = n_paths + torch.arange(len(check_rows))
+        p_input = torch.cat([p_input, p_input[check_rows]])
+        p_target = torch.cat([p_target, p_target[check_rows]])
+        path_step = torch.cat([path_step, torch.full((len(twins),), float(step) / 2, dtype=torch.float64)])
+        path_max = torch.cat([path_max, torch.full((len(twins),), min(2 * int(max_steps), _MAX_STEPS_LIMIT))])
+        order = torch.stack([todo, torch.full_like(todo, -1)], 1)
+        order[pick, 1] = twins
+        todo = order.flatten()[order.flatten() >= 0]
+    return _Plan(p_input, p_target, path_step, path_max, todo, check_rows)
+
+
+def _first_predictions(
+    fn: _LogProb, x0: Tensor, shape: tuple[int, ...], model: nn.Module, yy: Tensor, batch_size: int
+) -> tuple[int, Tensor]:
+    """``(m, predicted classes (CPU))`` at the inputs; one-line errors for a wrong input shape or labels."""
+    _first_forward(fn, x0, shape, model)
+    logp0 = _predict_logp(fn, x0, batch_size)  # (N, m)
+    m = logp0.shape[1]
+    if m < 2:
+        raise ValueError(f"the model has {m} output; allowed: at least 2 classes")
+    if bool(((yy < 0) | (yy >= m)).any()):
+        raise ValueError(f"y has values outside [0, {m - 1}]; allowed: class indices of the model")
+    return m, logp0.argmax(-1).cpu()
+
+
+def _run_plan(
+    fn: _LogProb, x0: Tensor, m: int, plan: _Plan, model: nn.Module, pred0: Tensor, yy: Tensor,
+    settings: dict[str, Any], cg_iters: int, batch_size: int, return_paths: bool,
+    progress: Callable[[int], None] | None, verbose: bool,
+) -> tuple[_Outputs, float]:
+    """Trace the plan with the settings under a progress bar: the per-path outputs and the seconds it took."""
+    mode, name, box, device = settings["mode"], settings["solver"], settings["clamp"], x0.device
+    tracer = _Tracer(fn=fn, solve=_SOLVE[name], clip=_clamper(box), box=box, damping=settings["damping"],
+                     cg_iters=cg_iters, paper=mode == "paper", max_length=settings["max_length"], m=m, x0=x0,
+                     y_d=yy.to(device), p_input_d=plan.p_input.to(device), p_target_d=plan.p_target.to(device))
+    out = _Outputs.start(plan.p_input, pred0, x0, return_paths)
+    _logger.info(
+        "tracing %d paths (%d inputs, %d of them classified correctly; %d of the paths retraced at half the "
+        "step for the convergence check) of %s on %s: mode=%s step=%g damping=%g solver=%s", len(plan.todo),
+        len(x0), int((pred0 == yy).sum()), len(plan.check_rows), type(model).__name__, x0.device, mode,
+        settings["step"], settings["damping"], name,
+    )
+    t_start = time.perf_counter()
+    bar = tqdm(total=len(plan.todo), desc=f"FR margins ({mode}, {name})", unit="path", disable=not verbose,
+               leave=False)
+    try:
+        tracer.run(plan, out, yy, batch_size, bar, progress)
+    finally:
+        bar.close()
+    return out, time.perf_counter() - t_start
+
+
+def _assemble(
+    plan: _Plan, out: _Outputs, yy: Tensor, m: int, n_paths: int, shape: tuple[int, ...], settings: dict[str, Any],
+    seconds: float, check_convergence: bool,
+) -> MarginResult:
+    """The :class:`MarginResult` of the first ``n_paths`` paths, with the half-step verdict from their twins."""
+    paper = settings["mode"] == "paper"
+    steps_np = out.steps.numpy().astype(np.int64)
+    length = out.length
+    columns: dict[str, Any] = {
+        "index": plan.p_input.numpy().astype(np.int64), "source": yy[plan.p_input].numpy().astype(np.int64),
+        "target": plan.p_target.numpy().astype(np.int64), "flipped": out.flipped.numpy(),
+        "first_class": out.first.numpy().astype(np.int64),
+        "shielded": (out.flipped & (out.first != plan.p_target)).numpy(),
+        "fr_length": length.numpy(), "margin": steps_np * plan.path_step.numpy() if paper else length.numpy().copy(),
+        "l2": out.l2.numpy(), "linf": out.linf.numpy(), "steps": steps_np, "status": out.status,
+    }
+    x_end = out.x_end
+    result = MarginResult(
+        **{k: v[:n_paths] for k, v in columns.items()}, num_classes=m,
+        x_end=x_end[:n_paths].view(n_paths, *shape).numpy() if x_end is not None else None, **settings,
+    )
+    _logger.info(
+        "traced %d paths from %d inputs (%s, %s): %d flipped, %d shielded, median margin of flipped %.4g",
+        n_paths, settings["n_inputs"], settings["mode"], settings["solver"], int(result.flipped.sum()),
+        int(result.shielded.sum()),
+        float(np.median(result.margin[result.flipped])) if result.flipped.any() else float("nan"),
+    )
+    if check_convergence:
+        half = MarginResult(**{k: v[n_paths:] for k, v in columns.items()}, num_classes=m,
+                            **(settings | {"step": settings["step"] / 2}))
+        share = len(half) / max(1, len(half) + n_paths)
+        result.convergence = _compare_half_step(result, plan.check_rows.numpy(), half, seconds * share)
+    return result
 
 
 def trace_margins(
@@ -235,243 +325,26 @@ def trace_margins(
     >>> bool(np.all(paper.margin == paper.steps)), paper.solver
     (True, 'cg')
     """
-    if mode not in MODES:
-        raise ValueError(f"mode={mode!r} is not allowed; allowed: {list(MODES)}")
-    paper = mode == "paper"
-    damping = DEFAULT_DAMPING if damping is None else damping
-    step = (1.0 if paper else DEFAULT_STEP) if step is None else step
-    _check_positive("damping", damping)
-    _check_positive("step", step)
-    _check_positive("max_length", max_length)
-    _check_positive("max_steps", max_steps, integer=True)
-    if max_steps > _MAX_STEPS_LIMIT:
-        raise ValueError(f"max_steps={max_steps} is not allowed; allowed: at most {_MAX_STEPS_LIMIT:,}")
-    _check_positive("cg_iters", cg_iters, integer=True)
-    _check_positive("batch_size", batch_size, integer=True)
-    box = _check_clamp(clamp)
-    x0, shape = _flat_inputs(model, x)
-    device = x0.device
-    yy = _class_indices("y", y)
-    if yy.shape != (len(x0),):
-        raise ValueError(f"y of shape {tuple(yy.shape)} is not allowed; allowed: ({len(x0)},)")
-    if len(x0) == 0:
-        raise ValueError("x is empty; allowed: at least one input")
-    if box is not None and (float(x0.min()) < box[0] or float(x0.max()) > box[1]):
-        raise ValueError(
-            f"inputs with values in [{float(x0.min()):.4g}, {float(x0.max()):.4g}] are outside clamp={box}; "
-            "allowed: inputs inside the clamp box (or clamp=None)"
-        )
-    clip = _clamper(box)
+    damping, step, box = _check_trace_settings(mode, damping, step, max_length, max_steps, cg_iters, batch_size, clamp)
+    x0, shape, yy = _check_inputs(model, x, y, box)
     was_training = model.training
     model.eval()
     try:
         fn = _LogProb(model, shape)
-        _first_forward(fn, x0, shape, model)
-        logp0 = _predict_logp(fn, x0, batch_size)  # (N, m)
-        m = logp0.shape[1]
-        if m < 2:
-            raise ValueError(f"the model has {m} output; allowed: at least 2 classes")
-        if bool(((yy < 0) | (yy >= m)).any()):
-            raise ValueError(f"y has values outside [0, {m - 1}]; allowed: class indices of the model")
-        name = "cg" if paper and solver == "auto" else _pick_solver(solver, m)
-        solve = _SOLVE[name]
-        pred0 = logp0.argmax(-1).cpu()
+        m, pred0 = _first_predictions(fn, x0, shape, model, yy, batch_size)
+        name = "cg" if mode == "paper" and solver == "auto" else _pick_solver(solver, m)
         p_input, p_target = _path_targets(targets, yy, m)
-        n_paths = len(p_input)
         settings: dict[str, Any] = {"n_inputs": len(x0), "damping": float(damping), "step": float(step), "clamp": box,
                                     "solver": name, "max_length": float(max_length), "max_steps": int(max_steps),
                                     "mode": mode}
-        if n_paths == 0:
+        if len(p_input) == 0:
             return MarginResult.empty(m, **settings)
-
-        todo = torch.nonzero(pred0[p_input] == yy[p_input]).flatten()  # misclassified inputs are not traced
-        # The half-step check traces a twin of every tenth traced path at step / 2 in the same batches (each twin
-        # right behind its path): the two share every model call, so the check costs little beyond its paths.
-        path_step = torch.full((n_paths,), float(step), dtype=torch.float64)
-        path_max = torch.full((n_paths,), int(max_steps), dtype=torch.long)
-        check_rows = torch.zeros(0, dtype=torch.long)
-        if check_convergence and len(todo):
-            k = max(1, math.ceil(len(todo) * _CHECK_FRACTION))
-            pick = torch.as_tensor(np.unique(np.linspace(0, len(todo) - 1, k).round().astype(np.int64)))
-            check_rows = todo[pick]
-            twins = n_paths + torch.arange(len(check_rows))
-            p_input = torch.cat([p_input, p_input[check_rows]])
-            p_target = torch.cat([p_target, p_target[check_rows]])
-            path_step = torch.cat([path_step, torch.full((len(twins),), float(step) / 2, dtype=torch.float64)])
-            path_max = torch.cat([path_max, torch.full((len(twins),), min(2 * int(max_steps), _MAX_STEPS_LIMIT))])
-            order = torch.stack([todo, torch.full_like(todo, -1)], 1)
-            order[pick, 1] = twins
-            todo = order.flatten()[order.flatten() >= 0]
-        n_total = len(p_input)
-
-        # per-path outputs (CPU)
-        flipped = torch.zeros(n_total, dtype=torch.bool)
-        first = pred0[p_input].clone()
-        length = torch.zeros(n_total, dtype=torch.float64)
-        steps_out = torch.zeros(n_total, dtype=torch.long)
-        status = np.full(n_total, "misclassified", dtype="<U13")
-        x_end = x0[p_input.to(device)].cpu().clone() if return_paths else None
-        l2 = torch.zeros(n_total, dtype=torch.float64)
-        linf = torch.zeros(n_total, dtype=torch.float64)
-
-        p_input_d, p_target_d, y_d = p_input.to(device), p_target.to(device), yy.to(device)
-        path_step_d, path_max_d = path_step.to(device), path_max.to(device)
-        _logger.info(
-            "tracing %d paths (%d inputs, %d of them classified correctly; %d of the paths retraced at half the "
-            "step for the convergence check) of %s on %s: mode=%s step=%g damping=%g solver=%s", len(todo),
-            len(x0), int((pred0 == yy).sum()), len(check_rows), type(model).__name__, device, mode, step, damping,
-            name,
-        )
-        t_start = time.perf_counter()
-
-        # the batch of active paths
-        a_id = torch.zeros(0, dtype=torch.long, device=device)
-        a_x = x0[:0]
-        a_len = torch.zeros(0, dtype=torch.float64, device=device)
-        a_steps = torch.zeros(0, dtype=torch.long, device=device)
-        a_stall = torch.zeros(0, dtype=torch.long, device=device)
-        a_step = torch.zeros(0, dtype=torch.float64, device=device)
-        a_max = torch.zeros(0, dtype=torch.long, device=device)
-        ptr = 0
-        n_done, first_batch, t_loop = 0, min(batch_size, len(todo)), time.perf_counter()
-        bar = tqdm(total=len(todo), desc=f"FR margins ({mode}, {name})", unit="path", disable=not verbose,
-                   leave=False)
-        try:
-            while True:
-                free = batch_size - len(a_id)
-                if free > 0 and ptr < len(todo):
-                    new = todo[ptr : ptr + free].to(device)
-                    ptr += len(new)
-                    a_id = torch.cat([a_id, new])
-                    a_x = torch.cat([a_x, x0[p_input_d[new]]])
-                    zeros = torch.zeros(len(new), dtype=torch.long, device=device)
-                    a_len = torch.cat([a_len, zeros.double()])
-                    a_steps = torch.cat([a_steps, zeros])
-                    a_stall = torch.cat([a_stall, zeros])
-                    a_step = torch.cat([a_step, path_step_d[new]])
-                    a_max = torch.cat([a_max, path_max_d[new]])
-                if len(a_id) == 0:
-                    break
-                src, tgt = y_d[p_input_d[a_id]], p_target_d[a_id]
-                rows = torch.arange(len(a_id), device=device)
-                logp, vjp_fn, *_ = vjp(fn, a_x)  # (S, m)
-                e = F.one_hot(src, m).double() - F.one_hot(tgt, m).double()
-                cache: dict[str, Tensor] = {}
-                v, g_v = solve(fn, a_x, logp, vjp_fn, e, float(damping), cg_iters, None, cache)
-                if box is not None:
-                    # coordinates pinned at the box that the step pushes outward leave the problem: solve again
-                    # with the metric and the gradient restricted to the free coordinates (projected natural
-                    # gradient on the face of the box)
-                    blocked = ((a_x <= box[0]) & (v > 0)) | ((a_x >= box[1]) & (v < 0))  # the step is -v
-                    if bool(blocked.any()):
-                        v, g_v = solve(fn, a_x, logp, vjp_fn, e, float(damping), cg_iters, (~blocked).double(),
-                                       cache)
-                logp = logp.detach()
-                valid = torch.isfinite(g_v) & torch.isfinite(v).all(-1)
-                stuck = valid & (g_v <= 0)  # no descent direction for L_k (on the free face of the box): stalled
-                ok = valid & ~stuck
-                scale = torch.where(ok, -a_step / g_v.clamp_min(1e-300).sqrt(), 0.0)
-                delta = torch.nan_to_num(v) * scale.unsqueeze(-1)  # (S, n) float64, decreases L_k
-                x_new = clip((a_x.double() + delta).to(a_x.dtype))
-                with torch.no_grad():
-                    logp_new = fn(x_new)
-                # A step moving the prediction by more than _MAX_STEP_RATIO * step in FR distance (where the
-                # damping dominates G_x, the step is up to step / sqrt(damping) long in l2) is shortened along its
-                # direction to at most `step`, so that the path keeps following the geometry (not in paper mode).
-                too_long = ok & (fisher_rao(logp.double(), logp_new.double()) > _MAX_STEP_RATIO * a_step)
-                if not paper and bool(too_long.any()):
-                    idx = too_long.nonzero().flatten()
-                    within = functools.partial(_within_fr, logp[idx].double(), a_step[idx])
-                    lo, (x_lo, logp_lo), _ = _bisect_step(
-                        fn, clip, a_x[idx], delta[idx], (a_x[idx], logp[idx]), (x_new[idx], logp_new[idx]),
-                        within, _SHORTEN_ITERS)
-                    delta[idx] = delta[idx] * lo.unsqueeze(-1)
-                    x_new[idx], logp_new[idx] = x_lo, logp_lo
-                flip = (logp_new.argmax(-1) != src) & ok
-                if not paper and bool(flip.any()):
-                    idx = flip.nonzero().flatten()
-                    same_class = functools.partial(_predicts, src[idx])
-                    _, _, (x_hi, logp_hi) = _bisect_step(
-                        fn, clip, a_x[idx], delta[idx], (a_x[idx], logp[idx]), (x_new[idx], logp_new[idx]),
-                        same_class, _BISECT_ITERS)
-                    x_new[idx], logp_new[idx] = x_hi, logp_hi
-                finite = valid & torch.isfinite(logp_new).all(-1)
-                moved = ok & finite
-                if paper:  # a step the input box cancels entirely repeats forever
-                    stuck = stuck | (moved & ~flip & (x_new == a_x).all(-1))
-                x_new = torch.where(ok.unsqueeze(-1), x_new, a_x)
-                increment = fisher_rao(logp.double(), torch.where(moved.unsqueeze(-1), logp_new, logp).double())
-                a_len = a_len + torch.where(moved, increment, 0.0)
-                a_steps = a_steps + moved.long()
-                a_margin = a_steps.double() * a_step if paper else a_len
-                gap = (logp[rows, src] - logp[rows, tgt]).double()
-                gap_new = (logp_new[rows, src] - logp_new[rows, tgt]).double()
-                progress_made = (gap - gap_new) > _PROGRESS_RTOL * (1.0 + gap.abs())
-                a_stall = torch.where(progress_made, 0, a_stall + 1)
-                a_x = x_new.detach()
-
-                code = torch.full_like(a_id, -1)  # index into STATUSES, -1: continue
-                stalled = stuck if paper else (a_stall >= _STALL_PATIENCE) | stuck
-                code = torch.where(stalled, STATUSES.index("stalled"), code)
-                code = torch.where(a_steps >= a_max, STATUSES.index("max_steps"), code)
-                code = torch.where(a_margin >= max_length, STATUSES.index("max_length"), code)
-                code = torch.where(flip & finite, STATUSES.index("flipped"), code)
-                code = torch.where(~finite, STATUSES.index("nonfinite"), code)
-                done = code >= 0
-                if bool(done.any()):
-                    ids = a_id[done].cpu()
-                    disp = (a_x[done] - x0[p_input_d[a_id[done]]]).double()
-                    l2[ids] = disp.norm(dim=1).cpu()
-                    linf[ids] = disp.abs().amax(dim=1).cpu()
-                    length[ids] = a_len[done].cpu()
-                    steps_out[ids] = a_steps[done].cpu()
-                    fl = (code[done] == STATUSES.index("flipped")).cpu()
-                    flipped[ids] = fl
-                    first[ids] = torch.where(fl, logp_new[done].argmax(-1).cpu(), yy[p_input[ids]])
-                    status[ids.numpy()] = np.asarray(STATUSES)[code[done].cpu().numpy()]
-                    if x_end is not None:
-                        x_end[ids] = a_x[done].cpu()
-                    keep = ~done
-                    a_id, a_x, a_len = a_id[keep], a_x[keep], a_len[keep]
-                    a_steps, a_stall, a_step, a_max = a_steps[keep], a_stall[keep], a_step[keep], a_max[keep]
-                    bar.update(len(ids))
-                    if progress is not None:
-                        progress(len(ids))
-                    n_done += len(ids)
-                    if first_batch and n_done >= first_batch:
-                        elapsed = time.perf_counter() - t_loop
-                        _logger.info("first %d of %d paths done in %.1f s; estimate for all: %.0f s", n_done,
-                                     len(todo), elapsed, elapsed * len(todo) / n_done)
-                        first_batch = 0
-        finally:
-            bar.close()
+        plan = _plan_paths(p_input, p_target, pred0, yy, step, max_steps, check_convergence)
+        out, seconds = _run_plan(fn, x0, m, plan, model, pred0, yy, settings, cg_iters, batch_size, return_paths,
+                                 progress, verbose)
     finally:
         model.train(was_training)
-
-    seconds = time.perf_counter() - t_start
-    steps_np = steps_out.numpy().astype(np.int64)
-    columns: dict[str, Any] = {
-        "index": p_input.numpy().astype(np.int64), "source": yy[p_input].numpy().astype(np.int64),
-        "target": p_target.numpy().astype(np.int64), "flipped": flipped.numpy(),
-        "first_class": first.numpy().astype(np.int64), "shielded": (flipped & (first != p_target)).numpy(),
-        "fr_length": length.numpy(), "margin": steps_np * path_step.numpy() if paper else length.numpy().copy(),
-        "l2": l2.numpy(), "linf": linf.numpy(), "steps": steps_np, "status": status,
-    }
-    result = MarginResult(
-        **{k: v[:n_paths] for k, v in columns.items()}, num_classes=m,
-        x_end=x_end[:n_paths].view(n_paths, *shape).numpy() if x_end is not None else None, **settings,
-    )
-    _logger.info(
-        "traced %d paths from %d inputs (%s, %s): %d flipped, %d shielded, median margin of flipped %.4g",
-        n_paths, len(x0), mode, name, int(result.flipped.sum()), int(result.shielded.sum()),
-        float(np.median(result.margin[result.flipped])) if result.flipped.any() else float("nan"),
-    )
-    if check_convergence:
-        half = MarginResult(**{k: v[n_paths:] for k, v in columns.items()}, num_classes=m,
-                            **(settings | {"step": float(step) / 2}))
-        share = len(half) / max(1, len(half) + n_paths)
-        result.convergence = _compare_half_step(result, check_rows.numpy(), half, seconds * share)
-    return result
+    return _assemble(plan, out, yy, m, len(p_input), shape, settings, seconds, check_convergence)
 
 
 def fr_margin(model: nn.Module, x: Tensor, y: Tensor, **kwargs: Any) -> np.ndarray:
