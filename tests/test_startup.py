@@ -152,3 +152,21 @@ def test_every_flag_of_every_subcommand_has_a_help_text():
     subcommands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
     assert set(cli.SUBCOMMANDS) <= set(subcommands.choices)  # the walk reaches every subcommand
     assert walk(parser, "fire-plugin") == []
+
+
+def test_the_margins_package_imports_torch_only_and_leaves_its_report_pipeline_unloaded():
+    # fire_plugin.margins is a package since issue 18; its __init__ loads the tracing modules (torch, numpy), not
+    # report (data, plots, pretrained: matplotlib, timm), which the CLI and the examples import on their own.
+    code = textwrap.dedent(
+        f"""
+        import json, sys
+        import fire_plugin.margins
+        heavy = sorted(m for m in {HEAVY!r} if m in sys.modules)
+        ours = sorted(m for m in sys.modules if m.startswith("fire_plugin."))
+        print(json.dumps({{"heavy": heavy, "ours": ours}}))
+        """
+    )
+    out = _json_tail(_probe(code))
+    assert out["heavy"] == ["torch"]
+    assert "fire_plugin.margins.report" not in out["ours"] and "fire_plugin.plots" not in out["ours"]
+    assert "fire_plugin.margins.trace" in out["ours"]
