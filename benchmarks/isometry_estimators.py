@@ -33,6 +33,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import re
 import sys
 import time
 from collections.abc import Callable
@@ -315,6 +316,37 @@ def cost_study(rounds: int, repeats: int) -> list[dict[str, Any]]:
     return rows
 
 
+_LOG_LINE = re.compile(
+    r"epoch\s+(\d+) (\S+)\s+k=(\d+): norm err median ([\d.]+) p90 ([\d.]+) bias ([+-][\d.]+) \| squared median "
+    r"([\d.]+) bias ([+-][\d.]+) \(se ([\d.]+)\) \| cos median ([\d.]+) p10 ([\d.]+)")
+
+
+def rows_from_log(text: str) -> list[dict[str, Any]]:
+    """The rows a run printed (for a run stopped before it saved its JSON)."""
+    keys = ("norm_abs_median", "norm_abs_p90", "norm_bias", "squared_abs_median", "squared_bias", "squared_bias_se",
+            "cos_median", "cos_p10")
+    return [{"epoch": int(m[1]), "estimator": m[2], "k": int(m[3]), **dict(zip(keys, map(float, m.groups()[3:]),
+                                                                              strict=True))}
+            for m in _LOG_LINE.finditer(text)]
+
+
+def markdown(rows: list[dict[str, Any]]) -> str:
+    """One table per training state: error of the batch-mean penalty (eq 14 and squared) and gradient cosine."""
+    out = []
+    for epoch in sorted({r["epoch"] for r in rows}):
+        out += [f"Training epoch {epoch} (lenet_pi on digits, batch 64; relative error |estimate / exact - 1| of the "
+                "batch-mean penalty over draws):", "",
+                "| estimator | products | eq 14: median | p90 | bias | squared: median | bias | grad cosine: median "
+                "| p10 |", "|---|---|---|---|---|---|---|---|---|"]
+        for r in sorted((r for r in rows if r["epoch"] == epoch), key=lambda r: (r["k"], r["estimator"])):
+            extra = {"hutch++": f" + {max(1, r['k'] // 2)} sketch", "split": " + 1 VJP"}.get(r["estimator"], "")
+            out.append(f"| {r['estimator']} | {r['k']}{extra} | {r['norm_abs_median']:.4f} | {r['norm_abs_p90']:.4f} | "
+                       f"{r['norm_bias']:+.4f} | {r['squared_abs_median']:.4f} | {r['squared_bias']:+.4f} ± "
+                       f"{r['squared_bias_se']:.4f} | {r['cos_median']:.4f} | {r['cos_p10']:.4f} |")
+        out.append("")
+    return "\n".join(out)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=Path("runs/isometry_estimators"))
@@ -325,7 +357,16 @@ def main() -> None:
     parser.add_argument("--only", default="", help="comma-separated estimators of the accuracy study")
     parser.add_argument("--name", default="estimators", help="the output is OUT/NAME.json")
     parser.add_argument("--snapshots", default="5,30", help="training epochs at which the estimators are measured")
+    parser.add_argument("--table", nargs="*", type=Path, metavar="FILE",
+                        help="print the markdown tables of saved JSON files (or printed logs) and exit")
     args = parser.parse_args()
+    if args.table is not None:
+        rows: list[dict[str, Any]] = []
+        for file in args.table:
+            text = file.read_text()
+            rows += json.loads(text).get("accuracy", []) if file.suffix == ".json" else rows_from_log(text)
+        print(markdown(rows))
+        return
     torch.set_num_threads(1)
     args.out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()

@@ -4,24 +4,27 @@ Model: the paper's LeNet (``lenet_pi``: conv 32, conv 64, fc 128; section 4.2) o
 10 classes (m = 9), SGD. Rows:
 
 (a) ``engine.fit`` time of N steps with :class:`fire_plugin.isometry.PartialIsometryObjective` / the same N steps
-    with ``CrossEntropyObjective``, batch 32 and 128: exact estimator (target <= 10; the paper reports ~12x) and
-    Hutchinson with one probe (target <= 4).
+    with ``CrossEntropyObjective``, batch 32 and 128: exact estimator (target <= 10; the paper reports ~12x), the
+    default estimator (:data:`fire_plugin.isometry.DEFAULT_ESTIMATOR`, one Rademacher probe; target <= 4) and
+    ``deflated`` with 2 products (information).
+(d) FLOPs (``torch.utils.flop_counter.FlopCounterMode``) of one training step (forward + backward) with each
+    estimator over one CE step, and the measured time ratio of (a) over that FLOP ratio: 1 means as fast per FLOP
+    as CE training, so the rest of the gap is arithmetic the algorithm needs.
 (b) :func:`fire_plugin.isometry.isometry_jacobian` vs a naive per-sample, per-row autograd loop computing the same
-    differentiable Jacobian (``create_graph=True``), batch 32: the loop's time / ours (target >= 5).
-(c) relative error of the one-probe and the 16-probe Hutchinson estimates of the batch-mean squared penalty
-    against the exact value, batch 128 (information; the estimate is unbiased, its error is its noise).
-
-Measured (CPU, 1 torch thread, process CPU time, 5 rounds x 2): exact 12.4x (batch 32) and 12.8x (batch 128),
-Hutchinson 3.5x and 3.5x, Jacobian speed-up over the loop 1.7x, Hutchinson relative error 0.106 (1 probe) and
-0.011 (16 probes).
+    differentiable Jacobian (``create_graph=True``), batch 32: the loop's time / ours (target >= 5), with the GFLOP/s
+    of both; and the same with the vmap over all ``m`` rows in one call and over one row per call.
+(c) relative error of the default (one probe) and of ``deflated`` (2 products) estimates of the batch-mean penalty
+    (squared and eq 14's norm) against the exact value, batch 128: the median over 100 draws (the detail gives the
+    90th percentile).
 
 Why (a) cannot reach 10x for exact on this model: the exact penalty needs the Jacobian (one forward pass and
-m = 9 VJPs through conv2) and its weight gradient (reverse over reverse: about two more conv2-sized passes per row),
-about 3m + 3 = 30 forward-pass units, while a CE step costs about 2 units here (its backward is cheaper than its
-forward on this CPU). Hutchinson with one probe costs a forward, a VJP, a VJP of the VJP and their backward: about
-9 units. Why (b) stays near 1.6x: on one CPU thread the work is conv2's input gradient, the same number of
-multiply-adds per sample in both; batching saves only the per-call overhead and small-batch kernel inefficiency
-(on a GPU, where a per-sample loop launches B * m small kernels, the gap is far larger).
+m = 9 VJPs through conv2) and its weight gradient (reverse over reverse), 10.1x the FLOPs of a CE step by
+FlopCounterMode's count; the measured time ratio is 1.1-1.4x that FLOP ratio. One probe costs 3.3x the FLOPs of a
+CE step. Why (b) stays near 2x: on one CPU thread both compute the same FLOPs (conv2's input gradients); the
+vmapped call runs them at about 40-50 GFLOP/s, the per-sample loop at about 16 (small per-sample convolutions plus
+per-call overhead), so batching can win only that factor; running all rows in one call instead of one row per
+call is faster at batch 8 and slower at batch 32 (the m * B cotangents of one call leave the cache). On a GPU,
+where the loop launches B * m small kernels, the gap is far larger.
 
 Timing: the contenders alternate over rounds (median of repeats per round, median over rounds); one torch thread
 and the process CPU time by default (``_timing.choose_clock``).
@@ -32,6 +35,7 @@ Run: ``python -m fire_plugin.bench.bench_isometry [--quick]``; ``run(quick)`` re
 from __future__ import annotations
 
 import argparse
+import statistics
 from collections.abc import Callable
 
 import timm
@@ -42,6 +46,7 @@ import fire_plugin  # noqa: F401  (registers lenet_pi)
 from fire_plugin.bench._timing import add_timing_args, choose_clock, format_table, interleaved_times, row
 from fire_plugin.engine import CrossEntropyObjective, Objective, fit
 from fire_plugin.isometry import (
+    DEFAULT_ESTIMATOR,
     PAPER_DELTA_OVER_EPSILON,
     PartialIsometryObjective,
     delta_m,
@@ -85,6 +90,41 @@ def naive_jacobian(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
     return torch.stack(out)
 
 
+class _GlobalOnly:
+    """Stands in for FlopCounterMode's module tracker: its module hooks break ``torch.autograd.grad`` inside the
+    context (the penalty's VJPs), so every FLOP is attributed to "Global" only."""
+
+    parents = {"Global"}
+
+    def __enter__(self) -> _GlobalOnly:
+        return self
+
+    def __exit__(self, *args: object) -> None:
+        return None
+
+
+def step_flops(objective: Objective, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> int:
+    """FLOPs of one training step's forward and backward (``torch.utils.flop_counter.FlopCounterMode``)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    counter.mod_tracker = _GlobalOnly()  # type: ignore[assignment]
+    with counter:
+        objective(model, x, y).loss.backward()
+    model.zero_grad()
+    return int(counter.get_total_flops())
+
+
+def _jacobian_flops(fn: Callable[[], object]) -> int:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    counter.mod_tracker = _GlobalOnly()  # type: ignore[assignment]
+    with counter:
+        fn()
+    return int(counter.get_total_flops())
+
+
 def run(quick: bool = False, *, rounds: int = 5, repeats: int = 2, threads: int = 1, clock: str = "auto",
         batches: tuple[int, ...] = (32, 128)) -> list[dict[str, object]]:
     """Rows of the perf-suite contract (see the module docstring). ``quick``: 1 round of 1 call, fewer steps."""
@@ -93,21 +133,40 @@ def run(quick: bool = False, *, rounds: int = 5, repeats: int = 2, threads: int 
     clock_fn, clock_label = choose_clock(clock, threads=threads, device="cpu")
     how = f"cpu, {torch.get_num_threads()} thread(s), {clock_label} clock, median of {rounds}x{repeats}"
     rows = []
+    estimators = {"exact": ("exact", 1, "exact", "<= 10")}
+    for name in dict.fromkeys(("hutchinson", DEFAULT_ESTIMATOR)):
+        target = "<= 4" if name == DEFAULT_ESTIMATOR else ""
+        label = f"{name}, 1 probe" + (" (the default)" if name == DEFAULT_ESTIMATOR else "")
+        estimators[name] = (name, 1, label, target)
+    estimators["deflated"] = ("deflated", 2, "deflated, 2 products", "")
+    ratios: dict[tuple[str, int], float] = {}
     for batch in batches:
         steps = max(1, (128 if quick else 256) // batch)  # 8 and 2 steps (quick: 4 and 1)
-        fns = {
-            "ce": _fit_fn(CrossEntropyObjective(), batch, steps),
-            "exact": _fit_fn(PartialIsometryObjective(epsilon=EPSILON), batch, steps),
-            "hutchinson": _fit_fn(PartialIsometryObjective(epsilon=EPSILON, estimator="hutchinson"), batch, steps),
-        }
+        fns = {"ce": _fit_fn(CrossEntropyObjective(), batch, steps)}
+        for key, (est, probes, _, _) in estimators.items():
+            fns[key] = _fit_fn(PartialIsometryObjective(epsilon=EPSILON, estimator=est, n_probes=probes), batch, steps)
         t = interleaved_times(fns, rounds=rounds, repeats=repeats, clock=clock_fn)
-        for name, target in (("exact", "<= 10"), ("hutchinson", "<= 4")):
-            label = "exact" if name == "exact" else "Hutchinson, 1 probe"
-            rows.append(row(f"partial-isometry training ({label}), LeNet, batch {batch}", t[name] / t["ce"], target,
+        for key, (_, _, label, target) in estimators.items():
+            ratios[(key, batch)] = t[key] / t["ce"]
+            rows.append(row(f"partial-isometry training ({label}), LeNet, batch {batch}", t[key] / t["ce"], target,
                             "CrossEntropyObjective on the same engine.fit",
-                            f"{steps} steps: {t[name]:.3f} s vs {t['ce']:.3f} s; {how}"))
+                            f"{steps} steps: {t[key]:.3f} s vs {t['ce']:.3f} s; {how}"))
 
+    # FLOP floor: one step's FLOPs against one CE step's, and the measured time ratio over the FLOP ratio
     model = _lenet()
+    fbatch = batches[0]
+    x = torch.rand(fbatch, 1, 28, 28, generator=torch.Generator().manual_seed(4))
+    y = torch.randint(0, 10, (fbatch,), generator=torch.Generator().manual_seed(5))
+    ce_flops = step_flops(CrossEntropyObjective(), model, x, y)
+    for key, (est, probes, label, _) in estimators.items():
+        flops = step_flops(PartialIsometryObjective(epsilon=EPSILON, estimator=est, n_probes=probes), model, x, y)
+        rows.append(row(f"FLOPs of one training step ({label}) / one CE step, LeNet, batch {fbatch}", flops / ce_flops,
+                        "", "FlopCounterMode count of the CE step",
+                        f"{flops / 1e9:.2f} vs {ce_flops / 1e9:.2f} GFLOP (forward + backward)"))
+        rows.append(row(f"time ratio / FLOP ratio ({label}), LeNet, batch {fbatch}",
+                        ratios[(key, fbatch)] / (flops / ce_flops), "", "1 = as fast per FLOP as a CE step",
+                        f"time ratio {ratios[(key, fbatch)]:.2f} over FLOP ratio {flops / ce_flops:.2f}"))
+
     batch = 8 if quick else 32
     x = torch.rand(batch, 1, 28, 28, generator=torch.Generator().manual_seed(1))
     ref = naive_jacobian(model, x)
@@ -115,22 +174,53 @@ def run(quick: bool = False, *, rounds: int = 5, repeats: int = 2, threads: int 
     err = float((ours - ref).detach().abs().max() / ref.detach().abs().max())
     if err > 1e-4:
         raise AssertionError(f"isometry_jacobian differs from the naive loop by {err:.2e} (relative)")
-    t = interleaved_times({"ours": lambda: isometry_jacobian(model, x), "naive": lambda: naive_jacobian(model, x)},
-                          rounds=rounds, repeats=repeats, clock=clock_fn)
+    import fire_plugin.isometry as iso
+
+    default_chunk = iso._row_chunk
+
+    def chunked(rows_per_call: int | None) -> Callable[[], object]:
+        def fn() -> object:
+            iso._row_chunk = lambda b, d: rows_per_call  # type: ignore[assignment]
+            try:
+                return isometry_jacobian(model, x)
+            finally:
+                iso._row_chunk = default_chunk
+        return fn
+
+    fns = {"ours": lambda: isometry_jacobian(model, x), "all rows": chunked(None), "1 row": chunked(1),
+           "naive": lambda: naive_jacobian(model, x)}
+    t = interleaved_times(fns, rounds=rounds, repeats=repeats, clock=clock_fn)
+    gflop = _jacobian_flops(fns["ours"]) / 1e9
+    gflop_naive = _jacobian_flops(fns["naive"]) / 1e9
     rows.append(row(f"isometry_jacobian speed-up over a per-sample loop, LeNet, batch {batch}", t["naive"] / t["ours"],
                     ">= 5", "per-sample, per-row torch.autograd.grad loop (create_graph)",
-                    f"{t['naive']:.3f} s vs {t['ours']:.3f} s; max rel. difference {err:.1e}; {how}"))
+                    f"{t['naive']:.3f} s vs {t['ours']:.3f} s ({gflop_naive / t['naive']:.1f} vs "
+                    f"{gflop / t['ours']:.1f} GFLOP/s for {gflop_naive:.3f} vs {gflop:.3f} GFLOP); max rel. "
+                    f"difference {err:.1e}; {how}"))
+    for key in ("all rows", "1 row"):
+        rows.append(row(f"isometry_jacobian with vmap over {key} per call / the per-sample loop, batch {batch}",
+                        t["naive"] / t[key], "", "per-sample, per-row torch.autograd.grad loop (create_graph)",
+                        f"{t[key]:.3f} s ({gflop / t[key]:.1f} GFLOP/s); {how}"))
 
-    batch = 128
+    # the error of each stochastic estimator over draws (not one draw): median and 90th percentile
+    batch = 32 if quick else 128
+    draws = 10 if quick else 100
     x = torch.rand(batch, 1, 28, 28, generator=torch.Generator().manual_seed(2))
-    exact = partial_isometry_penalty(model, x, epsilon=EPSILON, squared=True).item()
-    for probes in (1, 16):
-        torch.manual_seed(3)
-        est = partial_isometry_penalty(model, x, epsilon=EPSILON, estimator="hutchinson", n_probes=probes,
-                                       squared=True).item()
-        rows.append(row(f"Hutchinson ({probes} probe{'s' if probes > 1 else ''}) relative error, squared penalty, "
-                        f"batch {batch}", abs(est - exact) / exact, "", "exact estimator",
-                        f"estimate {est:.4g} vs exact {exact:.4g} (untrained LeNet, seed 3)"))
+    for squared in (True, False):
+        with torch.no_grad():
+            exact = partial_isometry_penalty(model, x, epsilon=EPSILON, squared=squared).item()
+        what = "squared penalty" if squared else "eq 14 penalty"
+        for est, probes in dict.fromkeys(((DEFAULT_ESTIMATOR, 1), ("hutchinson", 1), ("deflated", 2))):
+            torch.manual_seed(3)
+            with torch.no_grad():
+                errors = [abs(partial_isometry_penalty(model, x, epsilon=EPSILON, estimator=est, n_probes=probes,
+                                                       squared=squared).item() - exact) / exact
+                          for _ in range(draws)]
+            med, p90 = statistics.median(errors), statistics.quantiles(errors, n=10)[-1]
+            rows.append(row(f"{est} ({probes} product{'s' if probes > 1 else ''}) relative error, {what}, batch "
+                            f"{batch}, median of {draws} draws", med,
+                            "", "exact estimator",
+                            f"90th percentile {p90:.4f}; exact {exact:.4g} (untrained LeNet, 1x28x28 uniform noise)"))
     return rows
 
 
