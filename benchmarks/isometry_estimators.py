@@ -293,7 +293,7 @@ def _step_fns(net: nn.Module, x: Tensor, y: Tensor) -> dict[str, Callable[[], No
     return fns
 
 
-def cost_study(rounds: int, repeats: int) -> list[dict[str, Any]]:
+def cost_study(rounds: int, repeats: int, only_digits: bool = False) -> list[dict[str, Any]]:
     """One training step per estimator over one CE step (the CE step runs the same forward pass once more)."""
     import timm
 
@@ -305,6 +305,8 @@ def cost_study(rounds: int, repeats: int) -> list[dict[str, Any]]:
                                                  (64, 1, 8, 8)),
               "LeNet 28x28, batch 32": (lambda: timm.create_model("lenet_pi", num_classes=10), (32, 1, 28, 28))}
     for setup, (make, shape) in setups.items():
+        if only_digits and not setup.startswith("digits"):
+            continue
         torch.manual_seed(0)
         x = torch.rand(shape, generator=torch.Generator().manual_seed(0))
         y = torch.randint(0, 10, (shape[0],), generator=torch.Generator().manual_seed(1))
@@ -357,6 +359,8 @@ def main() -> None:
     parser.add_argument("--only", default="", help="comma-separated estimators of the accuracy study")
     parser.add_argument("--name", default="estimators", help="the output is OUT/NAME.json")
     parser.add_argument("--snapshots", default="5,30", help="training epochs at which the estimators are measured")
+    parser.add_argument("--rounds", type=int, default=5, help="timing rounds of the cost study")
+    parser.add_argument("--only-digits", action="store_true", help="cost study on the digits setup only")
     parser.add_argument("--table", nargs="*", type=Path, metavar="FILE",
                         help="print the markdown tables of saved JSON files (or printed logs) and exit")
     args = parser.parse_args()
@@ -381,7 +385,7 @@ def main() -> None:
         report["accuracy"] = accuracy_study(5 if args.quick else args.draws, snaps, 1 if args.quick else 30,
                                             [o for o in args.only.split(",") if o] or None, save)
     if not args.skip_cost:
-        report["cost"] = cost_study(1 if args.quick else 5, 1 if args.quick else 3)
+        report["cost"] = cost_study(1 if args.quick else args.rounds, 1 if args.quick else 3, args.only_digits)
     report["wall_seconds"] = time.perf_counter() - t0
     path.write_text(json.dumps(report, indent=2))
     print(f"saved {path} ({report['wall_seconds']:.0f} s)")

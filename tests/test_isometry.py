@@ -533,7 +533,7 @@ def test_partial_isometry_is_more_robust_than_ce_on_digits(digits_train, digits_
         opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
         loader = DataLoader(TensorDataset(x, y), batch_size=32, shuffle=True)
         objective = (CrossEntropyObjective() if name == "ce" else
-                     PartialIsometryObjective(epsilon=delta_m(10), eta_min=0.02, eta_max=0.06))
+                     PartialIsometryObjective(epsilon=delta_m(10), eta_min=0.02, eta_max=0.06, estimator="exact"))
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=30)
         fit(model, loader, epochs=30, objective=objective, optimizer=opt, scheduler=sched, verbose=False)
         model.eval()
