@@ -18,13 +18,13 @@ Model: the paper's LeNet (``lenet_pi``: conv 32, conv 64, fc 128; section 4.2) o
     90th percentile).
 
 Why (a) cannot reach 10x for exact on this model: the exact penalty needs the Jacobian (one forward pass and
-m = 9 VJPs through conv2) and its weight gradient (reverse over reverse), 10.1x the FLOPs of a CE step by
-FlopCounterMode's count; the measured time ratio is 1.1-1.4x that FLOP ratio. One probe costs 3.3x the FLOPs of a
-CE step. Why (b) stays near 2x: on one CPU thread both compute the same FLOPs (conv2's input gradients); the
-vmapped call runs them at about 40-50 GFLOP/s, the per-sample loop at about 16 (small per-sample convolutions plus
-per-call overhead), so batching can win only that factor; running all rows in one call instead of one row per
-call is faster at batch 8 and slower at batch 32 (the m * B cotangents of one call leave the cache). On a GPU,
-where the loop launches B * m small kernels, the gap is far larger.
+m = 9 VJPs through conv2) and its weight gradient (reverse over reverse), 10.05x the FLOPs of a CE step by
+FlopCounterMode's count; the measured time ratio was 1.4x that FLOP ratio in the last perf run. One probe costs 3.3x
+the FLOPs of a CE step (measured 3.7x-3.95x the time). Why (b) stays near 3x: both compute the same FLOPs (conv2's
+input gradients); on one CPU thread the vmapped call runs them at about 46 GFLOP/s (85% of a CE step's rate), the
+per-sample loop at about 15, and 5x would need the loop below 10. Chunking does not change it at batch 32 (all rows
+in one call and one row per call: 46.1 and 45.6 GFLOP/s); at batch 8 all rows in one call is faster (48 vs 32).
+On a GPU, where the loop launches B * m small kernels, the gap is far larger.
 
 Timing: the contenders alternate over rounds (median of repeats per round, median over rounds); one torch thread
 and the process CPU time by default (``_timing.choose_clock``).
