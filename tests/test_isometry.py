@@ -550,7 +550,8 @@ def test_partial_isometry_is_more_robust_than_ce_on_digits(digits_train, digits_
     assert results["pi"]["clean"] > 0.8, results
 
 
-@pytest.mark.parametrize(("estimator", "squared"), [("exact", False), ("hutchinson", True)])
+@pytest.mark.parametrize(("estimator", "squared"),
+                         [("exact", False), ("hutchinson", True), ("orthogonal", False), ("deflated", True)])
 def test_autograd_backend_used_for_ddp_matches_torch_func(monkeypatch, estimator, squared):
     import fire_plugin.isometry as iso
 
