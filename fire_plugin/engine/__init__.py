@@ -11,7 +11,13 @@ process group (nccl on CUDA, gloo on CPU), wraps the model in ``DistributedDataP
 Modern recipe and GPU fast paths, all options of :func:`fit`: an exponential moving average of the weights
 (:class:`ModelEMA`, ``ema=``), model selection on a held-out validation split (``select_best=True`` writes
 ``best.pt``), bfloat16 or float16 autocast (``amp=``), channels-last memory format, ``cudnn.benchmark`` and
-``torch.compile`` of the model (``compile=``).
+``torch.compile`` of the model (``compile=``). The options come in groups, :class:`Validation`,
+:class:`Checkpointing`, :class:`FastPaths` and :class:`DDPOptions` (``fit(..., validation=Validation(val_loader),
+checkpoints=Checkpointing("runs/x"))``); the flat keywords (``val_loader=``, ``checkpoint_dir=``, ``amp=``, ...)
+are the same call.
+
+Sub-modules: ``loop`` (:func:`fit`, :func:`lr_scheduler`), ``options`` (the option groups), ``step`` (one step,
+one epoch, accuracy), ``objectives``, ``checkpoints``, ``ema``, ``precision``, ``distributed``, ``targets``.
 
 Example:
     >>> import torch
@@ -39,6 +45,7 @@ from fire_plugin.engine.distributed import DistInfo, distributed_info, setup_dis
 from fire_plugin.engine.ema import ModelEMA
 from fire_plugin.engine.loop import fit, lr_scheduler
 from fire_plugin.engine.objectives import AdversarialObjective, CrossEntropyObjective, Objective, ObjectiveOutput
+from fire_plugin.engine.options import Checkpointing, DDPOptions, FastPaths, FitOptions, Validation
 from fire_plugin.engine.precision import AMP_DTYPES, autocast_context, resolve_amp_dtype
 from fire_plugin.engine.step import (
     EpochStats,
@@ -56,10 +63,14 @@ __all__ = [
     "BEST_CHECKPOINT_NAME",
     "CHECKPOINT_NAME",
     "AdversarialObjective",
+    "Checkpointing",
     "ConfigMismatchError",
     "CrossEntropyObjective",
+    "DDPOptions",
     "DistInfo",
     "EpochStats",
+    "FastPaths",
+    "FitOptions",
     "IndexedDataset",
     "ModelEMA",
     "NonFiniteLossError",
@@ -67,6 +78,7 @@ __all__ = [
     "ObjectiveOutput",
     "SelfAdaptiveTargets",
     "StepResult",
+    "Validation",
     "adversarial_step",
     "autocast_context",
     "distributed_info",

@@ -6,9 +6,10 @@ from __future__ import annotations
 import logging
 import math
 import warnings
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.distributed as dist
@@ -28,12 +29,24 @@ from fire_plugin.engine.checkpoints import (
     load_checkpoint,
     save_checkpoint,
 )
-from fire_plugin.engine.distributed import _distributed_loader, setup_distributed, unwrap_model
+from fire_plugin.engine.distributed import DistInfo, _distributed_loader, setup_distributed, unwrap_model
 from fire_plugin.engine.ema import ModelEMA, _check_ema_of
-from fire_plugin.engine.objectives import AdversarialObjective, AttackFn, LossFn, Objective, _resolve_objective
+from fire_plugin.engine.objectives import AdversarialObjective, AttackFn, Objective, _resolve_objective
+from fire_plugin.engine.options import (
+    Checkpointing,
+    DDPOptions,
+    FastPaths,
+    FitKeywords,
+    FitOptions,
+    Validation,
+    group_keywords,
+)
 from fire_plugin.engine.precision import _model_device, resolve_amp_dtype
 from fire_plugin.engine.step import EpochStats, NonFiniteLossError, evaluate_accuracy, train_epoch
 from fire_plugin.engine.targets import SelfAdaptiveTargets
+
+if TYPE_CHECKING:
+    from typing import Unpack
 
 __all__ = ["fit", "lr_scheduler"]
 
@@ -94,27 +107,17 @@ def fit(
     *,
     epochs: int,
     objective: Objective | None = None,
-    loss: LossFn | None = None,
-    attack: AttackFn | None = None,
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
-    val_loader: Iterable[Any] | None = None,
-    val_attack: AttackFn | None = None,
-    val_attack_factory: Callable[[nn.Module], AttackFn] | None = None,
-    select_best: bool = False,
-    checkpoint_dir: str | Path | None = None,
-    resume: bool = True,
-    config: dict[str, Any] | None = None,
-    amp: bool | str | torch.dtype | None = None,
+    validation: Validation | None = None,
+    checkpoints: Checkpointing | None = None,
+    fast: FastPaths | None = None,
+    ddp: DDPOptions | None = None,
     ema: ModelEMA | None = None,
-    channels_last: bool | None = None,
-    cudnn_benchmark: bool | None = None,
-    compile: bool | str = False,
     self_adaptive: SelfAdaptiveTargets | None = None,
-    sync_batchnorm: bool = False,
-    seed: int = 0,
     verbose: bool = True,
     on_epoch_end: Callable[[EpochStats], None] | None = None,
+    **keywords: Unpack[FitKeywords],
 ) -> list[dict[str, Any]]:
     """Train ``model`` on ``objective`` for ``epochs`` epochs; return the per-epoch history (list of dicts).
 
@@ -127,45 +130,31 @@ def fit(
             sampler with a ``set_epoch(epoch)`` method is told the epoch before each one (reshuffles that resume
             exactly).
         epochs: total number of epochs (including those of a resumed run).
-        objective: the training :class:`Objective` (e.g. :class:`AdversarialObjective`).
-        loss, attack: instead of ``objective``: ``loss(logits_nat, logits_adv, y)`` and ``attack(x, y) -> x_adv``
-            (built on the raw model), trained as ``AdversarialObjective(loss, attack)``.
+        objective: the training :class:`Objective` (e.g. :class:`AdversarialObjective`); or, in the flat form,
+            ``loss=`` (``loss(logits_nat, logits_adv, y)``) and ``attack=`` (``attack(x, y) -> x_adv``), trained as
+            ``AdversarialObjective(loss, attack)``.
         optimizer: optimizer over ``model``'s parameters.
         scheduler: any ``torch.optim.lr_scheduler.LRScheduler``, stepped once per epoch (see :func:`lr_scheduler`).
-        val_loader: optional validation data (a split held out from the training data, never the test set);
-            natural and adversarial accuracy after every epoch, of the raw weights and (with ``ema``) of the EMA.
-        val_attack: the attack of the raw model's validation accuracy (default: the objective's attack).
-        val_attack_factory: ``factory(model) -> attack`` building the validation attack of a given model (the raw
-            one and the EMA one); takes precedence over ``val_attack``. Needed for the EMA's adversarial accuracy.
-        select_best: keep ``checkpoint_dir/best.pt`` (written atomically) with the weights of the epoch of highest
-            validation adversarial accuracy so far (the EMA weights when ``ema`` is given), its ``epoch``,
-            ``val_adv_acc`` and ``val_nat_acc`` (Rice et al. 2020: select on held-out data, not on the test set).
-            Needs ``val_loader``, a validation attack and ``checkpoint_dir``; ties keep the earlier epoch.
-        checkpoint_dir: where ``last.pt`` is written atomically after every epoch (rank 0 only).
-        resume: continue from ``checkpoint_dir/last.pt`` when it exists. Two epochs in one go and one epoch plus
-            a resumed one give identical weights (and EMA) on CPU: the checkpoint holds the RNG states of every
-            rank (torch, CUDA, numpy, Python) and of the loader's generators (:func:`_loader_generators`); a
-            sampler with ``set_epoch`` derives its order from the epoch. Random augmentation inside persistent
-            DataLoader workers is not restored: derive it from the epoch and the index as
-            :func:`fire_plugin.data.epoch_loader` does.
-        config: the run's configuration (JSON-friendly values), saved with the checkpoint together with the
-            objective's :meth:`Objective.config`. Resuming from a checkpoint written with another configuration
-            raises :class:`ConfigMismatchError` naming the differing fields.
-        amp: autocast (see :func:`resolve_amp_dtype`): ``None`` is bfloat16 on GPUs that support it, float16 with a
-            GradScaler on older ones, full precision on CPU; ``"bf16"``, ``"fp16"`` or ``False`` choose.
-            Attacks run outside autocast (see :class:`AdversarialObjective`); losses are computed in float32.
+        validation: a :class:`Validation` (flat form: ``val_loader``, ``val_attack``, ``val_attack_factory``,
+            ``select_best``): accuracies after every epoch and ``best.pt`` selection (Rice et al. 2020: select on
+            held-out data, not on the test set); ``best.pt`` holds the weights, ``epoch``, ``weights`` (raw or
+            ema), ``val_adv_acc`` and ``val_nat_acc``.
+        checkpoints: a :class:`Checkpointing` (flat form: ``checkpoint_dir``, ``resume``, ``config``). Two epochs
+            in one go and one epoch plus a resumed one give identical weights (and EMA) on CPU: the checkpoint holds
+            the RNG states of every rank (torch, CUDA, numpy, Python) and of the loader's generators; a sampler
+            with ``set_epoch`` derives its order from the epoch. Random augmentation inside persistent DataLoader
+            workers is not restored: derive it from the epoch and the index as
+            :func:`fire_plugin.data.epoch_loader` does. Resuming from a checkpoint written with another
+            configuration raises :class:`ConfigMismatchError` naming the differing fields.
+        fast: a :class:`FastPaths` (flat form: ``amp``, ``channels_last``, ``cudnn_benchmark``, ``compile``).
+            ``amp=None`` is bfloat16 on GPUs that support it, float16 with a GradScaler on older ones, full
+            precision on CPU. Attacks run outside autocast (see :class:`AdversarialObjective`); losses are computed
+            in float32. ``compile`` compiles in place (``model.compile()``; the state dict keeps its keys); off by
+            default: the first steps compile for minutes.
+        ddp: a :class:`DDPOptions` (flat form: ``sync_batchnorm``, ``seed`` of the sharded sampler).
         ema: a :class:`ModelEMA` of ``model``, updated after every optimizer step, validated, checkpointed under
             ``"ema"`` and resumed.
-        channels_last: channels-last memory format for the model (and EMA) and the image batches; ``None`` means
-            on for CUDA, off for CPU.
-        cudnn_benchmark: ``torch.backends.cudnn.benchmark`` during training (restored afterwards); ``None`` means on
-            for CUDA. Fixed-shape batches (``drop_last=True``) avoid re-tuning on the last batch.
-        compile: ``torch.compile`` the model in place (``model.compile()``: the attack, the objective and the
-            evaluation all call the compiled forward; the state dict keeps its keys); a string names the backend
-            (``"inductor"`` is the default of ``True``). Off by default: the first steps compile for minutes.
         self_adaptive: optional :class:`SelfAdaptiveTargets` (batches must carry indices).
-        sync_batchnorm: convert BatchNorm to SyncBatchNorm under DDP.
-        seed: seed of the DistributedSampler shuffling under DDP.
         verbose: tqdm bars over epochs and batches and per-epoch log lines (rank 0 only).
         on_epoch_end: callback receiving each epoch's :class:`EpochStats`.
 
@@ -177,6 +166,35 @@ def fit(
         NonFiniteLossError: the loss became non-finite; the last good checkpoint is kept.
         ConfigMismatchError: resuming with another configuration than the checkpoint's.
     """
+    options = group_keywords(dict(keywords), validation=validation, checkpoints=checkpoints, fast=fast, ddp=ddp)
+    _check_arguments(model, epochs=epochs, scheduler=scheduler, ema=ema, compile=options.fast.compile)
+    run = _Run.start(model, train_loader, epochs=epochs, objective=_resolve_objective(objective, options.loss,
+                     options.attack), optimizer=optimizer, scheduler=scheduler, options=options, ema=ema,
+                     self_adaptive=self_adaptive, verbose=verbose)
+    previous_benchmark = torch.backends.cudnn.benchmark
+    if run.device.type == "cuda":
+        torch.backends.cudnn.benchmark = run.use_benchmark
+    try:
+        epoch_bar = tqdm(range(run.start_epoch, epochs), desc="training", disable=not verbose or not run.info.is_main)
+        for epoch in epoch_bar:
+            stats, record, is_best = run.train_one_epoch(epoch)
+            if verbose and run.info.is_main:
+                postfix = {"loss": f"{stats.loss:.4f}", "nat": f"{stats.nat_acc:.3f}"}
+                if stats.adv_acc is not None:
+                    postfix["adv"] = f"{stats.adv_acc:.3f}"
+                epoch_bar.set_postfix(postfix)
+                _logger.info("epoch %d: %s", epoch + 1, _format_record(record))
+            run.save(epoch, stats, record, is_best)
+            if run.info.enabled:
+                dist.barrier()
+            if on_epoch_end is not None:
+                on_epoch_end(stats)
+    finally:
+        torch.backends.cudnn.benchmark = previous_benchmark
+    return run.history
+
+
+def _check_arguments(model: nn.Module, *, epochs: int, scheduler: Any, ema: Any, compile: Any) -> None:
     if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 0:
         raise ValueError(f"epochs must be an int >= 0, got {epochs!r}")
     if scheduler is not None and not isinstance(scheduler, torch.optim.lr_scheduler.LRScheduler):
@@ -187,164 +205,223 @@ def fit(
         _check_ema_of(ema, model)
     if not isinstance(compile, (bool, str)):
         raise ValueError(f"compile={compile!r} is not allowed; allowed: True, False or a torch.compile backend name")
-    objective = _resolve_objective(objective, loss, attack)
-    run_config = _jsonable({**objective.config(), **(config or {})})
-    if ema is not None:
-        run_config.update({"ema.decay": ema.decay, "ema.warmup": ema.warmup})
-    if val_attack is None and val_attack_factory is None and isinstance(objective, AdversarialObjective):
-        val_attack = objective.attack
-    val_attacks: dict[str, AttackFn | None] = {}
-    if val_loader is not None:
-        val_attacks["raw"] = val_attack_factory(model) if val_attack_factory is not None else val_attack
-        if ema is not None:
-            val_attacks["ema"] = val_attack_factory(ema.module) if val_attack_factory is not None else None
-    selected = "ema" if ema is not None else "raw"
-    if select_best and (checkpoint_dir is None or val_attacks.get(selected) is None):
-        raise ValueError(
-            "select_best=True needs checkpoint_dir, val_loader and a validation attack of the selected weights ("
-            + ("val_attack_factory, for the EMA weights" if ema is not None else "val_attack or val_attack_factory")
-            + f"); got checkpoint_dir={checkpoint_dir!r}, val_loader={'set' if val_loader is not None else None}"
-        )
-    info = setup_distributed()
-    device = _model_device(model)
-    amp_dtype = resolve_amp_dtype(amp, device)
-    scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
-    use_channels_last = (device.type == "cuda") if channels_last is None else bool(channels_last)
-    use_benchmark = (device.type == "cuda") if cudnn_benchmark is None else bool(cudnn_benchmark)
 
-    ckpt_path = Path(checkpoint_dir) / CHECKPOINT_NAME if checkpoint_dir is not None else None
-    best_path = Path(checkpoint_dir) / BEST_CHECKPOINT_NAME if checkpoint_dir is not None else None
-    history: list[dict[str, Any]] = []
-    start_epoch = 0
-    saved_generators: list[Tensor] | None = None
-    if ckpt_path is not None and resume and ckpt_path.exists():
-        state = load_checkpoint(ckpt_path, map_location=device)
-        _check_config(state.get("config"), run_config, ckpt_path)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        if scheduler is not None and state.get("scheduler") is not None:
-            scheduler.load_state_dict(state["scheduler"])
-        if scaler is not None and state.get("scaler") is not None:
-            scaler.load_state_dict(state["scaler"])
-        if self_adaptive is not None and state.get("self_adaptive") is not None:
-            self_adaptive.load_state_dict(state["self_adaptive"])
+
+def _validation_attacks(model: nn.Module, objective: Objective, validation: Validation | None,
+                        ema: ModelEMA | None) -> dict[str, AttackFn | None]:
+    """The validation attacks of the raw weights (``"raw"``) and of the EMA (``"ema"``); empty without validation."""
+    if validation is None or validation.loader is None:
+        return {}
+    factory, attack = validation.attack_factory, validation.attack
+    if attack is None and factory is None and isinstance(objective, AdversarialObjective):
+        attack = objective.attack
+    attacks: dict[str, AttackFn | None] = {"raw": factory(model) if factory is not None else attack}
+    if ema is not None:
+        attacks["ema"] = factory(ema.module) if factory is not None else None
+    return attacks
+
+
+@dataclass
+class _Run:
+    """The state of one :func:`fit` call: what it trains, where it writes, what it has done so far."""
+
+    model: nn.Module  # the raw module (SyncBatchNorm-converted under DDP when asked)
+    train_model: nn.Module  # what the steps call: the model, or its DDP wrapper
+    loader: Any
+    epochs: int
+    objective: Objective
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None
+    options: FitOptions
+    ema: ModelEMA | None
+    self_adaptive: SelfAdaptiveTargets | None
+    verbose: bool
+    info: DistInfo
+    device: torch.device
+    amp_dtype: torch.dtype | None
+    scaler: torch.amp.GradScaler | None
+    use_channels_last: bool
+    use_benchmark: bool
+    run_config: dict[str, Any]
+    val_attacks: dict[str, AttackFn | None]
+    selected: str  # "ema" or "raw": the weights best.pt selects
+    history: list[dict[str, Any]] = field(default_factory=list)
+    start_epoch: int = 0
+    generators: list[torch.Generator] = field(default_factory=list)
+
+    @classmethod
+    def start(cls, model: nn.Module, train_loader: Any, *, epochs: int, objective: Objective,
+              optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LRScheduler | None,
+              options: FitOptions, ema: ModelEMA | None, self_adaptive: SelfAdaptiveTargets | None,
+              verbose: bool) -> _Run:
+        """Check the options, resume from the last checkpoint, prepare the model and the loader."""
+        ckpt = options.checkpoints
+        run_config = _jsonable({**objective.config(), **(ckpt.config or {})})
         if ema is not None:
+            run_config.update({"ema.decay": ema.decay, "ema.warmup": ema.warmup})
+        val_attacks = _validation_attacks(model, objective, options.validation, ema)
+        selected = "ema" if ema is not None else "raw"
+        validation = options.validation
+        if validation is not None and validation.select_best and (ckpt.dir is None
+                                                                  or val_attacks.get(selected) is None):
+            raise ValueError(
+                "select_best=True needs checkpoint_dir, val_loader and a validation attack of the selected weights ("
+                + ("val_attack_factory, for the EMA weights" if ema is not None else "val_attack or val_attack_factory")
+                + f"); got checkpoint_dir={ckpt.dir!r}, val_loader={'set' if validation.loader is not None else None}"
+            )
+        info = setup_distributed()
+        device = _model_device(model)
+        amp_dtype = resolve_amp_dtype(options.fast.amp, device)
+        run = cls(
+            model=model, train_model=model, loader=train_loader, epochs=epochs, objective=objective,
+            optimizer=optimizer, scheduler=scheduler, options=options, ema=ema, self_adaptive=self_adaptive,
+            verbose=verbose, info=info, device=device, amp_dtype=amp_dtype,
+            scaler=torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None,
+            use_channels_last=(device.type == "cuda") if options.fast.channels_last is None
+            else bool(options.fast.channels_last),
+            use_benchmark=(device.type == "cuda") if options.fast.cudnn_benchmark is None
+            else bool(options.fast.cudnn_benchmark),
+            run_config=run_config, val_attacks=val_attacks, selected=selected,
+        )
+        saved_generators = run.resume() if ckpt.dir is not None and ckpt.resume and run.last_path.exists() else None
+        run.prepare(train_loader, saved_generators)
+        return run
+
+    @property
+    def last_path(self) -> Path:
+        return Path(self.options.checkpoints.dir or ".") / CHECKPOINT_NAME
+
+    @property
+    def best_path(self) -> Path:
+        return Path(self.options.checkpoints.dir or ".") / BEST_CHECKPOINT_NAME
+
+    @property
+    def select_best(self) -> bool:
+        return self.options.validation is not None and self.options.validation.select_best
+
+    def resume(self) -> list[Tensor] | None:
+        """Restore everything from ``last.pt``; return the saved states of the loader's generators."""
+        ckpt_path = self.last_path
+        state = load_checkpoint(ckpt_path, map_location=self.device)
+        _check_config(state.get("config"), self.run_config, ckpt_path)
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        for name, obj in (("scheduler", self.scheduler), ("scaler", self.scaler),
+                          ("self_adaptive", self.self_adaptive)):
+            if obj is not None and state.get(name) is not None:
+                obj.load_state_dict(state[name])
+        if self.ema is not None:
             if state.get("ema") is not None:
-                ema.load_state_dict(state["ema"])
+                self.ema.load_state_dict(state["ema"])
             else:
-                ema.module.load_state_dict(state["model"])
+                self.ema.module.load_state_dict(state["model"])
                 _logger.warning("%s holds no EMA (written without ema=...); the EMA restarts from its weights",
                                 ckpt_path)
-        objective.load_state_dict(state.get("objective") or {})
-        history = list(state["history"])
-        start_epoch = int(state["epoch"]) + 1
+        self.objective.load_state_dict(state.get("objective") or {})
+        self.history = list(state["history"])
+        self.start_epoch = int(state["epoch"]) + 1
         ranks = state.get("rng_ranks")
+        info = self.info
         _set_rng_state(ranks[info.rank] if ranks is not None and len(ranks) == info.world_size else state["rng"])
-        saved_generators = state.get("loader_rng")
         if info.is_main:
-            _logger.info("resumed from %s at epoch %d", ckpt_path, start_epoch + 1)
+            _logger.info("resumed from %s at epoch %d", ckpt_path, self.start_epoch + 1)
+        return state.get("loader_rng")
 
-    if use_channels_last:
-        model.to(memory_format=torch.channels_last)
-        if ema is not None:
-            ema.module.to(memory_format=torch.channels_last)
-    if compile and start_epoch < epochs:
-        model.compile(**({"backend": compile} if isinstance(compile, str) else {}))
-    train_model: nn.Module = model
-    loader = train_loader
-    if info.enabled:
-        if sync_batchnorm:
-            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-        device_ids = [info.local_rank] if device.type == "cuda" else None
-        train_model = nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
-        loader = _distributed_loader(train_loader, seed=seed)
-    generators = _loader_generators(loader)
-    if start_epoch > 0 and saved_generators is not None and len(saved_generators) == len(generators):
-        for gen, gen_state in zip(generators, saved_generators, strict=True):
-            gen.set_state(gen_state)
-    elif start_epoch > 0 and generators:
-        _logger.warning("%s holds no state of the DataLoader's generator (an older checkpoint?); the resumed epochs "
-                        "may see other batches than an uninterrupted run", ckpt_path)
+    def prepare(self, train_loader: Any, saved_generators: list[Tensor] | None) -> None:
+        """Memory format, compilation, the DDP wrapper and sharded loader, the loader's generators."""
+        fast, info = self.options.fast, self.info
+        if self.use_channels_last:
+            self.model.to(memory_format=torch.channels_last)
+            if self.ema is not None:
+                self.ema.module.to(memory_format=torch.channels_last)
+        if fast.compile and self.start_epoch < self.epochs:
+            self.model.compile(**({"backend": fast.compile} if isinstance(fast.compile, str) else {}))
+        if info.enabled:
+            if self.options.ddp.sync_batchnorm:
+                self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
+            device_ids = [info.local_rank] if self.device.type == "cuda" else None
+            self.train_model = nn.parallel.DistributedDataParallel(self.model, device_ids=device_ids)
+            self.loader = _distributed_loader(train_loader, seed=self.options.ddp.seed)
+        self.generators = _loader_generators(self.loader)
+        if self.start_epoch > 0 and saved_generators is not None and len(saved_generators) == len(self.generators):
+            for gen, gen_state in zip(self.generators, saved_generators, strict=True):
+                gen.set_state(gen_state)
+        elif self.start_epoch > 0 and self.generators:
+            _logger.warning("%s holds no state of the DataLoader's generator (an older checkpoint?); the resumed "
+                            "epochs may see other batches than an uninterrupted run", self.last_path)
 
-    previous_benchmark = torch.backends.cudnn.benchmark
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = use_benchmark
-    try:
-        epoch_bar = tqdm(range(start_epoch, epochs), desc="training", disable=not verbose or not info.is_main)
-        for epoch in epoch_bar:
-            for sampler in (getattr(loader, "sampler", None), getattr(loader, "batch_sampler", None)):
-                if callable(getattr(sampler, "set_epoch", None)):
-                    sampler.set_epoch(epoch)  # type: ignore[union-attr]
-            objective.set_epoch(epoch, epochs)
-            stats = train_epoch(
-                train_model, loader, objective=objective, optimizer=optimizer, epoch=epoch, scaler=scaler,
-                amp=amp_dtype is not None, amp_dtype=amp_dtype, self_adaptive=self_adaptive, ema=ema,
-                channels_last=use_channels_last, verbose=verbose,
-            )
-            if scheduler is not None:
-                scheduler.step()
-            if val_loader is not None:
-                stats.val_nat_acc, stats.val_adv_acc = evaluate_accuracy(model, val_loader, attack=val_attacks["raw"],
-                                                                         verbose=False)
-                if ema is not None:
-                    stats.val_ema_nat_acc, stats.val_ema_adv_acc = evaluate_accuracy(
-                        ema.module, val_loader, attack=val_attacks["ema"], verbose=False)
-            record = stats.as_dict()
-            if _diverged(history, record):
-                stats.diverged = record["diverged"] = True
-                message = (f"training is diverging at epoch {epoch + 1}: loss {record['loss']:.4g} (best "
-                           f"{min(r['loss'] for r in history):.4g}), natural accuracy {record['nat_acc']:.3f} (best "
-                           f"{max(r['nat_acc'] for r in history):.3f}); use a decaying learning rate or a smaller one")
-                if info.is_main:
-                    _logger.warning(message)
-                    warnings.warn(message, RuntimeWarning, stacklevel=2)
-            is_best = select_best and _is_best(history, record, selected)
-            history.append(record)
-            if verbose and info.is_main:
-                postfix = {"loss": f"{stats.loss:.4f}", "nat": f"{stats.nat_acc:.3f}"}
-                if stats.adv_acc is not None:
-                    postfix["adv"] = f"{stats.adv_acc:.3f}"
-                epoch_bar.set_postfix(postfix)
-                _logger.info("epoch %d: %s", epoch + 1, _format_record(record))
-            rng_ranks = _rng_states_of_all_ranks(info) if ckpt_path is not None else None
-            if ckpt_path is not None and info.is_main:
-                if not (math.isfinite(stats.loss) and _all_finite(model)):
-                    raise NonFiniteLossError(f"non-finite weights or loss after epoch {epoch + 1}; checkpoint kept")
-                if is_best and best_path is not None:  # before last.pt: a crash in between redoes this epoch
-                    prefix = "val_ema_" if selected == "ema" else "val_"
-                    weights = ema.module if ema is not None else unwrap_model(model)
-                    save_checkpoint(best_path, {
-                        "model": weights.state_dict(), "epoch": epoch, "weights": selected,
-                        "val_adv_acc": record[prefix + "adv_acc"], "val_nat_acc": record[prefix + "nat_acc"],
-                        "config": run_config,
-                    })
-                    _logger.info("epoch %d is the best so far (validation adversarial accuracy %.4f): %s",
-                                 epoch + 1, record[prefix + "adv_acc"], best_path)
-                save_checkpoint(
-                    ckpt_path,
-                    {
-                        "model": unwrap_model(model).state_dict(),
-                        "optimizer": optimizer.state_dict(),
-                        "scheduler": scheduler.state_dict() if scheduler is not None else None,
-                        "scaler": scaler.state_dict() if scaler is not None else None,
-                        "self_adaptive": self_adaptive.state_dict() if self_adaptive is not None else None,
-                        "ema": ema.state_dict() if ema is not None else None,
-                        "objective": objective.state_dict(),
-                        "config": run_config,
-                        "epoch": epoch,
-                        "history": history,
-                        "rng": _rng_state(),
-                        "rng_ranks": rng_ranks,
-                        "loader_rng": [gen.get_state() for gen in generators],
-                    },
-                )
-            if info.enabled:
-                dist.barrier()
-            if on_epoch_end is not None:
-                on_epoch_end(stats)
-    finally:
-        torch.backends.cudnn.benchmark = previous_benchmark
-    return history
+    def train_one_epoch(self, epoch: int) -> tuple[EpochStats, dict[str, Any], bool]:
+        """Train and validate epoch ``epoch``; append its record; return it with whether it is the best so far."""
+        for sampler in (getattr(self.loader, "sampler", None), getattr(self.loader, "batch_sampler", None)):
+            if callable(getattr(sampler, "set_epoch", None)):
+                sampler.set_epoch(epoch)  # type: ignore[union-attr]
+        self.objective.set_epoch(epoch, self.epochs)
+        stats = train_epoch(
+            self.train_model, self.loader, objective=self.objective, optimizer=self.optimizer, epoch=epoch,
+            scaler=self.scaler, amp=self.amp_dtype is not None, amp_dtype=self.amp_dtype,
+            self_adaptive=self.self_adaptive, ema=self.ema, channels_last=self.use_channels_last,
+            verbose=self.verbose,
+        )
+        if self.scheduler is not None:
+            self.scheduler.step()
+        validation = self.options.validation
+        if validation is not None and validation.loader is not None:
+            stats.val_nat_acc, stats.val_adv_acc = evaluate_accuracy(
+                self.model, validation.loader, attack=self.val_attacks["raw"], verbose=False)
+            if self.ema is not None:
+                stats.val_ema_nat_acc, stats.val_ema_adv_acc = evaluate_accuracy(
+                    self.ema.module, validation.loader, attack=self.val_attacks["ema"], verbose=False)
+        record = stats.as_dict()
+        if _diverged(self.history, record):
+            stats.diverged = record["diverged"] = True
+            self._warn_diverging(epoch, record)
+        is_best = self.select_best and _is_best(self.history, record, self.selected)
+        self.history.append(record)
+        return stats, record, is_best
+
+    def _warn_diverging(self, epoch: int, record: dict[str, Any]) -> None:
+        history = self.history
+        message = (f"training is diverging at epoch {epoch + 1}: loss {record['loss']:.4g} (best "
+                   f"{min(r['loss'] for r in history):.4g}), natural accuracy {record['nat_acc']:.3f} (best "
+                   f"{max(r['nat_acc'] for r in history):.3f}); use a decaying learning rate or a smaller one")
+        if self.info.is_main:
+            _logger.warning(message)
+            warnings.warn(message, RuntimeWarning, stacklevel=4)  # fit's caller <- fit <- train_one_epoch <- here
+
+    def save(self, epoch: int, stats: EpochStats, record: dict[str, Any], is_best: bool) -> None:
+        """``best.pt`` (when this epoch is the best so far), then ``last.pt``; rank 0 writes, every rank joins."""
+        if self.options.checkpoints.dir is None:
+            return
+        rng_ranks = _rng_states_of_all_ranks(self.info)
+        if not self.info.is_main:
+            return
+        if not (math.isfinite(stats.loss) and _all_finite(self.model)):
+            raise NonFiniteLossError(f"non-finite weights or loss after epoch {epoch + 1}; checkpoint kept")
+        if is_best:  # before last.pt: a crash in between redoes this epoch
+            prefix = "val_ema_" if self.selected == "ema" else "val_"
+            weights = self.ema.module if self.ema is not None else unwrap_model(self.model)
+            save_checkpoint(self.best_path, {
+                "model": weights.state_dict(), "epoch": epoch, "weights": self.selected,
+                "val_adv_acc": record[prefix + "adv_acc"], "val_nat_acc": record[prefix + "nat_acc"],
+                "config": self.run_config,
+            })
+            _logger.info("epoch %d is the best so far (validation adversarial accuracy %.4f): %s",
+                         epoch + 1, record[prefix + "adv_acc"], self.best_path)
+        save_checkpoint(self.last_path, {
+            "model": unwrap_model(self.model).state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
+            "scaler": self.scaler.state_dict() if self.scaler is not None else None,
+            "self_adaptive": self.self_adaptive.state_dict() if self.self_adaptive is not None else None,
+            "ema": self.ema.state_dict() if self.ema is not None else None,
+            "objective": self.objective.state_dict(),
+            "config": self.run_config,
+            "epoch": epoch,
+            "history": self.history,
+            "rng": _rng_state(),
+            "rng_ranks": rng_ranks,
+            "loader_rng": [gen.get_state() for gen in self.generators],
+        })
 
 
 def _is_best(history: list[dict[str, Any]], record: dict[str, Any], selected: str) -> bool:
