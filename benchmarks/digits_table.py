@@ -28,7 +28,7 @@ from fire_plugin.experiments import (
 )
 from fire_plugin.runfolder import atomic_write_text, write_environment
 
-TABLE_METHODS = ("ce", "ace", "trades", "hellinger", "fire", "isometry")
+TABLE_METHODS = ("ce", "madry", "trades", "hellinger", "fire", "isometry")
 
 
 def _fmt(cell: dict | None, scale: float = 100.0) -> str:

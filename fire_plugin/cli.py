@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from fire_plugin import __version__
+from fire_plugin.methods import accepted_names, canonical_name
 
 SUBCOMMANDS = {
     "train": "train a model (FIRE, TRADES, Hellinger, MART, ACE, partial isometry or plain CE); torchrun for DDP",
@@ -144,10 +145,12 @@ def _preset_sets(args: argparse.Namespace) -> list[str]:
         if value is None:
             continue
         if key == "method":
-            if value not in ("fire", "trades", "hellinger", "ace", "isometry"):
-                raise ValueError(f"--method {value} cannot be combined with --preset; allowed there: fire, trades, "
-                                 "hellinger, ace (the presets' madry), isometry")
-            value = "madry" if value == "ace" else value
+            from fire_plugin.presets import METHODS as PRESET_METHODS
+
+            value = canonical_name(value, option="--method")
+            if value not in PRESET_METHODS:
+                raise ValueError(f"--method {value} cannot be combined with --preset; allowed there: "
+                                 f"{', '.join(PRESET_METHODS)} (or the alias ace of madry)")
         items.append(f"{key}={value!r}" if isinstance(value, float) else f"{key}={value}")
     if args.compile:
         items.append("compile=true")
@@ -256,7 +259,7 @@ def _demo(args: argparse.Namespace) -> int:
     chosen = {k: v for k, v in (("epochs", args.epochs), ("model", args.model)) if v is not None}
     recipe = DigitsRecipe(**chosen)
     spec = EvalSpec() if args.aa_standard_n is None else EvalSpec(aa_standard_n=args.aa_standard_n)
-    if args.quick:  # a smoke run of the whole pipeline: 2 epochs, 60 test images, APGD-CE only
+    if args.smoke:  # a smoke run of the whole pipeline: 2 epochs, 60 test images, APGD-CE only
         recipe = DigitsRecipe(**(chosen | {"epochs": 2}))
         spec = EvalSpec(n_eval=60, aa_attacks=("apgd-ce",), aa_standard_n=0, margin_n=5)
     report = run_demo(args.out, recipe=recipe, spec=spec, workers=args.workers, verbose=not args.quiet)
@@ -338,7 +341,7 @@ def _bench(args: argparse.Namespace) -> int:
         raise ValueError(f"--only {unknown[0]!r} is not a benchmark; allowed: {known}")
     if args.json is not None:
         check_json_path(Path(args.json))  # before the run, not after it
-    argv = [*(["--quick"] if args.quick else []), *(["--json", args.json] if args.json else []),
+    argv = [*(["--quick"] if args.smoke else []), *(["--json", args.json] if args.json else []),
             *[f"--only={name}" for name in args.only or []], *(["--strict"] if args.strict else [])]
     return int(perf_main(argv))
 
@@ -352,7 +355,7 @@ COMMANDS = {"train": _train, "presets": _presets, "evaluate": _evaluate, "gaussi
 
 # Torch-free copies of the library's names, so that --help, --version and argument errors answer without
 # importing torch (tests/test_startup.py checks that they equal the library's).
-METHOD_CHOICES = ("fire", "trades", "hellinger", "mart", "ace", "ce", "isometry")  # fire_plugin.experiments.METHODS
+METHOD_CHOICES = accepted_names()  # fire_plugin.methods: the method names, then their aliases (ace = madry)
 ESTIMATOR_CHOICES = ("hutchinson", "exact", "orthogonal", "deflated")  # fire_plugin.isometry.ESTIMATORS, default first
 DATASET_CHOICES = ("digits", "mnist", "cifar10", "cifar100")  # fire_plugin.data.DATASETS
 BENCH_NAMES = ("trainers", "distances", "attacks", "isometry", "margins", "startup")  # the perf suite's benchmarks
@@ -384,7 +387,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default=None,
                    help="a timm architecture name (ours: small_cnn, lenet_pi, digits_cnn, resnet18_cifar, wrn34_10, "
                         "wrn28_10; default: digits_cnn)")
-    p.add_argument("--method", default=None, choices=METHOD_CHOICES, help="training objective (default: fire)")
+    p.add_argument("--method", default=None, choices=METHOD_CHOICES,
+                   help="training objective (default: fire; ace is the older name of madry)")
     p.add_argument("--estimator", default=None, choices=ESTIMATOR_CHOICES,
                    help="--method isometry: how the penalty is estimated (default hutchinson, one random probe per "
                         "sample, about 3.5x CE training; exact: eq 14 exactly, about 12x)")
@@ -477,7 +481,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--aa-standard-n", type=int, default=None,
                    help="test images that also get standard AutoAttack (0: none; default: the recipe's)")
     p.add_argument("--workers", type=_positive_int, default=None, help="runs in parallel (default: 2 cores)")
-    p.add_argument("--quick", action="store_true", help="a 1-minute smoke run of the whole pipeline")
+    p.add_argument("--smoke", "--quick", dest="smoke", action="store_true",
+                   help="a 1-minute smoke run of the whole pipeline, not a result (--quick: the older name)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
     p = sub.add_parser("margins", help=SUBCOMMANDS["margins"])
@@ -548,7 +553,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="the bundle folder (new or empty)")
 
     p = sub.add_parser("bench", help=SUBCOMMANDS["bench"])
-    p.add_argument("--quick", action="store_true", help="reduced versions (a smoke run: noisy ratios)")
+    p.add_argument("--smoke", "--quick", dest="smoke", action="store_true",
+                   help="reduced versions: a smoke run, noisy ratios (--quick: the older name)")
     p.add_argument("--json", default=None, help="save the table as JSON here")
     p.add_argument("--only", action="append", metavar="NAME", help=f"run only this benchmark (repeatable): "
                                                                      f"{', '.join(BENCH_NAMES)}")

@@ -17,16 +17,23 @@ import os
 import tempfile
 import time
 import warnings
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from torch import Tensor, nn
+from torch import nn
 
-from fire_plugin.engine import AdversarialObjective, CrossEntropyObjective, Objective
+from fire_plugin.methods import METHODS as _REGISTRY
+from fire_plugin.methods import (
+    build_objective,
+    canonical_name,
+    default_eps_step,
+    get_method,
+    method_attack,
+    method_loss,
+)
 from fire_plugin.runfolder import atomic_path, atomic_write_text, run_lock
 
 __all__ = [
@@ -51,89 +58,10 @@ __all__ = [
 
 _logger = logging.getLogger(__name__)
 
-METHODS = ("fire", "trades", "hellinger", "mart", "ace", "ce", "isometry")
+METHODS = tuple(_REGISTRY)
+"""The method names (:data:`fire_plugin.methods.METHODS`); ``"ace"`` is accepted as an alias of ``"madry"``."""
 # Matched weights (d^2 ~ 2 KL ~ 4 H^2 near equality): FIRE lam on d^2 = TRADES beta / 2 = Hellinger lam / 4.
-DEFAULT_WEIGHTS = {"fire": 3.0, "trades": 6.0, "hellinger": 12.0, "mart": 6.0, "ace": 0.0, "ce": 0.0,
-                   "isometry": 0.0}
-_DIVERGENCE_OF = {"fire": "fisher_rao", "trades": "kl", "hellinger": "hellinger"}
-
-
-def _check_method(method: str) -> None:
-    if method not in METHODS:
-        raise ValueError(f"method must be one of {list(METHODS)}, got {method!r}")
-
-
-def method_loss(method: str, weight: float) -> Callable[[Tensor, Tensor, Tensor], Tensor]:
-    """The loss of an adversarial ``method`` (``fire``, ``trades``, ``hellinger``, ``mart``, ``ace``)."""
-    from fire_plugin import losses
-
-    _check_method(method)
-    if method in _DIVERGENCE_OF:
-        return losses.DivergenceRegularizedLoss(_DIVERGENCE_OF[method], weight)
-    if method == "mart":
-        return losses.MARTLoss(beta=weight)
-    if method == "ace":
-        return losses.ACELoss()
-    raise ValueError(f"method {method!r} has no adversarial loss (it is not attack + loss)")
-
-
-def method_attack(method: str, model: nn.Module, *, eps: float, eps_step: float, steps: int,
-                  norm: str) -> Callable[[Tensor, Tensor], Tensor]:
-    """The training attack of ``method``: the divergence-maximizing PGD for FIRE/TRADES/Hellinger, CE-PGD else."""
-    import torchattacks
-
-    from fire_plugin.attacks import DivergencePGD
-
-    _check_method(method)
-    if method in ("mart", "ace"):  # CE-maximizing PGD, as in Madry et al. and MART
-        cls = torchattacks.PGD if norm == "Linf" else torchattacks.PGDL2
-        return cls(model, eps=eps, alpha=eps_step, steps=steps, random_start=True)
-    return DivergencePGD(model, divergence=_DIVERGENCE_OF[method], eps=eps, alpha=eps_step, steps=steps, norm=norm)
-
-
-def build_objective(
-    method: str,
-    model: nn.Module,
-    *,
-    weight: float | None = None,
-    eps: float = 8 / 255,
-    eps_step: float | None = None,
-    steps: int = 10,
-    norm: str = "Linf",
-    isometry_epsilon: float | None = None,
-    num_classes: int = 10,
-    eta_min: float = 0.02,
-    eta_max: float = 0.06,
-    estimator: str | None = None,
-    n_probes: int = 1,
-) -> Objective:
-    """The training :class:`~fire_plugin.engine.Objective` of ``method`` for ``model``.
-
-    ``weight`` defaults to :data:`DEFAULT_WEIGHTS`; ``eps_step`` to ``2.5 * eps / steps``. For ``"isometry"``,
-    ``isometry_epsilon`` defaults to ``delta_m(num_classes)`` (delta_m / epsilon = 1) and eta goes from 0.02 to
-    0.06: measured on digits. The paper's MNIST setting (delta_m / epsilon = 1e-3, eta 0.002 to 0.006; the preset
-    ``mnist-lenet-isometry``) collapses to a constant prediction on digits (clean accuracy 0.10): its penalty,
-    scaled by epsilon^2 = 6.2e6, outweighs the cross-entropy. ``estimator`` (None:
-    ``fire_plugin.isometry.DEFAULT_ESTIMATOR``) and ``n_probes`` choose how the isometry penalty is estimated.
-
-    Example:
-        >>> model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10))
-        >>> type(build_objective("trades", model, eps=0.1)).__name__
-        'AdversarialObjective'
-    """
-    _check_method(method)
-    weight = DEFAULT_WEIGHTS[method] if weight is None else float(weight)
-    if method == "ce":
-        return CrossEntropyObjective()
-    if method == "isometry":
-        from fire_plugin.isometry import DEFAULT_ESTIMATOR, PartialIsometryObjective, delta_m
-
-        epsilon = isometry_epsilon if isometry_epsilon is not None else delta_m(num_classes)
-        return PartialIsometryObjective(epsilon=epsilon, eta_min=eta_min, eta_max=eta_max,
-                                        estimator=estimator or DEFAULT_ESTIMATOR, n_probes=n_probes)
-    step = eps_step if eps_step is not None else 2.5 * eps / steps
-    return AdversarialObjective(method_loss(method, weight),
-                                method_attack(method, model, eps=eps, eps_step=step, steps=steps, norm=norm))
+DEFAULT_WEIGHTS = {name: method.default_weight for name, method in _REGISTRY.items()}
 
 
 def check_output_dir(path: str | os.PathLike[str]) -> Path:
@@ -249,7 +177,7 @@ def train(
     """
     from fire_plugin.data import DATASETS
 
-    _check_method(method)
+    method = canonical_name(method)
     if dataset not in DATASETS:
         raise ValueError(f"dataset must be one of {sorted(DATASETS)}, got {dataset!r}")
     out_dir = check_output_dir(out)
@@ -275,7 +203,7 @@ def _train_locked(out_dir: Path, *, dataset: str, model: str, method: str, weigh
 
     info = DATASETS[dataset]
     weight = DEFAULT_WEIGHTS[method] if weight is None else float(weight)
-    step = eps_step if eps_step is not None else 2.5 * eps / steps
+    step = eps_step if eps_step is not None else default_eps_step(eps, steps)
     _seed_everything(seed)
     net = _create_model(model, dataset).to(_device())
     train_set: Any = load_dataset(dataset, split="train", data_dir=data_dir)
@@ -491,7 +419,7 @@ def run_one(
         the result dict: ``config``, ``eval`` (accuracies as fractions), ``aa_label``, ``fr_margin`` (mean and
         median over the first ``spec.margin_n`` test images), ``train_seconds``, ``history``.
     """
-    _check_method(method)
+    method = canonical_name(method)
     weight = DEFAULT_WEIGHTS[method] if weight is None else float(weight)
     out_dir = check_output_dir(out)
     with run_lock(out_dir, command=f"run_one {method}"):
@@ -602,13 +530,9 @@ def paired_differences(a: list[dict[str, Any]], b: list[dict[str, Any]]) -> dict
 
 # --------------------------------------------------------------------------------------------------- demo
 
-DEMO_METHODS: tuple[tuple[str, str, float | None], ...] = (
-    ("CE", "ce", None),
-    ("Madry PGD-AT", "ace", None),
-    ("TRADES", "trades", 6.0),
-    ("Hellinger", "hellinger", 12.0),
-    ("FIRE", "fire", 3.0),
-    ("Partial isometry", "isometry", None),
+DEMO_METHODS: tuple[tuple[str, str, float | None], ...] = tuple(
+    (_REGISTRY[name].display, name, weight) for name, weight in
+    (("ce", None), ("madry", None), ("trades", 6.0), ("hellinger", 12.0), ("fire", 3.0), ("isometry", None))
 )
 """(label, method, weight) of the demo's rows: every method at its matched weight (None: the method's default)."""
 DEMO_TRADEOFF_LAMS = (1.0, 6.0)  # extra FIRE weights of the lam trade-off figure (with lam = 3 of the table)
@@ -734,7 +658,8 @@ def _run_demo_locked(out_dir: Path, *, recipe: DigitsRecipe, spec: EvalSpec,
     start = time.perf_counter()
     workers = workers if workers is not None else min(2, os.cpu_count() or 1)
     jobs: list[dict[str, Any]] = []
-    for label, method, weight in methods:
+    for label, name, weight in methods:
+        method = canonical_name(name)
         w = DEFAULT_WEIGHTS[method] if weight is None else weight
         jobs.append({"label": label, "method": method, "weight": w, "seed": seed, "recipe": recipe, "spec": spec,
                      "out": str(out_dir / "runs" / f"{method}_{w:g}")})
@@ -819,7 +744,7 @@ def _markdown_table(rows: list[dict[str, Any]]) -> str:
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for row in rows:
         margin = "-" if row["fr_margin"] is None else f"{row['fr_margin']:.3f}"
-        weight = f"{row['weight']:g}" if row["method"] in ("fire", "trades", "hellinger", "mart") else "-"
+        weight = f"{row['weight']:g}" if get_method(row["method"]).weight_name else "-"
         lines.append(f"| {row['label']} | {weight} | {pct(row['clean'])} | {pct(row['pgd'])} | "
                      f"{pct(row['frpgd'])} | {pct(row['aa'])} | {pct(row['avg'])} | "
                      + (f"{pct(row['aa_standard_subset'])} | " if std_n else "")

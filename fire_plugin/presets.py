@@ -37,6 +37,8 @@ from fractions import Fraction
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from fire_plugin.methods import ALIASES
+
 if TYPE_CHECKING:  # torch is imported where it is used: listing and showing presets does not need it
     from torch import Tensor, nn
 
@@ -58,6 +60,9 @@ PRESET_DIR = Path(__file__).with_name("presets")
 """Where the preset JSON files live (package data)."""
 
 METHODS = ("fire", "trades", "hellinger", "madry", "isometry")
+"""The methods a preset trains (names of :data:`fire_plugin.methods.METHODS`; ``ace`` is accepted for ``madry``)."""
+KEY_ALIASES = {"eval_pgd_alpha": "eval_eps_step"}
+"""Older key names still accepted in preset files and ``--set`` (``eps_step`` is the step of every attack)."""
 _AUTO_BOOL = ("auto", "on", "off")
 
 
@@ -127,7 +132,8 @@ SCHEMA: dict[str, _Key] = {
     "eval_n": _Key("int", "test images evaluated (RobustBench: the first 10,000)", minimum=1),
     "eval_attacks": _Key("strs", "final evaluation", choices=("clean", "pgd", "frpgd", "autoattack")),
     "eval_pgd_steps": _Key("int", "steps of the evaluation PGD", minimum=1),
-    "eval_pgd_alpha": _Key("float", "step of the evaluation PGD; 0 means eps / 4", minimum=0.0),
+    "eval_eps_step": _Key("float", "step of the evaluation PGD; 0 means eps / 4 (older name: eval_pgd_alpha)",
+                          minimum=0.0),
     "eval_batch_size": _Key("int", "evaluation batch size", minimum=1),
     "amp": _Key("str", "autocast: auto (bf16 where supported on CUDA), bf16, fp16, off",
                 choices=("auto", "bf16", "fp16", "off")),
@@ -172,7 +178,7 @@ DEFAULTS: dict[str, Any] = {
     "eval_n": 10000,
     "eval_attacks": ["clean", "pgd", "autoattack"],
     "eval_pgd_steps": 20,
-    "eval_pgd_alpha": 0.0,
+    "eval_eps_step": 0.0,
     "eval_batch_size": 256,
     "amp": "auto",
     "channels_last": "auto",
@@ -184,9 +190,9 @@ DEFAULTS: dict[str, Any] = {
 }
 
 # Keys that do not change what is trained: a resumed run may change them (everything else is compared).
-RUNTIME_KEYS = frozenset({"description", "eval_n", "eval_attacks", "eval_pgd_steps", "eval_pgd_alpha",
-                          "eval_batch_size", "amp", "channels_last", "cudnn_benchmark", "compile", "workers",
-                          "data_dir", "extra_data"})
+RUNTIME_KEYS = frozenset({"description", "eval_n", "eval_attacks", "eval_pgd_steps", "eval_eps_step",
+                          "eval_pgd_alpha", "eval_batch_size", "amp", "channels_last", "cudnn_benchmark", "compile",
+                          "workers", "data_dir", "extra_data"})
 
 _ARCHITECTURES = {"small_cnn": "CNN (TRADES' 7-layer MNIST net)", "lenet_pi": "LeNet", "wrn34_10": "WideResNet-34-10",
                   "wrn28_10": "WideResNet-28-10", "resnet18_cifar": "ResNet-18", "digits_cnn": "DigitsCNN"}
@@ -197,6 +203,9 @@ _ARCHITECTURES = {"small_cnn": "CNN (TRADES' 7-layer MNIST net)", "lenet_pi": "L
 
 def _parse_value(key: str, value: Any, *, source: str) -> Any:
     """``value`` (a string from ``--set`` or a JSON value from a file) checked against ``SCHEMA[key]``."""
+    key = KEY_ALIASES.get(key, key)
+    if key == "method" and isinstance(value, str) and value.strip() in ALIASES:
+        value = ALIASES[value.strip()]
     if key not in SCHEMA:
         raise ValueError(f"{source}: unknown key {key!r}; allowed keys: {sorted(SCHEMA)}")
     spec = SCHEMA[key]
@@ -276,7 +285,7 @@ def parse_overrides(overrides: Sequence[str]) -> dict[str, Any]:
             raise ValueError(f"--set {item!r} is not allowed; allowed: key=value with a key among {sorted(SCHEMA)}")
         key, value = item.split("=", 1)
         key = key.strip()
-        out[key] = _parse_value(key, value, source=f"--set {item}")
+        out[KEY_ALIASES.get(key, key)] = _parse_value(key, value, source=f"--set {item}")
     return out
 
 
@@ -318,10 +327,10 @@ def load_preset(name: str, *, overrides: Sequence[str] | dict[str, Any] = ()) ->
     raw = json.loads(text)
     cfg = dict(DEFAULTS)
     for key, value in raw.items():
-        cfg[key] = _parse_value(key, value, source=f"preset file {name}.json")
+        cfg[KEY_ALIASES.get(key, key)] = _parse_value(key, value, source=f"preset file {name}.json")
     if isinstance(overrides, dict):
         for key, value in overrides.items():
-            cfg[key] = _parse_value(key, value, source=f"override {key}")
+            cfg[KEY_ALIASES.get(key, key)] = _parse_value(key, value, source=f"override {key}")
     else:
         cfg.update(parse_overrides(overrides))
     _check_consistency(cfg, name)
@@ -435,30 +444,18 @@ def _build_model(cfg: dict[str, Any], *, tiny: bool) -> nn.Module:
 
 
 def _build_objective(cfg: dict[str, Any], model: nn.Module, num_classes: int, *, smoke: bool) -> Any:
-    import torchattacks
+    """The preset's objective, built by :func:`fire_plugin.methods.build_objective` from the preset's keys."""
+    from fire_plugin.methods import build_objective
 
-    from fire_plugin import losses
-    from fire_plugin.attacks import DivergencePGD
-    from fire_plugin.engine import AdversarialObjective
+    if cfg["method"] == "isometry":
+        from fire_plugin.isometry import delta_m
 
+        return build_objective("isometry", model, isometry_epsilon=delta_m(num_classes) / cfg["delta_over_epsilon"],
+                               num_classes=num_classes, eta_min=cfg["eta_min"], eta_max=cfg["eta_max"],
+                               estimator=cfg["estimator"], n_probes=cfg["n_probes"])
     steps = min(cfg["attack_steps"], 2) if smoke else cfg["attack_steps"]
-    method = cfg["method"]
-    if method == "isometry":
-        try:
-            from fire_plugin.isometry import PartialIsometryObjective, delta_m
-        except ImportError as err:  # pragma: no cover - the module ships with the package
-            raise ValueError(f"method='isometry' needs fire_plugin.isometry ({err})") from err
-        return PartialIsometryObjective(epsilon=delta_m(num_classes) / cfg["delta_over_epsilon"],
-                                        eta_min=cfg["eta_min"], eta_max=cfg["eta_max"], estimator=cfg["estimator"],
-                                        n_probes=cfg["n_probes"])
-    if method == "madry":  # Madry et al.: CE on a CE-maximizing PGD example
-        attack = torchattacks.PGD(model, eps=cfg["eps"], alpha=cfg["eps_step"], steps=steps, random_start=True)
-        return AdversarialObjective(losses.ACELoss(), attack)
-    loss = {"fire": lambda: losses.FIRELoss(lam=cfg["lam"]), "trades": lambda: losses.TRADESLoss(beta=cfg["lam"]),
-            "hellinger": lambda: losses.HellingerLoss(lam=cfg["lam"])}[method]()
-    divergence = {"fire": "fisher_rao", "trades": "kl", "hellinger": "hellinger"}[method]
-    attack = DivergencePGD(model, divergence=divergence, eps=cfg["eps"], alpha=cfg["eps_step"], steps=steps)
-    return AdversarialObjective(loss, attack)
+    return build_objective(cfg["method"], model, weight=cfg["lam"], eps=cfg["eps"], eps_step=cfg["eps_step"],
+                           steps=steps)
 
 
 def _split_train_val(dataset: Any, val_size: int, seed: int) -> tuple[Any, Any]:
@@ -522,7 +519,7 @@ def run_preset(
     *,
     overrides: Sequence[str] | dict[str, Any] = (),
     out: str | Path,
-    smoke: bool = False,
+    smoke: bool | str = False,
     tiny: bool = False,
     keep_checkpoints: bool | None = None,
     resume: bool = True,
@@ -543,7 +540,9 @@ def run_preset(
             of 2 images, 1 epoch, training attack of at most 2 steps), the preset's architecture, and a reduced
             evaluation on 4 images (PGD-2; AutoAttack's APGD-CE alone instead of the standard four attacks).
             Measured: see the README (the cost is that of building and stepping the full-size model).
-        tiny: with ``smoke``, WideResNets at their depth but widen factor 1 (under a second; for tests).
+            ``smoke="tiny"``: the same with WideResNets at their depth but widen factor 1 (under a second; for
+            tests); ``tiny=True`` with ``smoke=True`` is its older spelling.
+        tiny: with ``smoke=True``, the same as ``smoke="tiny"``.
         keep_checkpoints: keep ``out/checkpoints``; None: keep them except for smoke runs (whose checkpoints,
             550 MB for a WRN-34-10, go to ``out/.smoke-checkpoints`` and are deleted at the end).
         resume: continue from ``out/checkpoints/last.pt`` when it exists.
@@ -558,6 +557,11 @@ def run_preset(
         fire_plugin.data.DatasetNotFoundError: the dataset is not under ``data_dir`` and cannot be downloaded.
     """
     from fire_plugin.runfolder import run_lock
+
+    if smoke == "tiny":
+        smoke, tiny = True, True
+    elif not isinstance(smoke, bool):
+        raise ValueError(f"smoke={smoke!r} is not allowed; allowed: False, True or 'tiny'")
 
     load_preset(name, overrides=overrides)  # a bad name or value is reported before the folder is created
     with run_lock(out, command=f"train --preset {name}"):  # rank 0 only, under torchrun
@@ -701,7 +705,7 @@ def _run_preset_locked(name: str, *, overrides: Sequence[str] | dict[str, Any], 
     eval_start = time.perf_counter()
     result = evaluate(final, x_test, y_test, eps=cfg["eps"], attacks=tuple(cfg["eval_attacks"]),
                       batch_size=cfg["eval_batch_size"], pgd_steps=cfg["eval_pgd_steps"],
-                      pgd_alpha=cfg["eval_pgd_alpha"] or None, seed=cfg["seed"], verbose=verbose,
+                      pgd_alpha=cfg["eval_eps_step"] or None, seed=cfg["seed"], verbose=verbose,
                       autoattack_attacks=("apgd-ce",) if smoke else None)
     eval_seconds = time.perf_counter() - eval_start
 

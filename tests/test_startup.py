@@ -100,9 +100,10 @@ def test_every_public_name_loads_lazily_from_its_module():
 def test_cli_torch_free_names_match_the_library():
     from fire_plugin.data import DATASETS
     from fire_plugin.experiments import METHODS
+    from fire_plugin.methods import ALIASES
     from fire_plugin.presets import list_presets
 
-    assert set(cli.METHOD_CHOICES) == set(METHODS)
+    assert set(cli.METHOD_CHOICES) == set(METHODS) | set(ALIASES)
     assert set(cli.DATASET_CHOICES) == set(DATASETS)
     assert cli.preset_names() == list_presets()
     from fire_plugin.bench.perf import BENCHMARKS, discover
