@@ -21,7 +21,6 @@ import importlib.resources
 import io
 import logging
 import os
-import pickle
 import re
 import shutil
 from collections.abc import Mapping
@@ -34,6 +33,7 @@ from torch import nn
 
 from fire_plugin._compat import import_robustbench
 from fire_plugin.data import DATASETS
+from fire_plugin.engine.checkpoints import CheckpointNotFoundError, CorruptCheckpointError, load_checkpoint
 from fire_plugin.models import MODEL_NAMES, ResNet18CIFAR, create_model_for_dataset
 
 __all__ = [
@@ -53,17 +53,6 @@ AUTOATTACK_RESNET18 = "autoattack-resnet18"
 _SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+\-]*")
 _RB_DATASETS = ("cifar10", "cifar100", "imagenet")
 _RB_THREAT_MODELS = ("Linf", "L2", "corruptions", "corruptions_3d")
-
-
-class CheckpointNotFoundError(FileNotFoundError):
-    """A checkpoint is neither on disk nor downloadable; the message names the expected path."""
-
-
-class CorruptCheckpointError(ValueError):
-    """A checkpoint file exists but is not a readable PyTorch checkpoint (empty, truncated, other bytes).
-
-    The message names the file and what to do.
-    """
 
 
 # --------------------------------------------------------------------------------------------------
@@ -138,43 +127,8 @@ _OWN_REMEDY = "delete it and save or copy the checkpoint again (from where it wa
 
 
 def _load_checkpoint_file(path: Path, *, remedy: str = _OWN_REMEDY) -> Any:
-    """``torch.load(path, weights_only=True)`` on the CPU, with errors that name the file and what to do."""
-    if path.is_dir():
-        inside = sorted(p.name for p in path.iterdir() if p.suffix in (".pt", ".pth", ".ckpt", ".bin"))
-        hint = f"; it holds {inside[:5]}: pass one of them" if inside else ""
-        raise CheckpointNotFoundError(
-            f"checkpoint={str(path)!r} is a directory; allowed: a checkpoint file (a .pt written by torch.save){hint}"
-        )
-    if not path.is_file():
-        raise CheckpointNotFoundError(f"checkpoint={str(path)!r} does not exist")
-    size = path.stat().st_size
-    if size == 0:
-        raise CorruptCheckpointError(
-            f"checkpoint file {str(path)!r} is empty (0 bytes; an interrupted save, copy or download): {remedy}"
-        )
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except (PermissionError, MemoryError):
-        raise
-    except pickle.UnpicklingError as exc:
-        if "Unsupported global" in str(exc):
-            # A pickle that asks for Python objects other than tensors: loading it could run code.
-            raise pickle.UnpicklingError(
-                f"checkpoint file {str(path)!r} holds Python objects that weights_only=True refuses (loading it "
-                f"could run code): {str(exc).strip().splitlines()[-3:]}. Load only checkpoints from trusted "
-                "sources, as a plain state dict: torch.save(model.state_dict(), path)"
-            ) from exc
-        raise CorruptCheckpointError(_corrupt_message(path, size, exc, remedy)) from exc
-    except Exception as exc:  # noqa: BLE001 - torch reports a damaged file as OSError, RuntimeError, EOFError, ...
-        raise CorruptCheckpointError(_corrupt_message(path, size, exc, remedy)) from exc
-
-
-def _corrupt_message(path: Path, size: int, exc: BaseException, remedy: str) -> str:
-    reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else "no detail"
-    return (
-        f"checkpoint file {str(path)!r} ({size} bytes) is corrupt: truncated, or not a PyTorch checkpoint "
-        f"({type(exc).__name__}: {reason}); {remedy}"
-    )
+    """:func:`fire_plugin.engine.load_checkpoint` on the CPU: the one loader and its errors, naming the file."""
+    return load_checkpoint(path, map_location="cpu", remedy=remedy)
 
 
 def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:

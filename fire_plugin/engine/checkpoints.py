@@ -17,7 +17,17 @@ import torch.distributed as dist
 
 from fire_plugin.engine.distributed import DistInfo
 
-__all__ = ["BEST_CHECKPOINT_NAME", "CHECKPOINT_NAME", "ConfigMismatchError", "load_checkpoint", "save_checkpoint"]
+__all__ = [
+    "BEST_CHECKPOINT_NAME",
+    "CHECKPOINT_NAME",
+    "CheckpointIsADirectoryError",
+    "CheckpointNotFoundError",
+    "ConfigMismatchError",
+    "CorruptCheckpointError",
+    "UnsafeCheckpointError",
+    "load_checkpoint",
+    "save_checkpoint",
+]
 
 
 CHECKPOINT_NAME = "last.pt"
@@ -97,41 +107,84 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
     return path
 
 
-def load_checkpoint(path: str | Path, *, map_location: str | torch.device | None = "cpu",
-                    what: str = "checkpoint") -> dict[str, Any]:
-    """Load a checkpoint written by :func:`fit` with ``weights_only=True`` (no code from the file is run).
+class CheckpointNotFoundError(FileNotFoundError):
+    """A checkpoint is not on disk (nor downloadable, for a zoo model); the message names the expected path."""
 
-    ``what`` names the file in error messages (e.g. ``"--inputs file"`` for a file that is not a checkpoint).
+
+class CheckpointIsADirectoryError(CheckpointNotFoundError, IsADirectoryError):
+    """A directory was given where a checkpoint file is expected; the message names the files inside it."""
+
+
+class CorruptCheckpointError(ValueError):
+    """A checkpoint file exists but is damaged: empty, truncated, or not a PyTorch file.
+
+    The one error type of a damaged file, whoever reads it (:func:`load_checkpoint`, ``load_pretrained``, the
+    margins' inputs); the message names the file and what to do.
+    """
+
+
+class UnsafeCheckpointError(ValueError, pickle.UnpicklingError):
+    """A checkpoint holds Python objects other than tensors and plain containers: loading it could run code."""
+
+
+_REMEDY = "delete it or pass another file"
+
+
+def load_checkpoint(path: str | Path, *, map_location: str | torch.device | None = "cpu",
+                    what: str = "checkpoint", remedy: str = _REMEDY) -> dict[str, Any]:
+    """Load a checkpoint (written by :func:`fit` or ``torch.save``) with ``weights_only=True``: no code from the
+    file is run. The one checkpoint loader of the package.
+
+    ``what`` names the file in error messages (e.g. ``"--inputs file"`` for a file that is not a checkpoint);
+    ``remedy`` says what to do with a damaged one.
 
     Raises:
-        FileNotFoundError: ``path`` does not exist; ``IsADirectoryError``: it is a directory.
-        ValueError: the file is empty, truncated or not a torch checkpoint (the message names the file).
+        CheckpointNotFoundError: ``path`` does not exist (a ``FileNotFoundError``);
+            :class:`CheckpointIsADirectoryError` (also an ``IsADirectoryError``): it is a directory.
+        CorruptCheckpointError: the file is empty, truncated or not a torch checkpoint (a ``ValueError``).
+        UnsafeCheckpointError: the file holds objects that could run code when loaded (a ``ValueError`` and a
+            ``pickle.UnpicklingError``).
+
+    Example:
+        >>> import tempfile
+        >>> path = Path(tempfile.mkdtemp()) / "empty.pt"
+        >>> _ = path.write_bytes(b"")
+        >>> try:
+        ...     load_checkpoint(path)
+        ... except CorruptCheckpointError as err:
+        ...     print(str(err).split("'")[-1])
+         is empty (0 bytes: an interrupted save, copy or download); delete it or pass another file
     """
     path = Path(path)
     if path.is_dir():
-        raise IsADirectoryError(f"{what} {str(path)!r} is a directory; pass the file inside it"
-                                + (f" (e.g. {str(path / CHECKPOINT_NAME)!r})" if what == "checkpoint" else ""))
+        inside = sorted(p.name for p in path.iterdir() if p.suffix in (".pt", ".pth", ".ckpt", ".bin"))
+        example = f"it holds {inside[:5]}" if inside else f"e.g. {str(path / CHECKPOINT_NAME)!r}"
+        raise CheckpointIsADirectoryError(f"{what} {str(path)!r} is a directory; pass the file inside it ({example})")
     if not path.exists():
-        raise FileNotFoundError(f"{what} {str(path)!r} does not exist")
-    if path.stat().st_size == 0:
-        raise ValueError(f"{what} {str(path)!r} is empty (an interrupted copy?); delete it or pass another file")
+        raise CheckpointNotFoundError(f"{what} {str(path)!r} does not exist")
+    size = path.stat().st_size
+    if size == 0:
+        raise CorruptCheckpointError(f"{what} {str(path)!r} is empty (0 bytes: an interrupted save, copy or "
+                                     f"download); {remedy}")
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
+    except (PermissionError, MemoryError):
+        raise
     except pickle.UnpicklingError as err:
         text = str(err)
         if "unsupported global" in text.lower():
             # torch's message advises weights_only=False, i.e. running the file's code: never passed on
             found = next((line.strip() for line in text.splitlines() if "unsupported global" in line.lower()), "")
-            raise ValueError(
+            raise UnsafeCheckpointError(
                 f"{what} {str(path)!r} holds objects other than tensors and plain containers"
                 + (f" ({found})" if found else "") + "; it was refused because loading it could run code (load "
                 "only files you trust, outside this package)"
             ) from None
-        raise ValueError(f"{what} {str(path)!r} is corrupt or not a torch file; delete it or pass another file "
-                         f"({_first_line(text)})") from None
+        raise CorruptCheckpointError(f"{what} {str(path)!r} is corrupt or not a torch file ({size} bytes; "
+                                     f"{_first_line(text)}); {remedy}") from None
     except Exception as err:  # torch's unpickler raises many types on damaged bytes (EOFError, IndexError, ...)
-        raise ValueError(f"{what} {str(path)!r} is corrupt or truncated; delete it or pass another file "
-                         f"({type(err).__name__}: {_first_line(str(err))})") from None
+        raise CorruptCheckpointError(f"{what} {str(path)!r} is corrupt or truncated ({size} bytes; "
+                                     f"{type(err).__name__}: {_first_line(str(err))}); {remedy}") from None
 
 
 def _first_line(text: str) -> str:
