@@ -23,6 +23,7 @@ Example:
 
 from __future__ import annotations
 
+import copy
 import csv
 import dataclasses
 import json
@@ -44,12 +45,14 @@ if TYPE_CHECKING:  # torch is imported where it is used: listing and showing pre
 
 __all__ = [
     "DEFAULTS",
+    "PresetConfig",
     "PRESET_DIR",
     "SCHEMA",
     "describe_preset",
     "describe_presets",
     "list_presets",
     "load_preset",
+    "load_preset_config",
     "parse_overrides",
     "run_preset",
 ]
@@ -96,99 +99,105 @@ class _Key:
         return what + (" " + " and ".join(bounds) if bounds else "") + (", or none" if self.none_ok else "")
 
 
-SCHEMA: dict[str, _Key] = {
-    "description": _Key("str", "what the preset reproduces"),
-    "dataset": _Key("str", "training and test data", choices=("mnist", "cifar10", "cifar100", "digits")),
-    "model": _Key("str", "timm model name", choices=("small_cnn", "lenet_pi", "wrn34_10", "wrn28_10",
-                                                      "resnet18_cifar", "digits_cnn")),
-    "method": _Key("str", "training objective", choices=METHODS),
-    "lam": _Key("float", "regularizer weight: FIRE on d^2, Hellinger on H^2, TRADES beta", minimum=0.0),
-    "eps": _Key("float", "Linf radius of training, validation and evaluation attacks", positive=True),
-    "eps_step": _Key("float", "step size of the training attack", positive=True),
-    "attack_steps": _Key("int", "steps of the training attack", minimum=1),
-    "epochs": _Key("int", "training epochs", minimum=1),
-    "batch_size": _Key("int", "global batch size (split over torchrun ranks)", minimum=2),
-    "lr": _Key("float", "initial learning rate of SGD", positive=True),
-    "momentum": _Key("float", "SGD momentum", minimum=0.0, maximum=1.0),
-    "nesterov": _Key("bool", "Nesterov momentum"),
-    "weight_decay": _Key("float", "SGD weight decay", minimum=0.0),
-    "schedule": _Key("str", "per-epoch learning-rate schedule", choices=("multistep", "cosine", "constant")),
-    "augment": _Key("bool", "random crop (padding 4) and horizontal flip of the training images"),
-    "n_train": _Key("int", "train on the first n_train images of the training split only (a quick check); "
-                    "none: all", minimum=1, none_ok=True),
-    "val_size": _Key("int", "training images held out for validation and best.pt selection", minimum=0),
-    "val_pgd_steps": _Key("int", "steps of the validation PGD (cross-entropy, step eps/4)", minimum=1),
-    "select_best": _Key("bool", "keep best.pt by validation PGD accuracy; evaluate it at the end"),
-    "ema": _Key("bool", "exponential moving average of the weights (evaluated at the end when on)"),
-    "ema_decay": _Key("float", "EMA decay after the warm-up", positive=True, maximum=1.0),
-    "extra_data": _Key("path", ".npz of extra images ('image' uint8 NHWC, 'label')"),
-    "extra_fraction": _Key("float", "share of extra images in every batch", minimum=0.0, maximum=1.0),
-    "delta_over_epsilon": _Key("float", "partial isometry: delta_m / epsilon (section 4.2: 1e-3)", positive=True),
-    "eta_min": _Key("float", "partial isometry: eta of the first epoch", minimum=0.0),
-    "eta_max": _Key("float", "partial isometry: eta of the last epoch", minimum=0.0),
-    "estimator": _Key("str", "partial isometry: penalty estimator",
-                      choices=("hutchinson", "exact", "orthogonal", "deflated")),
-    "n_probes": _Key("int", "partial isometry: random probes per sample", minimum=1),
-    "eval_n": _Key("int", "test images evaluated (RobustBench: the first 10,000)", minimum=1),
-    "eval_attacks": _Key("strs", "final evaluation", choices=("clean", "pgd", "frpgd", "autoattack")),
-    "eval_pgd_steps": _Key("int", "steps of the evaluation PGD", minimum=1),
-    "eval_eps_step": _Key("float", "step of the evaluation PGD; 0 means eps / 4 (older name: eval_pgd_alpha)",
-                          minimum=0.0),
-    "eval_batch_size": _Key("int", "evaluation batch size", minimum=1),
-    "amp": _Key("str", "autocast: auto (bf16 where supported on CUDA), bf16, fp16, off",
-                choices=("auto", "bf16", "fp16", "off")),
-    "channels_last": _Key("str", "channels-last memory format (auto: on for CUDA)", choices=_AUTO_BOOL),
-    "cudnn_benchmark": _Key("str", "cudnn.benchmark (auto: on for CUDA)", choices=_AUTO_BOOL),
-    "compile": _Key("bool", "torch.compile the model (minutes of compilation first)"),
-    "workers": _Key("int", "DataLoader worker processes (persistent, pinned memory on CUDA)", minimum=0),
-    "data_dir": _Key("str", "folder of the torchvision datasets"),
-    "seed": _Key("int", "seed of the initialization, the validation split and the data order", minimum=0),
-}
+def _key(default: Any, kind: str, help: str = "", **limits: Any) -> Any:
+    """A :class:`PresetConfig` field: its default and its :class:`_Key` (type, allowed values, meaning)."""
+    key = _Key(kind, help, **limits)
+    if isinstance(default, list):
+        return dataclasses.field(default_factory=lambda: list(default), metadata={"key": key})
+    return dataclasses.field(default=default, metadata={"key": key})
 
+
+@dataclass(frozen=True)
+class PresetConfig:
+    """The full configuration of a preset run: every key with its type, default, allowed values and meaning (the
+    one table that ``SCHEMA`` and ``DEFAULTS`` are read from). Building one checks every value
+    (:func:`load_preset_config` also checks the keys against each other).
+
+    Example:
+        >>> PresetConfig(epochs=2).epochs, PresetConfig().method
+        (2, 'fire')
+        >>> PresetConfig(epochs=0)
+        Traceback (most recent call last):
+        ...
+        ValueError: PresetConfig: epochs=0 is not allowed; allowed: an integer >= 1 (training epochs)
+    """
+
+    description: str = _key("", "str", "what the preset reproduces")
+    dataset: str = _key(
+        "cifar10", "str", choices=("mnist", "cifar10", "cifar100", "digits"),
+        help="training and test data")
+    model: str = _key(
+        "wrn34_10", "str", choices=("small_cnn", "lenet_pi", "wrn34_10", "wrn28_10", "resnet18_cifar", "digits_cnn"),
+        help="timm model name")
+    method: str = _key("fire", "str", "training objective", choices=METHODS)
+    lam: float = _key(3.0, "float", "regularizer weight: FIRE on d^2, Hellinger on H^2, TRADES beta", minimum=0.0)
+    eps: float = _key(8 / 255, "float", "Linf radius of training, validation and evaluation attacks", positive=True)
+    eps_step: float = _key(0.007, "float", "step size of the training attack", positive=True)
+    attack_steps: int = _key(10, "int", "steps of the training attack", minimum=1)
+    epochs: int = _key(100, "int", "training epochs", minimum=1)
+    batch_size: int = _key(128, "int", "global batch size (split over torchrun ranks)", minimum=2)
+    lr: float = _key(0.1, "float", "initial learning rate of SGD", positive=True)
+    momentum: float = _key(0.9, "float", "SGD momentum", minimum=0.0, maximum=1.0)
+    nesterov: bool = _key(True, "bool", "Nesterov momentum")
+    weight_decay: float = _key(5e-4, "float", "SGD weight decay", minimum=0.0)
+    schedule: str = _key(
+        "multistep", "str", choices=("multistep", "cosine", "constant"),
+        help="per-epoch learning-rate schedule")
+    augment: bool = _key(True, "bool", "random crop (padding 4) and horizontal flip of the training images")
+    n_train: int | None = _key(
+        None, "int", minimum=1, none_ok=True,
+        help="train on the first n_train images of the training split only (a quick check); none: all")
+    val_size: int = _key(1000, "int", "training images held out for validation and best.pt selection", minimum=0)
+    val_pgd_steps: int = _key(10, "int", "steps of the validation PGD (cross-entropy, step eps/4)", minimum=1)
+    select_best: bool = _key(True, "bool", "keep best.pt by validation PGD accuracy; evaluate it at the end")
+    ema: bool = _key(False, "bool", "exponential moving average of the weights (evaluated at the end when on)")
+    ema_decay: float = _key(0.999, "float", "EMA decay after the warm-up", positive=True, maximum=1.0)
+    extra_data: str | None = _key(None, "path", ".npz of extra images ('image' uint8 NHWC, 'label')")
+    extra_fraction: float = _key(0.0, "float", "share of extra images in every batch", minimum=0.0, maximum=1.0)
+    delta_over_epsilon: float = _key(
+        1e-3, "float", positive=True,
+        help="partial isometry: delta_m / epsilon (section 4.2: 1e-3)")
+    eta_min: float = _key(0.002, "float", "partial isometry: eta of the first epoch", minimum=0.0)
+    eta_max: float = _key(0.006, "float", "partial isometry: eta of the last epoch", minimum=0.0)
+    estimator: str = _key(
+        "hutchinson", "str", choices=("hutchinson", "exact", "orthogonal", "deflated"),
+        help="partial isometry: penalty estimator")  # fire_plugin.isometry.DEFAULT_ESTIMATOR
+    n_probes: int = _key(1, "int", "partial isometry: random probes per sample", minimum=1)
+    eval_n: int = _key(10000, "int", "test images evaluated (RobustBench: the first 10,000)", minimum=1)
+    eval_attacks: list[str] = _key(
+        ["clean", "pgd", "autoattack"], "strs", choices=("clean", "pgd", "frpgd", "autoattack"),
+        help="final evaluation")
+    eval_pgd_steps: int = _key(20, "int", "steps of the evaluation PGD", minimum=1)
+    eval_eps_step: float = _key(
+        0.0, "float", minimum=0.0,
+        help="step of the evaluation PGD; 0 means eps / 4 (older name: eval_pgd_alpha)")
+    eval_batch_size: int = _key(256, "int", "evaluation batch size", minimum=1)
+    amp: str = _key(
+        "auto", "str", choices=("auto", "bf16", "fp16", "off"),
+        help="autocast: auto (bf16 where supported on CUDA), bf16, fp16, off")
+    channels_last: str = _key("auto", "str", "channels-last memory format (auto: on for CUDA)", choices=_AUTO_BOOL)
+    cudnn_benchmark: str = _key("auto", "str", "cudnn.benchmark (auto: on for CUDA)", choices=_AUTO_BOOL)
+    compile: bool = _key(False, "bool", "torch.compile the model (minutes of compilation first)")
+    workers: int = _key(4, "int", "DataLoader worker processes (persistent, pinned memory on CUDA)", minimum=0)
+    data_dir: str = _key("data", "str", "folder of the torchvision datasets")
+    seed: int = _key(0, "int", "seed of the initialization, the validation split and the data order", minimum=0)
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            object.__setattr__(self, f.name, _parse_value(f.name, getattr(self, f.name), source="PresetConfig"))
+
+    def as_dict(self) -> dict[str, Any]:
+        """The configuration as the dict :func:`load_preset` returns (``cfg["lam"]``)."""
+        return {f.name: copy.copy(getattr(self, f.name)) for f in dataclasses.fields(self)}
+
+
+SCHEMA: dict[str, _Key] = {f.name: f.metadata["key"] for f in dataclasses.fields(PresetConfig)}
+"""Every key's type, allowed values and meaning (from :class:`PresetConfig`)."""
 DEFAULTS: dict[str, Any] = {
-    "description": "",
-    "dataset": "cifar10",
-    "model": "wrn34_10",
-    "method": "fire",
-    "lam": 3.0,
-    "eps": 8 / 255,
-    "eps_step": 0.007,
-    "attack_steps": 10,
-    "epochs": 100,
-    "batch_size": 128,
-    "lr": 0.1,
-    "momentum": 0.9,
-    "nesterov": True,
-    "weight_decay": 5e-4,
-    "schedule": "multistep",
-    "augment": True,
-    "n_train": None,
-    "val_size": 1000,
-    "val_pgd_steps": 10,
-    "select_best": True,
-    "ema": False,
-    "ema_decay": 0.999,
-    "extra_data": None,
-    "extra_fraction": 0.0,
-    "delta_over_epsilon": 1e-3,
-    "eta_min": 0.002,
-    "eta_max": 0.006,
-    "estimator": "hutchinson",  # fire_plugin.isometry.DEFAULT_ESTIMATOR
-    "n_probes": 1,
-    "eval_n": 10000,
-    "eval_attacks": ["clean", "pgd", "autoattack"],
-    "eval_pgd_steps": 20,
-    "eval_eps_step": 0.0,
-    "eval_batch_size": 256,
-    "amp": "auto",
-    "channels_last": "auto",
-    "cudnn_benchmark": "auto",
-    "compile": False,
-    "workers": 4,
-    "data_dir": "data",
-    "seed": 0,
+    f.name: f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default  # type: ignore[misc]
+    for f in dataclasses.fields(PresetConfig)
 }
-
+"""Every key's default (from :class:`PresetConfig`)."""
 # Keys that do not change what is trained: a resumed run may change them (everything else is compared).
 RUNTIME_KEYS = frozenset({"description", "eval_n", "eval_attacks", "eval_pgd_steps", "eval_eps_step",
                           "eval_pgd_alpha", "eval_batch_size", "amp", "channels_last", "cudnn_benchmark", "compile",
@@ -201,6 +210,67 @@ _ARCHITECTURES = {"small_cnn": "CNN (TRADES' 7-layer MNIST net)", "lenet_pi": "L
 # ----------------------------------------------------------------------------------------------- config
 
 
+class _Refused(Exception):
+    """A value that its key does not allow (turned into the ValueError naming key, value and what is allowed)."""
+
+
+def _bool_value(spec: _Key, value: Any, text: str | None) -> bool:
+    if isinstance(value, bool):
+        return value
+    lowered = (text or "").lower()
+    if lowered in ("true", "1", "yes", "on"):
+        return True
+    if lowered in ("false", "0", "no", "off"):
+        return False
+    raise _Refused
+
+
+def _number_value(spec: _Key, value: Any, text: str | None) -> float | int:
+    if isinstance(value, bool):
+        raise _Refused
+    number: float | int
+    try:
+        if spec.kind == "int":
+            number = value if isinstance(value, int) else int(text if text is not None else "x")
+        else:
+            number = float(value) if isinstance(value, (int, float)) else float(Fraction(text or "x"))
+    except (ValueError, ZeroDivisionError):
+        raise _Refused from None
+    if not math.isfinite(number):
+        raise _Refused
+    if ((spec.positive and not number > 0) or (spec.minimum is not None and number < spec.minimum)
+            or (spec.maximum is not None and number >= spec.maximum)):
+        raise _Refused
+    return number
+
+
+def _path_value(spec: _Key, value: Any, text: str | None) -> str | None:
+    if value is None or (text is not None and text.lower() in ("none", "null", "")):
+        return None
+    if text is None:
+        raise _Refused
+    return text
+
+
+def _strs_value(spec: _Key, value: Any, text: str | None) -> list[str]:
+    items = value if isinstance(value, list) else (text.split(",") if text is not None else None)
+    if not items or not all(isinstance(i, str) and i.strip() in spec.choices for i in items):
+        raise _Refused
+    return [i.strip() for i in items]
+
+
+def _str_value(spec: _Key, value: Any, text: str | None) -> str:
+    if not isinstance(value, str) or (spec.choices and text not in spec.choices):
+        raise _Refused
+    return text  # type: ignore[return-value]
+
+
+_PARSERS: dict[str, Callable[[_Key, Any, str | None], Any]] = {
+    "bool": _bool_value, "float": _number_value, "int": _number_value, "path": _path_value, "strs": _strs_value,
+    "str": _str_value,
+}
+
+
 def _parse_value(key: str, value: Any, *, source: str) -> Any:
     """``value`` (a string from ``--set`` or a JSON value from a file) checked against ``SCHEMA[key]``."""
     key = KEY_ALIASES.get(key, key)
@@ -209,62 +279,13 @@ def _parse_value(key: str, value: Any, *, source: str) -> Any:
     if key not in SCHEMA:
         raise ValueError(f"{source}: unknown key {key!r}; allowed keys: {sorted(SCHEMA)}")
     spec = SCHEMA[key]
-
-    def bad() -> ValueError:
-        return ValueError(f"{source}: {key}={value!r} is not allowed; allowed: {spec.allowed()} ({spec.help})")
-
     text = value.strip() if isinstance(value, str) else None
     if spec.none_ok and (value is None or (text is not None and text.lower() in ("none", "null"))):
         return None
-    if spec.kind == "bool":
-        if isinstance(value, bool):
-            return value
-        lowered = (text or "").lower()
-        if lowered in ("true", "1", "yes", "on"):
-            return True
-        if lowered in ("false", "0", "no", "off"):
-            return False
-        raise bad()
-    if spec.kind in ("float", "int"):
-        number: float | int
-        if isinstance(value, bool):
-            raise bad()
-        if spec.kind == "int":
-            if isinstance(value, int):
-                number = value
-            else:
-                try:
-                    number = int(text) if text is not None else int("x")
-                except ValueError:
-                    raise bad() from None
-        else:
-            if isinstance(value, (int, float)):
-                number = float(value)
-            else:
-                try:
-                    number = float(Fraction(text)) if text is not None else float("x")
-                except (ValueError, ZeroDivisionError):
-                    raise bad() from None
-            if not math.isfinite(number):
-                raise bad()
-        if ((spec.positive and not number > 0) or (spec.minimum is not None and number < spec.minimum)
-                or (spec.maximum is not None and number >= spec.maximum)):
-            raise bad()
-        return number
-    if spec.kind == "path":
-        if value is None or (text is not None and text.lower() in ("none", "null", "")):
-            return None
-        if text is None:
-            raise bad()
-        return text
-    if spec.kind == "strs":
-        items = value if isinstance(value, list) else (text.split(",") if text is not None else None)
-        if not items or not all(isinstance(i, str) and i.strip() in spec.choices for i in items):
-            raise bad()
-        return [i.strip() for i in items]
-    if not isinstance(value, str) or (spec.choices and text not in spec.choices):
-        raise bad()
-    return text
+    try:
+        return _PARSERS[spec.kind](spec, value, text)
+    except _Refused:
+        raise ValueError(f"{source}: {key}={value!r} is not allowed; allowed: {spec.allowed()} ({spec.help})") from None
 
 
 def parse_overrides(overrides: Sequence[str]) -> dict[str, Any]:
@@ -311,15 +332,20 @@ def _check_consistency(cfg: dict[str, Any], name: str) -> None:
                          "val_size >= 1, or select_best=false")
 
 
-def load_preset(name: str, *, overrides: Sequence[str] | dict[str, Any] = ()) -> dict[str, Any]:
-    """The full configuration of preset ``name``: :data:`DEFAULTS`, then the preset file, then ``overrides``.
+def load_preset_config(name: str, *, overrides: Sequence[str] | dict[str, Any] = ()) -> PresetConfig:
+    """The :class:`PresetConfig` of preset ``name``: the defaults, then the preset file, then ``overrides``.
 
     Args:
         name: one of :func:`list_presets`.
         overrides: ``["key=value", ...]`` (parsed by :func:`parse_overrides`) or a dict of values (checked).
 
     Raises:
-        ValueError: unknown preset, or a bad key or value in the file or the overrides.
+        ValueError: unknown preset, a bad key or value in the file or the overrides (the message names where it
+            came from), or keys that contradict each other.
+
+    Example:
+        >>> load_preset_config("cifar10-wrn34-trades", overrides=["epochs=2"]).epochs
+        2
     """
     if not isinstance(name, str) or name not in list_presets():
         raise ValueError(f"preset {name!r} does not exist; allowed: {list_presets()}")
@@ -334,7 +360,16 @@ def load_preset(name: str, *, overrides: Sequence[str] | dict[str, Any] = ()) ->
     else:
         cfg.update(parse_overrides(overrides))
     _check_consistency(cfg, name)
-    return cfg
+    return PresetConfig(**cfg)
+
+
+def load_preset(name: str, *, overrides: Sequence[str] | dict[str, Any] = ()) -> dict[str, Any]:
+    """The full configuration of preset ``name`` as a dict: :func:`load_preset_config` (``.as_dict()``).
+
+    Raises:
+        ValueError: unknown preset, or a bad key or value in the file or the overrides.
+    """
+    return load_preset_config(name, overrides=overrides).as_dict()
 
 
 def _show_value(value: Any) -> str:
@@ -572,12 +607,9 @@ def run_preset(
 def _run_preset_locked(name: str, *, overrides: Sequence[str] | dict[str, Any], out: str | Path, smoke: bool,
                        tiny: bool, resume: bool, keep_checkpoints: bool | None, verbose: bool) -> dict[str, Any]:
     import torch
-    from torch.utils.data import DataLoader
 
-    from fire_plugin.data import DATASETS, dataset_to_tensors, epoch_loader, load_dataset, mixed_loader
-    from fire_plugin.engine import ModelEMA, distributed_info, fit, load_checkpoint, lr_scheduler
-    from fire_plugin.evaluation import evaluate
-    from fire_plugin.robustbench_io import PRESET_VENUE, model_info_from_result, write_model_info
+    from fire_plugin.data import DATASETS
+    from fire_plugin.engine import ModelEMA, distributed_info, fit, lr_scheduler
     from fire_plugin.runfolder import atomic_write_text
 
     wall_start = time.perf_counter()
@@ -587,33 +619,13 @@ def _run_preset_locked(name: str, *, overrides: Sequence[str] | dict[str, Any], 
                     "eval_n": 4, "eval_pgd_steps": 2, "eval_batch_size": 4,
                     "workers": 0, "amp": "off", "channels_last": "off", "cudnn_benchmark": "off"})
     out = Path(out)
-    results_path = out / "results.json"
-    compared = {k: v for k, v in cfg.items() if k not in RUNTIME_KEYS}
-    compared["preset"] = name
-    compared["smoke"] = smoke
-    compared["tiny"] = smoke and tiny
-    if cfg["n_train"] is None:  # runs from before the key existed resume
-        del compared["n_train"]
     keep = (not smoke) if keep_checkpoints is None else bool(keep_checkpoints)
-    checkpoint_dir = out / ("checkpoints" if keep else ".smoke-checkpoints")
-    saved: Any = None
-    if resume and results_path.exists():
-        try:
-            saved = json.loads(results_path.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as err:  # torn or damaged: the checkpoints still hold the run
-            _logger.warning("%s is unreadable (%s); evaluating the run's checkpoint again", results_path, err)
-    if isinstance(saved, dict):
-        if {k: v for k, v in saved.get("config", {}).items() if k not in RUNTIME_KEYS} == {
-                k: v for k, v in cfg.items() if k not in RUNTIME_KEYS} and saved.get("smoke") == smoke \
-                and saved.get("tiny", False) == (smoke and tiny):
-            _logger.info("%s is finished (%s); delete it to evaluate again", name, results_path)
-            return dict(saved)
-    if cfg["extra_fraction"] > 0 and cfg["extra_data"] is None and not smoke:
-        raise ValueError(f"preset {name!r} trains on extra data: give it with --set extra_data=PATH (an .npz with "
-                         "'image', uint8 N x 32 x 32 x 3, and 'label'; see the README), or set extra_fraction=0")
-    if cfg["extra_data"] is not None and not Path(cfg["extra_data"]).is_file() and not smoke:
-        raise FileNotFoundError(f"extra_data={cfg['extra_data']!r} does not exist; expected an .npz with 'image' "
-                                "(uint8 N x H x W x C) and 'label'")
+    run = _PresetRun(name=name, cfg=cfg, out=out, smoke=smoke, tiny=smoke and tiny, keep=keep,
+                     checkpoint_dir=out / ("checkpoints" if keep else ".smoke-checkpoints"))
+    saved = run.finished() if resume else None
+    if saved is not None:
+        return saved
+    run.check_extra_data()
 
     info = distributed_info()
     data_info = DATASETS[cfg["dataset"]]
@@ -621,44 +633,10 @@ def _run_preset_locked(name: str, *, overrides: Sequence[str] | dict[str, Any], 
     device = torch.device("cuda", info.local_rank) if cuda else torch.device("cpu")
     if cfg["batch_size"] % info.world_size:
         raise ValueError(f"batch_size={cfg['batch_size']} is not divisible by the {info.world_size} torchrun ranks")
-    batch_size = cfg["batch_size"] // info.world_size
-
-    # data: the training set minus a held-out validation split (never the test set)
-    if smoke:
-        full_train = _synthetic(data_info, 4 + cfg["val_size"], cfg["seed"])
-        test_set = _synthetic(data_info, cfg["eval_n"], cfg["seed"] + 1)
-    else:
-        full_train = load_dataset(cfg["dataset"], split="train", data_dir=cfg["data_dir"])
-        test_set = load_dataset(cfg["dataset"], split="test", data_dir=cfg["data_dir"])
-    train_set, val_set = _split_train_val(full_train, cfg["val_size"], cfg["seed"])
-    if cfg["n_train"] is not None:
-        if cfg["n_train"] < batch_size:
-            raise ValueError(f"n_train={cfg['n_train']} is smaller than a batch ({batch_size} images per rank), so no "
-                             "batch would train; allowed: n_train >= batch_size (or --set batch_size=...)")
-        train_set = torch.utils.data.Subset(train_set, range(min(cfg["n_train"], len(train_set))))
-    transform = random_crop_flip if cfg["augment"] else None
-    workers = {"num_workers": cfg["workers"], "pin_memory": cuda}
-    if cfg["extra_fraction"] > 0:
-        extra: Any = cfg["extra_data"]
-        if smoke:  # a synthetic .npz, through the same file path as real extra data
-            import numpy as np
-
-            extra = out / "smoke_extra.npz"
-            extra.parent.mkdir(parents=True, exist_ok=True)
-            gen = np.random.default_rng(cfg["seed"])
-            size = (8, data_info.image_size, data_info.image_size, data_info.in_chans)
-            np.savez(extra, image=gen.integers(0, 256, size=size, dtype=np.uint8),
-                     label=gen.integers(0, data_info.num_classes, size=8))
-        loader = mixed_loader(train_set, extra, batch_size=batch_size, extra_fraction=cfg["extra_fraction"],
-                              seed=cfg["seed"], transform=transform, num_classes=data_info.num_classes, **workers)
-    else:  # order and augmentation drawn from (seed, epoch): resumes bit for bit, whatever the workers
-        loader = epoch_loader(train_set, batch_size=batch_size, seed=cfg["seed"], drop_last=True, transform=transform,
-                              **workers)
-    val_loader = (DataLoader(val_set, batch_size=cfg["eval_batch_size"], shuffle=False, **workers)
-                  if val_set is not None else None)
+    loader, val_loader, test_set = run.data(data_info, cfg["batch_size"] // info.world_size, cuda=cuda)
 
     torch.manual_seed(cfg["seed"])
-    model = _build_model(cfg, tiny=smoke and tiny)
+    model = _build_model(cfg, tiny=run.tiny)
     model = model.to(device)
     objective = _build_objective(cfg, model, data_info.num_classes, smoke=smoke)
     optimizer = torch.optim.SGD(model.parameters(), lr=cfg["lr"], momentum=cfg["momentum"],
@@ -683,7 +661,7 @@ def _run_preset_locked(name: str, *, overrides: Sequence[str] | dict[str, Any], 
     history = fit(
         model, loader, epochs=cfg["epochs"], objective=objective, optimizer=optimizer, scheduler=scheduler,
         val_loader=val_loader, val_attack_factory=val_attack if val_loader is not None else None,
-        select_best=cfg["select_best"], checkpoint_dir=checkpoint_dir, resume=resume, config=compared,
+        select_best=cfg["select_best"], checkpoint_dir=run.checkpoint_dir, resume=resume, config=run.compared(),
         amp={"auto": None, "off": False}.get(cfg["amp"], cfg["amp"]), ema=ema,
         channels_last=auto("channels_last"), cudnn_benchmark=auto("cudnn_benchmark"), compile=cfg["compile"],
         seed=cfg["seed"], verbose=verbose,
@@ -691,29 +669,174 @@ def _run_preset_locked(name: str, *, overrides: Sequence[str] | dict[str, Any], 
     train_seconds = time.perf_counter() - train_start
     if not info.is_main:
         return {"preset": name, "config": cfg, "history": history}
+    final = run.final_weights(ema.module if ema is not None else model, device=device, ema=ema is not None)
+    return run.evaluate_and_write(final, test_set, history, verbose=verbose,
+                                  seconds={"train": train_seconds, "wall_start": wall_start})
 
-    # the evaluated weights: best.pt (selected on the validation split) or the last (EMA when on)
-    final: nn.Module = ema.module if ema is not None else model
-    weights = "last" + (" (ema)" if ema is not None else "")
-    if cfg["select_best"]:
-        best = load_checkpoint(checkpoint_dir / "best.pt", map_location=device)
-        final.load_state_dict(best["model"])
-        weights = f"best.pt (epoch {int(best['epoch']) + 1}, {best['weights']} weights, validation PGD accuracy " \
-                  f"{float(best['val_adv_acc']):.4f})"
-    final.eval()
-    x_test, y_test = dataset_to_tensors(test_set, n_examples=cfg["eval_n"])
-    eval_start = time.perf_counter()
-    result = evaluate(final, x_test, y_test, eps=cfg["eps"], attacks=tuple(cfg["eval_attacks"]),
-                      batch_size=cfg["eval_batch_size"], pgd_steps=cfg["eval_pgd_steps"],
-                      pgd_alpha=cfg["eval_eps_step"] or None, seed=cfg["seed"], verbose=verbose,
-                      autoattack_attacks=("apgd-ce",) if smoke else None)
-    eval_seconds = time.perf_counter() - eval_start
 
-    architecture = _ARCHITECTURES.get(cfg["model"], cfg["model"])
-    if smoke and tiny and cfg["model"].startswith("wrn"):
-        architecture += " (smoke: widen factor 1)"
-    info_path: Path | None = None
-    if result.autoattack_acc is not None:  # RobustBench files need it (the isometry preset runs PGD only)
+@dataclass
+class _PresetRun:
+    """One :func:`run_preset` call: the configuration, where it writes, and the steps around training."""
+
+    name: str
+    cfg: dict[str, Any]
+    out: Path
+    smoke: bool
+    tiny: bool  # smoke with WideResNets of widen factor 1
+    keep: bool  # keep the checkpoints
+    checkpoint_dir: Path
+    weights: str = "last"
+
+    @property
+    def results_path(self) -> Path:
+        return self.out / "results.json"
+
+    def compared(self) -> dict[str, Any]:
+        """The configuration a resumed run must match (the runtime keys may change)."""
+        compared = {k: v for k, v in self.cfg.items() if k not in RUNTIME_KEYS}
+        compared["preset"] = self.name
+        compared["smoke"] = self.smoke
+        compared["tiny"] = self.tiny
+        if self.cfg["n_train"] is None:  # runs from before the key existed resume
+            del compared["n_train"]
+        return compared
+
+    def finished(self) -> dict[str, Any] | None:
+        """The saved results of this configuration when the run is finished; None means run (or resume) it."""
+        saved: Any = None
+        if self.results_path.exists():
+            try:
+                saved = json.loads(self.results_path.read_text(encoding="utf-8"))
+            except (OSError, ValueError) as err:  # torn or damaged: the checkpoints still hold the run
+                _logger.warning("%s is unreadable (%s); evaluating the run's checkpoint again", self.results_path,
+                                err)
+        if not isinstance(saved, dict):
+            return None
+        same = {k: v for k, v in saved.get("config", {}).items() if k not in RUNTIME_KEYS} == {
+            k: v for k, v in self.cfg.items() if k not in RUNTIME_KEYS}
+        if same and saved.get("smoke") == self.smoke and saved.get("tiny", False) == self.tiny:
+            _logger.info("%s is finished (%s); delete it to evaluate again", self.name, self.results_path)
+            return dict(saved)
+        return None
+
+    def check_extra_data(self) -> None:
+        cfg, name = self.cfg, self.name
+        if cfg["extra_fraction"] > 0 and cfg["extra_data"] is None and not self.smoke:
+            raise ValueError(f"preset {name!r} trains on extra data: give it with --set extra_data=PATH (an .npz with "
+                             "'image', uint8 N x 32 x 32 x 3, and 'label'; see the README), or set extra_fraction=0")
+        if cfg["extra_data"] is not None and not Path(cfg["extra_data"]).is_file() and not self.smoke:
+            raise FileNotFoundError(f"extra_data={cfg['extra_data']!r} does not exist; expected an .npz with 'image' "
+                                    "(uint8 N x H x W x C) and 'label'")
+
+    def data(self, data_info: Any, batch_size: int, *, cuda: bool) -> tuple[Any, Any, Any]:
+        """The training loader (the training set minus a held-out validation split, never the test set), the
+        validation loader (None without a split) and the test set."""
+        import torch
+        from torch.utils.data import DataLoader
+
+        from fire_plugin.data import epoch_loader, load_dataset, mixed_loader
+
+        cfg = self.cfg
+        if self.smoke:
+            full_train = _synthetic(data_info, 4 + cfg["val_size"], cfg["seed"])
+            test_set = _synthetic(data_info, cfg["eval_n"], cfg["seed"] + 1)
+        else:
+            full_train = load_dataset(cfg["dataset"], split="train", data_dir=cfg["data_dir"])
+            test_set = load_dataset(cfg["dataset"], split="test", data_dir=cfg["data_dir"])
+        train_set, val_set = _split_train_val(full_train, cfg["val_size"], cfg["seed"])
+        if cfg["n_train"] is not None:
+            if cfg["n_train"] < batch_size:
+                raise ValueError(f"n_train={cfg['n_train']} is smaller than a batch ({batch_size} images per rank), so "
+                                 "no batch would train; allowed: n_train >= batch_size (or --set batch_size=...)")
+            train_set = torch.utils.data.Subset(train_set, range(min(cfg["n_train"], len(train_set))))
+        transform = random_crop_flip if cfg["augment"] else None
+        workers = {"num_workers": cfg["workers"], "pin_memory": cuda}
+        if cfg["extra_fraction"] > 0:
+            extra = self._smoke_extra(data_info) if self.smoke else cfg["extra_data"]
+            loader = mixed_loader(train_set, extra, batch_size=batch_size, extra_fraction=cfg["extra_fraction"],
+                                  seed=cfg["seed"], transform=transform, num_classes=data_info.num_classes, **workers)
+        else:  # order and augmentation drawn from (seed, epoch): resumes bit for bit, whatever the workers
+            loader = epoch_loader(train_set, batch_size=batch_size, seed=cfg["seed"], drop_last=True,
+                                  transform=transform, **workers)
+        val_loader = (DataLoader(val_set, batch_size=cfg["eval_batch_size"], shuffle=False, **workers)
+                      if val_set is not None else None)
+        return loader, val_loader, test_set
+
+    def _smoke_extra(self, data_info: Any) -> Path:
+        """A synthetic .npz of extra images, read through the same file path as real extra data."""
+        import numpy as np
+
+        extra = self.out / "smoke_extra.npz"
+        extra.parent.mkdir(parents=True, exist_ok=True)
+        gen = np.random.default_rng(self.cfg["seed"])
+        size = (8, data_info.image_size, data_info.image_size, data_info.in_chans)
+        np.savez(extra, image=gen.integers(0, 256, size=size, dtype=np.uint8),
+                 label=gen.integers(0, data_info.num_classes, size=8))
+        return extra
+
+    def final_weights(self, final: nn.Module, *, device: Any, ema: bool) -> nn.Module:
+        """The evaluated weights: best.pt (selected on the validation split) or the last (EMA when on)."""
+        from fire_plugin.engine import load_checkpoint
+
+        self.weights = "last" + (" (ema)" if ema else "")
+        if self.cfg["select_best"]:
+            best = load_checkpoint(self.checkpoint_dir / "best.pt", map_location=device)
+            final.load_state_dict(best["model"])
+            self.weights = (f"best.pt (epoch {int(best['epoch']) + 1}, {best['weights']} weights, validation PGD "
+                            f"accuracy {float(best['val_adv_acc']):.4f})")
+        return final.eval()
+
+    def evaluate_and_write(self, final: nn.Module, test_set: Any, history: list[dict[str, Any]], *, verbose: bool,
+                           seconds: dict[str, float]) -> dict[str, Any]:
+        """Evaluate ``final`` on the test set; write model_info, results.csv, config.json and results.json."""
+        from fire_plugin.data import dataset_to_tensors
+        from fire_plugin.evaluation import evaluate
+        from fire_plugin.runfolder import atomic_write_text
+
+        cfg, out = self.cfg, self.out
+        x_test, y_test = dataset_to_tensors(test_set, n_examples=cfg["eval_n"])
+        eval_start = time.perf_counter()
+        result = evaluate(final, x_test, y_test, eps=cfg["eps"], attacks=tuple(cfg["eval_attacks"]),
+                          batch_size=cfg["eval_batch_size"], pgd_steps=cfg["eval_pgd_steps"],
+                          pgd_alpha=cfg["eval_eps_step"] or None, seed=cfg["seed"], verbose=verbose,
+                          autoattack_attacks=("apgd-ce",) if self.smoke else None)
+        eval_seconds = time.perf_counter() - eval_start
+        info_path = self._write_model_info(result, len(x_test))
+        total_train = float(sum(r["seconds"] for r in history))
+        results = {
+            "preset": self.name, "smoke": self.smoke, "tiny": self.tiny, "config": cfg,
+            "eval": dataclasses.asdict(result), "weights": self.weights,
+            "train_seconds": seconds["train"], "train_seconds_all_runs": total_train, "eval_seconds": eval_seconds,
+            "wall_seconds": time.perf_counter() - seconds["wall_start"], "history": history,
+            "paths": {"config": str(out / "config.json"), "results": str(self.results_path),
+                      "csv": str(out / "results.csv"), "model_info": str(info_path) if info_path else None,
+                      "checkpoints": str(self.checkpoint_dir) if self.keep else None},
+        }
+        row = {"preset": self.name, "dataset": cfg["dataset"], "model": cfg["model"], "method": cfg["method"],
+               "eps": cfg["eps"], "epochs": cfg["epochs"], "clean_acc": result.clean_acc, "pgd_acc": result.pgd_acc,
+               "autoattack_acc": result.autoattack_acc, "avg_acc": result.avg_acc, "n_examples": result.n_examples,
+               "weights": self.weights, "train_seconds": round(total_train, 3), "eval_seconds": round(eval_seconds, 3),
+               "smoke": self.smoke}
+        _write_csv(out / "results.csv", row)
+        atomic_write_text(out / "config.json", json.dumps({"preset": self.name, "smoke": self.smoke, **cfg}, indent=2))
+        atomic_write_text(self.results_path, json.dumps(results, indent=2))
+        if not self.keep:
+            shutil.rmtree(self.checkpoint_dir, ignore_errors=True)
+            _logger.info("smoke run: checkpoints not kept (keep_checkpoints=True / --keep-checkpoints keeps them)")
+        _logger.info("%s: clean %s, PGD-%d %s, AutoAttack %s (%s); results in %s", self.name, result.clean_acc,
+                     cfg["eval_pgd_steps"], result.pgd_acc, result.autoattack_acc, self.weights, out)
+        return results
+
+    def _write_model_info(self, result: Any, n_test: int) -> Path | None:
+        """The RobustBench model_info JSON (it needs the AutoAttack accuracy: the isometry preset runs PGD only)."""
+        from fire_plugin.robustbench_io import PRESET_VENUE, model_info_from_result, write_model_info
+
+        if result.autoattack_acc is None:
+            return None
+        cfg, name = self.cfg, self.name
+        architecture = _ARCHITECTURES.get(cfg["model"], cfg["model"])
+        if self.tiny and cfg["model"].startswith("wrn"):
+            architecture += " (smoke: widen factor 1)"
         with warnings.catch_warnings():  # mnist has no leaderboard (the file is still written); smoke: APGD-CE
             warnings.filterwarnings("ignore", message="dataset=.*has no RobustBench leaderboard")
             warnings.filterwarnings("ignore", message="autoattack_acc comes from AutoAttack 'custom")
@@ -722,31 +845,7 @@ def _run_preset_locked(name: str, *, overrides: Sequence[str] | dict[str, Any], 
                 name=f"{architecture} {cfg['method'].upper()} (fire_plugin preset {name}"
                 + "".join(f", --set {k}={v}" for k, v in _changed_identity(name, cfg).items()) + ")",
                 additional_data=cfg["extra_fraction"] > 0,
-                footnote=("Smoke run on synthetic data; not a result. " if smoke else "")
-                + f"Evaluated on the first {len(x_test)} test images; weights: {weights}.",
+                footnote=("Smoke run on synthetic data; not a result. " if self.smoke else "")
+                + f"Evaluated on the first {n_test} test images; weights: {self.weights}.",
             )
-            info_path = write_model_info(out, _model_id(name, cfg), model_info, threat_model="Linf")
-    total_train = float(sum(r["seconds"] for r in history))
-    results = {
-        "preset": name, "smoke": smoke, "tiny": smoke and tiny, "config": cfg, "eval": dataclasses.asdict(result),
-        "weights": weights,
-        "train_seconds": train_seconds, "train_seconds_all_runs": total_train, "eval_seconds": eval_seconds,
-        "wall_seconds": time.perf_counter() - wall_start, "history": history,
-        "paths": {"config": str(out / "config.json"), "results": str(results_path), "csv": str(out / "results.csv"),
-                  "model_info": str(info_path) if info_path else None,
-                  "checkpoints": str(checkpoint_dir) if keep else None},
-    }
-    row = {"preset": name, "dataset": cfg["dataset"], "model": cfg["model"], "method": cfg["method"],
-           "eps": cfg["eps"], "epochs": cfg["epochs"], "clean_acc": result.clean_acc, "pgd_acc": result.pgd_acc,
-           "autoattack_acc": result.autoattack_acc, "avg_acc": result.avg_acc, "n_examples": result.n_examples,
-           "weights": weights, "train_seconds": round(total_train, 3), "eval_seconds": round(eval_seconds, 3),
-           "smoke": smoke}
-    _write_csv(out / "results.csv", row)
-    atomic_write_text(out / "config.json", json.dumps({"preset": name, "smoke": smoke, **cfg}, indent=2))
-    atomic_write_text(results_path, json.dumps(results, indent=2))
-    if not keep:
-        shutil.rmtree(checkpoint_dir, ignore_errors=True)
-        _logger.info("smoke run: checkpoints not kept (keep_checkpoints=True / --keep-checkpoints keeps them)")
-    _logger.info("%s: clean %s, PGD-%d %s, AutoAttack %s (%s); results in %s", name, result.clean_acc,
-                 cfg["eval_pgd_steps"], result.pgd_acc, result.autoattack_acc, weights, out)
-    return results
+            return write_model_info(self.out, _model_id(name, cfg), model_info, threat_model="Linf")
