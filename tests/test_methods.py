@@ -18,6 +18,7 @@ from fire_plugin.methods import (
     get_method,
     method_loss,
 )
+from fire_plugin.presets import run as preset_run
 
 
 def test_default_weights_regularize_with_the_same_local_strength():
@@ -59,12 +60,12 @@ def test_presets_and_experiments_build_the_same_objective():
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10))
     for name in ("cifar10-wrn34-fire", "cifar10-wrn34-trades", "cifar10-wrn34-hellinger", "cifar10-wrn34-madry"):
         cfg = presets.load_preset(name)
-        from_preset = presets._build_objective(cfg, model, 10, smoke=False)
+        from_preset = preset_run._build_objective(cfg, model, 10, smoke=False)
         direct = build_objective(cfg["method"], model, weight=cfg["lam"], eps=cfg["eps"], eps_step=cfg["eps_step"],
                                  steps=cfg["attack_steps"])
         assert from_preset.config() == direct.config(), name
     cfg = presets.load_preset("mnist-lenet-isometry")
-    iso = presets._build_objective(cfg, model, 10, smoke=False)
+    iso = preset_run._build_objective(cfg, model, 10, smoke=False)
     assert iso.config()["objective"] == "PartialIsometryObjective"
 
 
