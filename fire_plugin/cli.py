@@ -254,7 +254,8 @@ def _gaussian(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from fire_plugin.experiments import DigitsRecipe, EvalSpec, run_demo
+    from fire_plugin.demo import run_demo
+    from fire_plugin.experiments import DigitsRecipe, EvalSpec
 
     chosen = {k: v for k, v in (("epochs", args.epochs), ("model", args.model)) if v is not None}
     recipe = DigitsRecipe(**chosen)

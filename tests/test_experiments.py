@@ -8,15 +8,14 @@ import json
 import pytest
 import torch
 
+from fire_plugin.demo import DEMO_METHODS, run_demo
 from fire_plugin.distances import fisher_rao_squared, hellinger_squared, kl_divergence
 from fire_plugin.engine import ConfigMismatchError
 from fire_plugin.experiments import (
     DEFAULT_WEIGHTS,
-    DEMO_METHODS,
     DigitsRecipe,
     EvalSpec,
     paired_differences,
-    run_demo,
     run_one,
     summarize,
 )
