@@ -3,11 +3,8 @@ the configuration check on resume."""
 
 from __future__ import annotations
 
-import contextlib
-import os
 import pickle
 import random
-import secrets
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +13,7 @@ import torch
 import torch.distributed as dist
 
 from fire_plugin.engine.distributed import DistInfo
+from fire_plugin.runfolder import atomic_write
 
 __all__ = [
     "BEST_CHECKPOINT_NAME",
@@ -92,19 +90,7 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = str(path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"))
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            torch.save(state, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    return path
+    return atomic_write(path, lambda handle: torch.save(state, handle), binary=True)
 
 
 class CheckpointNotFoundError(FileNotFoundError):

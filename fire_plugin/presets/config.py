@@ -13,12 +13,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from fire_plugin.methods import ALIASES
-
-if TYPE_CHECKING:  # torch is imported where it is used: listing and showing presets does not need it
-    pass
 
 __all__ = [
     "DEFAULTS",
