@@ -33,6 +33,7 @@ from torch import nn
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
+from fire_plugin._device import model_device as _model_device
 from fire_plugin.attacks import FRPGD, FRPGDL2
 from fire_plugin.data import dataset_to_tensors
 from fire_plugin.margins import fr_margin
@@ -100,14 +101,6 @@ class EvalResult:
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict of all fields."""
         return asdict(self)
-
-
-def _model_device(model: nn.Module) -> torch.device:
-    for param in model.parameters():
-        return param.device
-    for buffer in model.buffers():
-        return buffer.device
-    return torch.device("cpu")
 
 
 @contextmanager

@@ -17,6 +17,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from fire_plugin._device import model_device as _model_device
 from fire_plugin.engine.checkpoints import (
     BEST_CHECKPOINT_NAME,
     CHECKPOINT_NAME,
@@ -41,7 +42,7 @@ from fire_plugin.engine.options import (
     Validation,
     group_keywords,
 )
-from fire_plugin.engine.precision import _model_device, resolve_amp_dtype
+from fire_plugin.engine.precision import resolve_amp_dtype
 from fire_plugin.engine.step import EpochStats, NonFiniteLossError, evaluate_accuracy, train_epoch
 from fire_plugin.engine.targets import SelfAdaptiveTargets
 

@@ -6,7 +6,6 @@ import contextlib
 from typing import Any
 
 import torch
-from torch import nn
 
 __all__ = ["AMP_DTYPES", "autocast_context", "resolve_amp_dtype"]
 
@@ -14,11 +13,6 @@ __all__ = ["AMP_DTYPES", "autocast_context", "resolve_amp_dtype"]
 AMP_DTYPES: dict[str, torch.dtype] = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16,
                                       "float16": torch.float16}
 """Names accepted by ``fit(amp=...)`` for the autocast dtype."""
-
-
-def _model_device(model: nn.Module) -> torch.device:
-    param = next(model.parameters(), None)
-    return param.device if param is not None else torch.device("cpu")
 
 
 def autocast_context(

@@ -14,10 +14,11 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from fire_plugin._device import model_device as _model_device
 from fire_plugin.engine.distributed import distributed_info
 from fire_plugin.engine.ema import ModelEMA
 from fire_plugin.engine.objectives import AdversarialObjective, AttackFn, LossFn, Objective, _resolve_objective
-from fire_plugin.engine.precision import _model_device, autocast_context
+from fire_plugin.engine.precision import autocast_context
 from fire_plugin.engine.targets import SelfAdaptiveTargets
 
 __all__ = [

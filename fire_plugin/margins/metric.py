@@ -15,6 +15,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call, jvp, vjp
 
+from fire_plugin._device import model_device as _model_device
+
 SOLVERS: tuple[str, ...] = ("auto", "exact", "cg", "dense")
 _AUTO_EXACT_MAX_CLASSES = 32
 _DENSE_MAX_DIM = 4096
@@ -149,14 +151,6 @@ def _pick_solver(solver: str, m: int) -> str:
     if solver == "auto":
         return "exact" if m <= _AUTO_EXACT_MAX_CLASSES else "cg"
     return solver
-
-
-def _model_device(model: nn.Module) -> torch.device:
-    for param in model.parameters():
-        return param.device
-    for buffer in model.buffers():
-        return buffer.device
-    return torch.device("cpu")
 
 
 def _model_float_dtype(model: nn.Module) -> torch.dtype:
