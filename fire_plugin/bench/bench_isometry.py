@@ -174,17 +174,17 @@ def run(quick: bool = False, *, rounds: int = 5, repeats: int = 2, threads: int 
     err = float((ours - ref).detach().abs().max() / ref.detach().abs().max())
     if err > 1e-4:
         raise AssertionError(f"isometry_jacobian differs from the naive loop by {err:.2e} (relative)")
-    import fire_plugin.isometry as iso
+    import fire_plugin._isometry_chart as chart  # where the linearization reads its chunk size
 
-    default_chunk = iso._row_chunk
+    default_chunk = chart._row_chunk
 
     def chunked(rows_per_call: int | None) -> Callable[[], object]:
         def fn() -> object:
-            iso._row_chunk = lambda b, d: rows_per_call  # type: ignore[assignment]
+            chart._row_chunk = lambda b, d: rows_per_call  # type: ignore[assignment]
             try:
                 return isometry_jacobian(model, x)
             finally:
-                iso._row_chunk = default_chunk
+                chart._row_chunk = default_chunk
         return fn
 
     fns = {"ours": lambda: isometry_jacobian(model, x), "all rows": chunked(None), "1 row": chunked(1),
