@@ -168,6 +168,45 @@ def test_solvers_agree_with_explicit_fisher():
             torch.testing.assert_close(g_v[i], g @ ref, rtol=rtol, atol=0.0)
 
 
+def test_carried_and_shared_jacobians_are_the_jacobians_at_the_points(monkeypatch):
+    """The exact solver reuses the forward graph of the last step and shares one Jacobian among the paths that start
+    at the same input: every Jacobian the tracer solves with must equal a fresh one at its points (float64 model),
+    through refills of the batch, retired paths, shortened and bisected steps and the box."""
+    import fire_plugin.margins.stepping as stepping
+    from fire_plugin.margins.metric import _jacobian, _vjp_graph
+
+    torch.manual_seed(3)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(16, 12), nn.Tanh(), nn.Linear(12, 5)).double()
+    x = torch.rand(6, 1, 4, 4, dtype=torch.float64)
+    y = model(x).argmax(1)
+    seen: list[int] = []
+    original = stepping._Tracer._logp_and_jacobian
+
+    def checked(self, a):
+        logp, jac = original(self, a)
+        fresh_logp, vjp_fn = _vjp_graph(self.fn, a.x)
+        torch.testing.assert_close(logp, fresh_logp.detach(), rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(jac, _jacobian(vjp_fn, fresh_logp), rtol=1e-10, atol=1e-12)
+        seen.append(len(a.id))
+        return logp, jac
+
+    monkeypatch.setattr(stepping._Tracer, "_logp_and_jacobian", checked)
+    monkeypatch.setattr(stepping, "_MAX_STEP_RATIO", 0.5)  # some steps are shortened: their rows move after the
+    # forward pass whose graph the next step would reuse
+    jac_rows: list[int] = []
+
+    def counted(vjp_fn, logp):
+        jac_rows.append(len(logp))
+        return _jacobian(vjp_fn, logp)
+
+    monkeypatch.setattr(stepping, "_jacobian", counted)
+    result = trace_margins(model, x, y, step=0.02, damping=1e-4, solver="exact", batch_size=7, clamp=(0.0, 1.0),
+                           verbose=False)
+    assert result.flipped.sum() >= 10 and len(seen) > 10  # many steps, refills and retirements were checked
+    # the first batch (7 paths of 2 inputs: 4 + 3 targets) ran one Jacobian per input, not per path
+    assert jac_rows[0] == 2
+
+
 def test_exact_and_cg_traces_agree(digits_model, digits_test, digits_trace):
     x, y, exact = digits_trace
     cg = trace_margins(digits_model, x[:4], y[:4], solver="cg", verbose=False, **PINNED)

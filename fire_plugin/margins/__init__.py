@@ -44,7 +44,10 @@ Solvers for ``(G_x + lambda I) v = g`` (``g = L^T e`` with ``e = e_y - e_k``):
   with ``D = diag(p)`` and the ``m x m`` Gram matrix ``K = L L^T`` (equivalently, with ``A = D^{1/2} L``,
   ``(A^T A + lambda I)^{-1} A^T = A^T (A A^T + lambda I)^{-1}``), so ``v = L^T c`` with
   ``c = (D K + lambda I)^{-1} e``: ``m - 1`` vector-Jacobian products (on the whole batch of paths) and an
-  ``m x m`` solve in float64; no cancellation as ``lambda -> 0`` and no division by ``p``.
+  ``m x m`` solve in float64; no cancellation as ``lambda -> 0`` and no division by ``p``. The Jacobian is the
+  cost: each step's Jacobian reuses the forward pass that checked the step before (the graph is kept for the rows
+  that did not move afterwards), and the paths that have not left their input (its ``m - 1`` targets and their
+  half-step twins) share one Jacobian per input.
 * ``"cg"``: conjugate gradients on ``G_x + lambda I`` with matrix-free products ``G_x u = L^T (p * (L u))`` (one
   Jacobian-vector and one vector-Jacobian product per iteration), for many classes.
 * ``"auto"``: ``"exact"`` when ``m <= 32``, else ``"cg"``.

@@ -8,17 +8,16 @@ import logging
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torch.func import vjp
 
 from fire_plugin.distances import fisher_rao
-from fire_plugin.margins.metric import _LogProb
+from fire_plugin.margins.metric import _jacobian, _LogProb, _vjp_graph
 from fire_plugin.margins.results import STATUSES
 
 _logger = logging.getLogger(__name__)
@@ -147,6 +146,26 @@ class _Active:
 
 
 @dataclass
+class _Carry:
+    """The forward graph at the points the last step reached, kept for the next step's Jacobian (the Jacobian
+    solvers): the path ids of its rows, their log-probabilities with the graph, its VJP, and which rows still hold
+    (a row that a bisection moved or that did not move has no graph at its point)."""
+
+    ids: Tensor
+    logp: Tensor
+    vjp_fn: Callable[[Tensor], tuple[Tensor, ...]]
+    valid: Tensor
+
+
+def _positions(ids: Tensor, wanted: Tensor) -> Tensor:
+    """The row of each of ``wanted`` in ``ids`` (path ids, unique), -1 where absent."""
+    size = int(max(int(ids.max()), int(wanted.max()))) + 1
+    lookup = torch.full((size,), -1, dtype=torch.long, device=ids.device)
+    lookup[ids] = torch.arange(len(ids), device=ids.device)
+    return lookup[wanted]
+
+
+@dataclass
 class _Tracer:
     """Advances batches of paths: the model's log-probabilities ``fn``, the solve, the box and the settings; the
     plan's per-path tensors on the device."""
@@ -164,13 +183,54 @@ class _Tracer:
     y_d: Tensor
     p_input_d: Tensor
     p_target_d: Tensor
+    jacobian: bool = False  # the solve takes the Jacobian ("exact", "dense"): graphs are carried and shared
+    carry: _Carry | None = field(default=None, repr=False)
+
+    def _logp_and_jacobian(self, a: _Active) -> tuple[Tensor, Tensor]:
+        """``(log p (S, m), L (S, m, n) float64)`` at the active points with the fewest model calls: rows the last
+        step reached reuse its forward graph (when at least half of its rows are still wanted), and paths that have
+        not moved from their input share one Jacobian per input (the ``m - 1`` paths of an input, and the
+        half-step twins, all start there)."""
+        carry, self.carry = self.carry, None
+        n_rows = len(a.id)
+        todo = torch.ones(n_rows, dtype=torch.bool, device=a.x.device)
+        parts: list[tuple[Tensor, Tensor, Tensor]] = []  # (rows, log p, L)
+        if carry is not None:
+            pos = _positions(carry.ids, a.id)
+            use = (pos >= 0) & carry.valid[pos.clamp_min(0)]
+            if 2 * int(use.sum()) >= len(carry.ids):
+                rows = use.nonzero().flatten()
+                jac = _jacobian(carry.vjp_fn, carry.logp)
+                parts.append((rows, carry.logp.detach()[pos[rows]], jac[pos[rows]]))
+                todo[rows] = False
+        del carry  # frees the graph
+        rows = todo.nonzero().flatten()
+        if len(rows):
+            at_input = (a.x[rows] == self.x0[self.p_input_d[a.id[rows]]]).all(-1)
+            order = torch.arange(len(rows), device=rows.device)
+            key = torch.where(at_input, self.p_input_d[a.id[rows]], -1 - order)  # moved rows: keys of their own
+            _, inverse = torch.unique(key, return_inverse=True)
+            first = torch.full((int(inverse.max()) + 1,), len(rows), dtype=torch.long, device=rows.device)
+            first = first.scatter_reduce(0, inverse, order, reduce="amin")
+            logp_u, vjp_u = _vjp_graph(self.fn, a.x[rows[first]])
+            jac = _jacobian(vjp_u, logp_u)
+            parts.append((rows, logp_u.detach()[inverse], jac[inverse]))
+        logp = torch.empty((n_rows, self.m), dtype=parts[0][1].dtype, device=a.x.device)
+        jac = torch.empty((n_rows, *parts[0][2].shape[1:]), dtype=torch.float64, device=a.x.device)
+        for rows, logp_rows, jac_rows in parts:
+            logp[rows], jac[rows] = logp_rows, jac_rows
+        return logp, jac
 
     def direction(self, a: _Active, src: Tensor, tgt: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """``(logp, v, g^T v)`` at the active points: the natural gradient of ``L_k``, on the free face of the box."""
         fn = self.fn
-        logp, vjp_fn, *_ = vjp(fn, a.x)  # (S, m)
-        e = F.one_hot(src, self.m).double() - F.one_hot(tgt, self.m).double()
         cache: dict[str, Tensor] = {}
+        vjp_fn: Callable[[Tensor], tuple[Tensor, ...]] | None = None
+        if self.jacobian:
+            logp, cache["jac"] = self._logp_and_jacobian(a)
+        else:
+            logp, vjp_fn = _vjp_graph(fn, a.x)  # (S, m)
+        e = F.one_hot(src, self.m).double() - F.one_hot(tgt, self.m).double()
         v, g_v = self.solve(fn, a.x, logp, vjp_fn, e, self.damping, self.cg_iters, None, cache)
         if self.box is not None:
             # coordinates pinned at the box that the step pushes outward leave the problem: solve again with the
@@ -194,8 +254,14 @@ class _Tracer:
         scale = torch.where(ok, -a.step / g_v.clamp_min(1e-300).sqrt(), 0.0)
         delta = torch.nan_to_num(v) * scale.unsqueeze(-1)  # (S, n) float64, decreases L_k
         x_new = clip((a.x.double() + delta).to(a.x.dtype))
-        with torch.no_grad():
-            logp_new = fn(x_new)
+        if self.jacobian:  # the next step's Jacobian reuses this forward pass (see _logp_and_jacobian)
+            logp_graph, vjp_new = _vjp_graph(fn, x_new)
+            logp_new = logp_graph.detach().clone()  # edited in place below; the graph keeps its own
+            self.carry = _Carry(ids=a.id, logp=logp_graph, vjp_fn=vjp_new,
+                                valid=ok.clone())  # a row that does not move has no graph at its point
+        else:
+            with torch.no_grad():
+                logp_new = fn(x_new)
         # A step moving the prediction by more than _MAX_STEP_RATIO * step in FR distance (where the damping
         # dominates G_x, the step is up to step / sqrt(damping) long in l2) is shortened along its direction to at
         # most `step`, so that the path keeps following the geometry (not in paper mode).
@@ -208,6 +274,8 @@ class _Tracer:
                 _SHORTEN_ITERS)
             delta[idx] = delta[idx] * lo.unsqueeze(-1)
             x_new[idx], logp_new[idx] = x_lo, logp_lo
+            if self.carry is not None:
+                self.carry.valid[idx] = False
         flip = (logp_new.argmax(-1) != src) & ok
         if not self.paper and bool(flip.any()):
             idx = flip.nonzero().flatten()
@@ -216,6 +284,8 @@ class _Tracer:
                 fn, clip, a.x[idx], delta[idx], (a.x[idx], logp[idx]), (x_new[idx], logp_new[idx]), same_class,
                 _BISECT_ITERS)
             x_new[idx], logp_new[idx] = x_hi, logp_hi
+            if self.carry is not None:
+                self.carry.valid[idx] = False
         return x_new, logp_new, flip, valid, ok, stuck
 
     def advance(self, a: _Active) -> tuple[Tensor, Tensor]:
@@ -297,3 +367,4 @@ class _Tracer:
                     _logger.info("first %d of %d paths done in %.1f s; estimate for all: %.0f s", n_done, len(todo),
                                  elapsed, elapsed * len(todo) / n_done)
                     first_batch = 0
+        self.carry = None

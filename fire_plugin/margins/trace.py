@@ -192,7 +192,8 @@ def _run_plan(
     mode, name, box, device = settings["mode"], settings["solver"], settings["clamp"], x0.device
     tracer = _Tracer(fn=fn, solve=_SOLVE[name], clip=_clamper(box), box=box, damping=settings["damping"],
                      cg_iters=cg_iters, paper=mode == "paper", max_length=settings["max_length"], m=m, x0=x0,
-                     y_d=yy.to(device), p_input_d=plan.p_input.to(device), p_target_d=plan.p_target.to(device))
+                     y_d=yy.to(device), p_input_d=plan.p_input.to(device), p_target_d=plan.p_target.to(device),
+                     jacobian=name in ("exact", "dense"))
     out = _Outputs.start(plan.p_input, pred0, x0, return_paths)
     _logger.info(
         "tracing %d paths (%d inputs, %d of them classified correctly; %d of the paths retraced at half the "
