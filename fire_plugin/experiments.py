@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from fire_plugin.engine.options import Checkpointing, DDPOptions, FastPaths, Validation
 from fire_plugin.methods import METHODS as _REGISTRY
 from fire_plugin.methods import (
     build_objective,
@@ -31,6 +32,16 @@ from fire_plugin.methods import (
     default_eps_step,
     method_attack,
     method_loss,
+)
+from fire_plugin.pipeline import (
+    DataSpec,
+    EvaluationSpec,
+    FitSpec,
+    MethodSpec,
+    ModelSpec,
+    OptimizerSpec,
+    PipelineSpec,
+    run_pipeline,
 )
 from fire_plugin.runfolder import atomic_path, atomic_write_text, run_lock
 
@@ -80,15 +91,6 @@ def check_output_dir(path: str | os.PathLike[str]) -> Path:
     return out
 
 
-def _seed_everything(seed: int) -> None:
-    """Seed torch, numpy and Python's global generators (fit checkpoints all three; a resume restores them)."""
-    import random
-
-    torch.manual_seed(seed)
-    np.random.seed(seed % 2**32)
-    random.seed(seed)
-
-
 def check_model_name(model: str, *, dataset: str, checkpoint: str | os.PathLike[str] | None) -> None:
     """Refuse a ``model`` name that can name nothing for ``dataset`` before any loading starts.
 
@@ -118,9 +120,8 @@ def _device() -> torch.device:
 
 
 def _create_model(name: str, dataset: str) -> nn.Module:
-    from fire_plugin.models import create_model_for_dataset
-
-    return create_model_for_dataset(name, dataset)
+    """``name`` sized for ``dataset`` (the model of the pipeline's :class:`~fire_plugin.pipeline.ModelSpec`)."""
+    return ModelSpec(name, dataset).build()
 
 
 def _isometry_config(method: str, estimator: str | None, n_probes: int) -> dict[str, Any]:
@@ -195,13 +196,11 @@ def _train_locked(out_dir: Path, *, dataset: str, model: str, method: str, weigh
     from torch.utils.data import DataLoader
 
     from fire_plugin.data import DATASETS, load_dataset
-    from fire_plugin.engine import IndexedDataset, ModelEMA, SelfAdaptiveTargets, distributed_info, fit, lr_scheduler
+    from fire_plugin.engine import IndexedDataset, SelfAdaptiveTargets
 
     info = DATASETS[dataset]
     weight = DEFAULT_WEIGHTS[method] if weight is None else float(weight)
     step = eps_step if eps_step is not None else default_eps_step(eps, steps)
-    _seed_everything(seed)
-    net = _create_model(model, dataset).to(_device())
     train_set: Any = load_dataset(dataset, split="train", data_dir=data_dir)
     test_set = load_dataset(dataset, split="test", data_dir=data_dir) if validate else None
     sat = None
@@ -210,27 +209,26 @@ def _train_locked(out_dir: Path, *, dataset: str, model: str, method: str, weigh
         sat = SelfAdaptiveTargets(len(train_set), info.num_classes, warmup=sat_warmup)
     loader = DataLoader(train_set, batch_size=batch_size, shuffle=True, num_workers=workers)
     val_loader = DataLoader(test_set, batch_size=batch_size, shuffle=False) if test_set is not None else None
-    optimizer = torch.optim.SGD(net.parameters(), lr=lr, momentum=0.9, weight_decay=weight_decay, nesterov=True)
-    scheduler = lr_scheduler(optimizer, schedule, epochs)
-    objective = build_objective(method, net, weight=weight, eps=eps, eps_step=step, steps=steps, norm=norm,
-                                num_classes=info.num_classes, estimator=estimator, n_probes=n_probes)
     config = {"method": method, "model": model, "dataset": dataset, "weight": weight, "eps": eps, "eps_step": step,
               "steps": steps, "norm": norm, "epochs": epochs, "batch_size": batch_size, "lr": lr,
               "weight_decay": weight_decay, "schedule": schedule, "self_adaptive": self_adaptive, "seed": seed,
               "ema": ema, **_isometry_config(method, estimator, n_probes)}
-    average = ModelEMA(net, decay=ema) if ema is not None else None
-    start = time.perf_counter()
-    history = fit(
-        net, loader, epochs=epochs, objective=objective, optimizer=optimizer, scheduler=scheduler,
-        val_loader=val_loader, checkpoint_dir=out_dir / "checkpoints", resume=resume,
-        config={k: v for k, v in config.items() if k != "epochs"}, amp=amp, self_adaptive=sat,
-        sync_batchnorm=sync_bn, seed=seed, ema=average, compile=compile, verbose=verbose,
-    )
-    summary = {**config, "lam": weight, "seconds": time.perf_counter() - start, "history": history,
+    run = run_pipeline(PipelineSpec(
+        model=ModelSpec(model, dataset, device=_device()),
+        data=DataSpec(loader, num_classes=info.num_classes, self_adaptive=sat),
+        method=MethodSpec(method, weight=weight, eps=eps, eps_step=step, steps=steps, norm=norm, estimator=estimator,
+                          n_probes=n_probes),
+        optimizer=OptimizerSpec(lr=lr, momentum=0.9, weight_decay=weight_decay, nesterov=True, schedule=schedule),
+        fit=FitSpec(epochs, validation=Validation(val_loader), ema=ema,
+                    checkpoints=Checkpointing(out_dir / "checkpoints", resume=resume,
+                                              config={k: v for k, v in config.items() if k != "epochs"}),
+                    fast=FastPaths(amp=amp, compile=compile), ddp=DDPOptions(sync_batchnorm=sync_bn, seed=seed)),
+        seed=seed, verbose=verbose))
+    summary = {**config, "lam": weight, "seconds": run.seconds["train"], "history": run.history,
                "checkpoint": str(out_dir / "checkpoints" / "last.pt")}
-    if distributed_info().is_main:
+    if run.is_main:
         atomic_write_text(out_dir / "summary.json", json.dumps(summary, indent=2))
-        save_history_plot(history, out_dir / "training.png")
+        save_history_plot(run.history, out_dir / "training.png")
     return summary
 
 
@@ -424,11 +422,9 @@ def run_one(
 
 def _run_one_locked(method: str, out_dir: Path, *, weight: float, seed: int, recipe: DigitsRecipe, spec: EvalSpec,
                     verbose: bool) -> dict[str, Any]:
-    import timm  # noqa: F401
     from torch.utils.data import DataLoader
 
     from fire_plugin.data import load_dataset
-    from fire_plugin.engine import fit, lr_scheduler
     from fire_plugin.evaluation import evaluate
 
     config = json.loads(json.dumps({"method": method, "weight": weight, "seed": seed,  # tuples become lists
@@ -438,27 +434,24 @@ def _run_one_locked(method: str, out_dir: Path, *, weight: float, seed: int, rec
     if done is not None:
         return done
 
-    _seed_everything(seed)
-    net = _create_model(recipe.model, "digits")
-    train_set = load_dataset("digits", split="train")
     x_test, y_test = load_dataset("digits", split="test").tensors  # type: ignore[attr-defined]
-    if spec.n_eval is not None:
-        x_test, y_test = x_test[: spec.n_eval], y_test[: spec.n_eval]
-    generator = torch.Generator().manual_seed(seed)
-    loader = DataLoader(train_set, batch_size=recipe.batch_size, shuffle=True, generator=generator)
-    optimizer = torch.optim.SGD(net.parameters(), lr=recipe.lr, momentum=recipe.momentum,
-                                weight_decay=recipe.weight_decay)
-    objective = build_objective(method, net, weight=weight, eps=recipe.eps, eps_step=recipe.eps_step,
-                                steps=recipe.steps, isometry_epsilon=recipe.isometry_epsilon,
-                                eta_min=recipe.isometry_eta[0], eta_max=recipe.isometry_eta[1])
-    history = fit(net, loader, epochs=recipe.epochs, objective=objective, optimizer=optimizer,
-                  scheduler=lr_scheduler(optimizer, recipe.schedule, recipe.epochs),
-                  checkpoint_dir=out_dir / "checkpoints", config=config, verbose=verbose)
-    net.eval()
-    result = evaluate(net, x_test, y_test, eps=recipe.eps, attacks=("clean", "pgd", "frpgd", "autoattack"),
-                      pgd_steps=spec.pgd_steps, autoattack_attacks=spec.aa_attacks, batch_size=spec.batch_size,
-                      seed=seed, verbose=verbose)
-    evaluation = result.to_dict()
+    loader = DataLoader(load_dataset("digits", split="train"), batch_size=recipe.batch_size, shuffle=True,
+                        generator=torch.Generator().manual_seed(seed))
+    run = run_pipeline(PipelineSpec(
+        model=ModelSpec(recipe.model, "digits"), data=DataSpec(loader),
+        method=MethodSpec(method, weight=weight, eps=recipe.eps, eps_step=recipe.eps_step, steps=recipe.steps,
+                          isometry_epsilon=recipe.isometry_epsilon, eta_min=recipe.isometry_eta[0],
+                          eta_max=recipe.isometry_eta[1]),
+        optimizer=OptimizerSpec(lr=recipe.lr, momentum=recipe.momentum, weight_decay=recipe.weight_decay,
+                                schedule=recipe.schedule),
+        fit=FitSpec(recipe.epochs, checkpoints=Checkpointing(out_dir / "checkpoints", config=config)),
+        evaluation=EvaluationSpec((x_test, y_test), eps=recipe.eps, n_examples=spec.n_eval,
+                                  attacks=("clean", "pgd", "frpgd", "autoattack"), pgd_steps=spec.pgd_steps,
+                                  autoattack_attacks=spec.aa_attacks, batch_size=spec.batch_size, seed=seed),
+        seed=seed, verbose=verbose))
+    net, history = run.model, run.history
+    assert net is not None and run.evaluation is not None and run.test is not None  # one process: the main rank
+    (x_test, y_test), evaluation = run.test, run.evaluation.to_dict()
     aa_label = "AA standard" if spec.aa_attacks is None else "AA " + "+".join(a.upper() for a in spec.aa_attacks)
     standard: dict[str, Any] | None = None
     if spec.aa_attacks is not None and spec.aa_standard_n != 0:

@@ -60,12 +60,12 @@ def test_presets_and_experiments_build_the_same_objective():
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10))
     for name in ("cifar10-wrn34-fire", "cifar10-wrn34-trades", "cifar10-wrn34-hellinger", "cifar10-wrn34-madry"):
         cfg = presets.load_preset(name)
-        from_preset = preset_run._build_objective(cfg, model, 10, smoke=False)
+        from_preset = preset_run._method_spec(cfg, 10, smoke=False).objective(model, 10)
         direct = build_objective(cfg["method"], model, weight=cfg["lam"], eps=cfg["eps"], eps_step=cfg["eps_step"],
                                  steps=cfg["attack_steps"])
         assert from_preset.config() == direct.config(), name
     cfg = presets.load_preset("mnist-lenet-isometry")
-    iso = preset_run._build_objective(cfg, model, 10, smoke=False)
+    iso = preset_run._method_spec(cfg, 10, smoke=False).objective(model, 10)
     assert iso.config()["objective"] == "PartialIsometryObjective"
 
 

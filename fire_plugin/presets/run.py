@@ -1,5 +1,6 @@
-"""Running a preset: :func:`run_preset` trains with :func:`fire_plugin.engine.fit`, selects ``best.pt`` on a held-out
-validation split, evaluates the test set and writes the results and the RobustBench ``model_info`` JSON.
+"""Running a preset: :func:`run_preset` is a configuration of :func:`fire_plugin.pipeline.run_pipeline` (train,
+select ``best.pt`` on a held-out validation split, evaluate the test set); it writes the results and the
+RobustBench ``model_info`` JSON.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # torch is imported where it is used: listing and showing presets does not need it
     from torch import Tensor, nn
+
+    from fire_plugin.pipeline import MethodSpec, PipelineResult, PipelineSpec
 
 from fire_plugin.presets.config import (
     _ARCHITECTURES,
@@ -63,28 +66,19 @@ class _Augmented:
         return self.transform(x), y
 
 
-def _build_model(cfg: dict[str, Any], *, tiny: bool) -> nn.Module:
-    from fire_plugin.models import WideResNet, create_model_for_dataset, model_kwargs_for_dataset
-
-    depth = {"wrn34_10": 34, "wrn28_10": 28}.get(cfg["model"])
-    if tiny and depth is not None:  # the real depth, widen factor 1 (tests: WRN-34-10 takes 17 s on CPU)
-        return WideResNet(depth=depth, widen_factor=1, **model_kwargs_for_dataset(cfg["model"], cfg["dataset"]))
-    return create_model_for_dataset(cfg["model"], cfg["dataset"])
-
-
-def _build_objective(cfg: dict[str, Any], model: nn.Module, num_classes: int, *, smoke: bool) -> Any:
-    """The preset's objective, built by :func:`fire_plugin.methods.build_objective` from the preset's keys."""
-    from fire_plugin.methods import build_objective
+def _method_spec(cfg: dict[str, Any], num_classes: int, *, smoke: bool) -> MethodSpec:
+    """The preset's method, as the pipeline's :class:`~fire_plugin.pipeline.MethodSpec` (the keywords of
+    :func:`fire_plugin.methods.build_objective` from the preset's keys)."""
+    from fire_plugin.pipeline import MethodSpec
 
     if cfg["method"] == "isometry":
         from fire_plugin.isometry import delta_m
 
-        return build_objective("isometry", model, isometry_epsilon=delta_m(num_classes) / cfg["delta_over_epsilon"],
-                               num_classes=num_classes, eta_min=cfg["eta_min"], eta_max=cfg["eta_max"],
-                               estimator=cfg["estimator"], n_probes=cfg["n_probes"])
+        return MethodSpec("isometry", isometry_epsilon=delta_m(num_classes) / cfg["delta_over_epsilon"],
+                          eta_min=cfg["eta_min"], eta_max=cfg["eta_max"], estimator=cfg["estimator"],
+                          n_probes=cfg["n_probes"])
     steps = min(cfg["attack_steps"], 2) if smoke else cfg["attack_steps"]
-    return build_objective(cfg["method"], model, weight=cfg["lam"], eps=cfg["eps"], eps_step=cfg["eps_step"],
-                           steps=steps)
+    return MethodSpec(cfg["method"], weight=cfg["lam"], eps=cfg["eps"], eps_step=cfg["eps_step"], steps=steps)
 
 
 def _split_train_val(dataset: Any, val_size: int, seed: int) -> tuple[Any, Any]:
@@ -203,8 +197,8 @@ def _run_preset_locked(name: str, *, overrides: Sequence[str] | dict[str, Any], 
     import torch
 
     from fire_plugin.data import DATASETS
-    from fire_plugin.engine import ModelEMA, distributed_info, fit, lr_scheduler
-    from fire_plugin.runfolder import atomic_write_text
+    from fire_plugin.engine import distributed_info
+    from fire_plugin.pipeline import run_pipeline
 
     wall_start = time.perf_counter()
     cfg = load_preset(name, overrides=overrides)
@@ -228,44 +222,11 @@ def _run_preset_locked(name: str, *, overrides: Sequence[str] | dict[str, Any], 
     if cfg["batch_size"] % info.world_size:
         raise ValueError(f"batch_size={cfg['batch_size']} is not divisible by the {info.world_size} torchrun ranks")
     loader, val_loader, test_set = run.data(data_info, cfg["batch_size"] // info.world_size, cuda=cuda)
-
-    torch.manual_seed(cfg["seed"])
-    model = _build_model(cfg, tiny=run.tiny)
-    model = model.to(device)
-    objective = _build_objective(cfg, model, data_info.num_classes, smoke=smoke)
-    optimizer = torch.optim.SGD(model.parameters(), lr=cfg["lr"], momentum=cfg["momentum"],
-                                nesterov=cfg["nesterov"] and cfg["momentum"] > 0, weight_decay=cfg["weight_decay"])
-    scheduler = lr_scheduler(optimizer, cfg["schedule"], cfg["epochs"])
-    ema = ModelEMA(model, decay=cfg["ema_decay"]) if cfg["ema"] else None
-
-    def val_attack(m: nn.Module) -> Any:
-        import torchattacks
-
-        return torchattacks.PGD(m, eps=cfg["eps"], alpha=cfg["eps"] / 4, steps=cfg["val_pgd_steps"],
-                                random_start=True)
-
-    def auto(key: str) -> bool | None:
-        return {"auto": None, "on": True, "off": False}[cfg[key]]
-
-    if info.is_main:
-        out.mkdir(parents=True, exist_ok=True)
-        if not (out / "config.json").exists():
-            atomic_write_text(out / "config.json", json.dumps({"preset": name, "smoke": smoke, **cfg}, indent=2))
-    train_start = time.perf_counter()
-    history = fit(
-        model, loader, epochs=cfg["epochs"], objective=objective, optimizer=optimizer, scheduler=scheduler,
-        val_loader=val_loader, val_attack_factory=val_attack if val_loader is not None else None,
-        select_best=cfg["select_best"], checkpoint_dir=run.checkpoint_dir, resume=resume, config=run.compared(),
-        amp={"auto": None, "off": False}.get(cfg["amp"], cfg["amp"]), ema=ema,
-        channels_last=auto("channels_last"), cudnn_benchmark=auto("cudnn_benchmark"), compile=cfg["compile"],
-        seed=cfg["seed"], verbose=verbose,
-    )
-    train_seconds = time.perf_counter() - train_start
-    if not info.is_main:
-        return {"preset": name, "config": cfg, "history": history}
-    final = run.final_weights(ema.module if ema is not None else model, device=device, ema=ema is not None)
-    return run.evaluate_and_write(final, test_set, history, verbose=verbose,
-                                  seconds={"train": train_seconds, "wall_start": wall_start})
+    trained = run_pipeline(run.spec(data_info, loader, val_loader, test_set, device=device, resume=resume,
+                                    verbose=verbose))
+    if not trained.is_main:
+        return {"preset": name, "config": cfg, "history": trained.history}
+    return run.write(trained, wall_start=wall_start)
 
 
 @dataclass
@@ -368,40 +329,74 @@ class _PresetRun:
                  label=gen.integers(0, data_info.num_classes, size=8))
         return extra
 
-    def final_weights(self, final: nn.Module, *, device: Any, ema: bool) -> nn.Module:
-        """The evaluated weights: best.pt (selected on the validation split) or the last (EMA when on)."""
-        from fire_plugin.engine import load_checkpoint
+    def spec(self, data_info: Any, loader: Any, val_loader: Any, test_set: Any, *, device: Any, resume: bool,
+             verbose: bool) -> PipelineSpec:
+        """The run as a :class:`~fire_plugin.pipeline.PipelineSpec`: seeded with torch's generator only, the
+        model built after the data, ``config.json`` written before training, evaluated on ``eval_n`` test images."""
+        from fire_plugin.engine import Checkpointing, DDPOptions, FastPaths, Validation
+        from fire_plugin.pipeline import DataSpec, EvaluationSpec, FitSpec, ModelSpec, OptimizerSpec, PipelineSpec
 
-        self.weights = "last" + (" (ema)" if ema else "")
-        if self.cfg["select_best"]:
-            best = load_checkpoint(self.checkpoint_dir / "best.pt", map_location=device)
-            final.load_state_dict(best["model"])
-            self.weights = (f"best.pt (epoch {int(best['epoch']) + 1}, {best['weights']} weights, validation PGD "
-                            f"accuracy {float(best['val_adv_acc']):.4f})")
-        return final.eval()
+        cfg = self.cfg
 
-    def evaluate_and_write(self, final: nn.Module, test_set: Any, history: list[dict[str, Any]], *, verbose: bool,
-                           seconds: dict[str, float]) -> dict[str, Any]:
-        """Evaluate ``final`` on the test set; write model_info, results.csv, config.json and results.json."""
-        from fire_plugin.data import dataset_to_tensors
-        from fire_plugin.evaluation import evaluate
+        def val_attack(m: nn.Module) -> Any:
+            import torchattacks
+
+            return torchattacks.PGD(m, eps=cfg["eps"], alpha=cfg["eps"] / 4, steps=cfg["val_pgd_steps"],
+                                    random_start=True)
+
+        def auto(key: str) -> bool | None:
+            return {"auto": None, "on": True, "off": False}[cfg[key]]
+
+        fit = FitSpec(cfg["epochs"], ema=cfg["ema_decay"] if cfg["ema"] else None,
+                      validation=Validation(val_loader, attack_factory=val_attack if val_loader is not None else None,
+                                            select_best=cfg["select_best"]),
+                      checkpoints=Checkpointing(self.checkpoint_dir, resume=resume, config=self.compared()),
+                      fast=FastPaths(amp={"auto": None, "off": False}.get(cfg["amp"], cfg["amp"]),
+                                     channels_last=auto("channels_last"), cudnn_benchmark=auto("cudnn_benchmark"),
+                                     compile=cfg["compile"]),
+                      ddp=DDPOptions(seed=cfg["seed"]))
+        evaluation = EvaluationSpec(test_set, eps=cfg["eps"], n_examples=cfg["eval_n"],
+                                    attacks=tuple(cfg["eval_attacks"]), batch_size=cfg["eval_batch_size"],
+                                    pgd_steps=cfg["eval_pgd_steps"], eps_step=cfg["eval_eps_step"] or None,
+                                    seed=cfg["seed"], autoattack_attacks=("apgd-ce",) if self.smoke else None)
+        return PipelineSpec(
+            model=ModelSpec(cfg["model"], cfg["dataset"], narrow=self.tiny, device=device),
+            data=DataSpec(loader, num_classes=data_info.num_classes),
+            method=_method_spec(cfg, data_info.num_classes, smoke=self.smoke),
+            optimizer=OptimizerSpec(lr=cfg["lr"], momentum=cfg["momentum"], weight_decay=cfg["weight_decay"],
+                                    nesterov=cfg["nesterov"] and cfg["momentum"] > 0, schedule=cfg["schedule"]),
+            fit=fit, evaluation=evaluation, seed=cfg["seed"], seed_all=False, on_start=self.write_config,
+            verbose=verbose)
+
+    def write_config(self) -> None:
+        """``config.json`` before training starts (a resumed run keeps the first one until it finishes)."""
         from fire_plugin.runfolder import atomic_write_text
 
-        cfg, out = self.cfg, self.out
-        x_test, y_test = dataset_to_tensors(test_set, n_examples=cfg["eval_n"])
-        eval_start = time.perf_counter()
-        result = evaluate(final, x_test, y_test, eps=cfg["eps"], attacks=tuple(cfg["eval_attacks"]),
-                          batch_size=cfg["eval_batch_size"], pgd_steps=cfg["eval_pgd_steps"],
-                          pgd_alpha=cfg["eval_eps_step"] or None, seed=cfg["seed"], verbose=verbose,
-                          autoattack_attacks=("apgd-ce",) if self.smoke else None)
-        eval_seconds = time.perf_counter() - eval_start
-        info_path = self._write_model_info(result, len(x_test))
+        self.out.mkdir(parents=True, exist_ok=True)
+        if not (self.out / "config.json").exists():
+            atomic_write_text(self.out / "config.json",
+                              json.dumps({"preset": self.name, "smoke": self.smoke, **self.cfg}, indent=2))
+
+    def write(self, trained: PipelineResult, *, wall_start: float) -> dict[str, Any]:
+        """Write model_info, results.csv, config.json and results.json of the evaluated run; return the results."""
+        from fire_plugin.runfolder import atomic_write_text
+
+        cfg, out, result, history = self.cfg, self.out, trained.evaluation, trained.history
+        assert result is not None and trained.test is not None  # the main rank evaluates
+        best = trained.best
+        if best is None:
+            self.weights = "last" + (" (ema)" if cfg["ema"] else "")
+        else:
+            self.weights = (f"best.pt (epoch {int(best['epoch']) + 1}, {best['weights']} weights, validation PGD "
+                            f"accuracy {float(best['val_adv_acc']):.4f})")
+        eval_seconds = trained.seconds["evaluate"]
+        info_path = self._write_model_info(result, len(trained.test[0]))
         total_train = float(sum(r["seconds"] for r in history))
         results = {
             "preset": self.name, "smoke": self.smoke, "tiny": self.tiny, "config": cfg,
             "eval": dataclasses.asdict(result), "weights": self.weights,
-            "train_seconds": seconds["train"], "train_seconds_all_runs": total_train, "eval_seconds": eval_seconds,
-            "wall_seconds": time.perf_counter() - seconds["wall_start"], "history": history,
+            "train_seconds": trained.seconds["train"], "train_seconds_all_runs": total_train,
+            "eval_seconds": eval_seconds, "wall_seconds": time.perf_counter() - wall_start, "history": history,
             "paths": {"config": str(out / "config.json"), "results": str(self.results_path),
                       "csv": str(out / "results.csv"), "model_info": str(info_path) if info_path else None,
                       "checkpoints": str(self.checkpoint_dir) if self.keep else None},
