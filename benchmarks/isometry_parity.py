@@ -93,7 +93,7 @@ def run_variant(label: str, seed: int, out: Path, *, verbose: bool = False) -> d
     metrics: dict[str, Any] = {}
     for eps in PGD_EPS:
         r = evaluate(net, x_test, y_test, eps=eps, attacks=("clean", "pgd"), pgd_steps=PGD_STEPS,
-                     pgd_alpha=PGD_ALPHA, seed=seed, verbose=verbose)
+                     eps_step=PGD_ALPHA, seed=seed, verbose=verbose)
         metrics["clean"] = r.clean_acc
         metrics[f"pgd_{eps:g}"] = r.pgd_acc
     r = evaluate(net, x_test, y_test, eps=AA_EPS, attacks=("clean", "autoattack"), autoattack_attacks=AA_ATTACKS,

@@ -3,7 +3,7 @@
 :func:`evaluate` runs the requested attacks on the same examples and returns an :class:`EvalResult`:
 
 * ``clean``: accuracy on the unperturbed images (always computed; the attacks need it);
-* ``pgd``: PGD with cross-entropy, random start, ``pgd_steps`` (20) steps of ``pgd_alpha`` (``eps / 4``)
+* ``pgd``: PGD with cross-entropy, random start, ``pgd_steps`` (20) steps of ``eps_step`` (``eps / 4``)
   through ``torchattacks.PGD`` / ``torchattacks.PGDL2``;
 * ``frpgd``: the Fisher-Rao PGD of FIRE (:class:`fire_plugin.attacks.FRPGD` / ``FRPGDL2``), same budget;
 * ``autoattack``: AutoAttack ``version="standard"`` (APGD-CE, APGD-T, FAB-T, Square) through
@@ -63,7 +63,8 @@ class EvalResult:
         avg_acc: ``(clean_acc + autoattack_acc) / 2``, the paper's Avg. Acc. (None without AutoAttack).
         times: seconds of wall time per attack name (``"clean"``, ``"pgd"``, ...).
         pgd_steps: steps of PGD and FRPGD.
-        pgd_alpha: step size of PGD and FRPGD.
+        pgd_alpha: step size of PGD and FRPGD (the ``eps_step`` of :func:`evaluate`; the field keeps its name, the
+            key of saved results).
         autoattack_version: ``"standard"``, or ``"custom:<attacks>"`` for a subset run with
             ``autoattack_attacks`` (not valid for RobustBench); None without AutoAttack.
         fr_margin_mean: mean Fisher-Rao margin over the examples (0 for a misclassified example; an example
@@ -169,7 +170,6 @@ def _check_params(
     n_examples: int | None,
     batch_size: int,
     pgd_steps: int,
-    pgd_alpha: float | None,
     autoattack_attacks: Sequence[str] | None,
 ) -> None:
     if isinstance(eps, bool) or not isinstance(eps, int | float) or not math.isfinite(eps) or eps <= 0:
@@ -184,8 +184,6 @@ def _check_params(
         raise ValueError(f"batch_size={batch_size!r} is not allowed; allowed: a positive int")
     if not isinstance(pgd_steps, int) or pgd_steps < 1:
         raise ValueError(f"pgd_steps={pgd_steps!r} is not allowed; allowed: a positive int")
-    if pgd_alpha is not None and not (math.isfinite(pgd_alpha) and pgd_alpha > 0):
-        raise ValueError(f"pgd_alpha={pgd_alpha!r} is not allowed; allowed: a positive number or None")
     if autoattack_attacks is not None and (
         isinstance(autoattack_attacks, str)
         or not autoattack_attacks
@@ -297,6 +295,101 @@ def _autoattack_correct(
     return robust
 
 
+@dataclass
+class _Targets:
+    """What the attacks of one :func:`evaluate` call share: the model (in eval mode) on ``device``, the examples to
+    attack (the ``idx``-th of the ``n`` examples: those classified correctly, ``x_ok`` and ``y_ok``), the batch
+    size, the seed of the random starts and AutoAttack, and whether to show progress bars."""
+
+    model: nn.Module
+    device: torch.device
+    n: int
+    idx: torch.Tensor
+    x_ok: torch.Tensor
+    y_ok: torch.Tensor
+    batch_size: int
+    seed: int
+    verbose: bool
+
+
+@contextmanager
+def _timed(result: EvalResult, name: str) -> Iterator[None]:
+    """Record the wall time of the block as ``result.times[name]`` (when the block completes)."""
+    start = time.perf_counter()
+    yield
+    result.times[name] = time.perf_counter() - start
+
+
+def _eps_step(eps_step: float | None, pgd_alpha: float | None, eps: float) -> float:
+    """The step of PGD and FRPGD: ``eps_step``, or its older name ``pgd_alpha``, or ``eps / 4`` when neither is set."""
+    if eps_step is not None and pgd_alpha is not None:
+        raise ValueError(f"eps_step={eps_step!r} and pgd_alpha={pgd_alpha!r} are both given; allowed: one of them "
+                         "(pgd_alpha is the older name of eps_step)")
+    name, step = ("pgd_alpha", pgd_alpha) if pgd_alpha is not None else ("eps_step", eps_step)
+    if step is None:
+        return eps / 4.0
+    if not (math.isfinite(step) and step > 0):
+        raise ValueError(f"{name}={step!r} is not allowed; allowed: a positive number or None")
+    return float(step)
+
+
+def _pgd_like_accuracy(t: _Targets, name: str, *, eps: float, norm: str, eps_step: float, steps: int) -> float:
+    """Robust accuracy under PGD (cross-entropy, ``name="pgd"``) or FRPGD (Fisher-Rao, ``"frpgd"``): both share
+    budget, steps, step size and random-start seed."""
+    label, attack_cls = {
+        "pgd": ("PGD", torchattacks.PGD if norm == "Linf" else torchattacks.PGDL2),
+        "frpgd": ("FRPGD", FRPGD if norm == "Linf" else FRPGDL2),
+    }[name]
+    attack = attack_cls(t.model, eps=eps, alpha=eps_step, steps=steps, random_start=True)
+    with _seeded(t.seed, t.device):
+        ok = _attack_correct(attack, t.model, t.x_ok, t.y_ok, t.device, t.batch_size, label, t.verbose)
+    return ok.sum().item() / t.n
+
+
+def _autoattack_accuracy(
+    t: _Targets, *, eps: float, norm: str, autoattack_attacks: Sequence[str] | None
+) -> tuple[float, str]:
+    """Robust accuracy under AutoAttack and its version: ``"standard"``, or ``"custom:<attacks>"`` for a subset run
+    with the standard settings (restarts, target classes, queries)."""
+    adversary = AutoAttack(t.model, norm=norm, eps=eps, version="standard", device=t.device, seed=t.seed)
+    version = "standard"
+    if autoattack_attacks is not None and set(autoattack_attacks) != set(AUTOATTACK_STANDARD):
+        adversary.attacks_to_run = [a for a in AUTOATTACK_STANDARD if a in autoattack_attacks]
+        adversary.version = "custom"
+        version = "custom:" + ",".join(adversary.attacks_to_run)
+    with _seeded(t.seed, t.device):
+        ok = _autoattack_correct(adversary, t.model, t.x_ok, t.y_ok, t.device, t.batch_size, t.verbose)
+    return ok.sum().item() / t.n, version
+
+
+def _margin_stats(t: _Targets, margin_kwargs: Mapping[str, Any] | None) -> tuple[float, float]:
+    """Mean and median Fisher-Rao margin over the ``n`` examples: 0 for a misclassified one, ``max_length`` (a lower
+    bound) for one that no path flipped within the tracing budget."""
+    kwargs = {"batch_size": t.batch_size, "verbose": t.verbose, **(margin_kwargs or {})}
+    max_length = float(kwargs.get("max_length", 20.0))
+    margins = torch.zeros(t.n, dtype=torch.float64)  # misclassified examples: margin 0
+    if len(t.idx):
+        traced = torch.as_tensor(fr_margin(t.model, t.x_ok, t.y_ok, **kwargs))
+        margins[t.idx] = traced.clamp(max=max_length)  # not flipped within the budget: >= max_length
+    return margins.mean().item(), margins.median().item()
+
+
+def _log_result(result: EvalResult) -> None:
+    _logger.info(
+        "evaluated %d examples (%s, eps=%.4g): clean=%s pgd=%s frpgd=%s autoattack=%s avg=%s fr_margin=%s times=%s",
+        result.n_examples,
+        result.norm,
+        result.eps,
+        result.clean_acc,
+        result.pgd_acc,
+        result.frpgd_acc,
+        result.autoattack_acc,
+        result.avg_acc,
+        result.fr_margin_mean,
+        {k: round(v, 2) for k, v in result.times.items()},
+    )
+
+
 def evaluate(
     model: nn.Module,
     data: torch.Tensor | Iterable[Any] | Dataset,
@@ -309,10 +402,11 @@ def evaluate(
     batch_size: int = 256,
     seed: int = 0,
     pgd_steps: int = 20,
-    pgd_alpha: float | None = None,
+    eps_step: float | None = None,
     autoattack_attacks: Sequence[str] | None = None,
     margin_kwargs: Mapping[str, Any] | None = None,
     verbose: bool = True,
+    pgd_alpha: float | None = None,
 ) -> EvalResult:
     """Clean, PGD, FRPGD and AutoAttack accuracy of ``model`` on the same examples, with wall times.
 
@@ -333,12 +427,13 @@ def evaluate(
         batch_size: examples per forward/attack batch.
         seed: seed of the random starts and of AutoAttack.
         pgd_steps: steps of PGD and FRPGD (PGD-20 by default).
-        pgd_alpha: step size of PGD and FRPGD; ``eps / 4`` when None.
+        eps_step: step size of PGD and FRPGD; ``eps / 4`` when None (recorded as ``EvalResult.pgd_alpha``).
         autoattack_attacks: None for standard AutoAttack (what RobustBench and the paper report), or a
             subset of ``AUTOATTACK_STANDARD`` run with the standard settings, for quick checks.
         margin_kwargs: keyword arguments of :func:`fire_plugin.margins.trace_margins` for ``"fr_margin"``
             (``damping``, ``step``, ``max_length``, ``targets``, ...); ``eps`` and ``norm`` do not apply to it.
         verbose: show tqdm progress bars.
+        pgd_alpha: the older name of ``eps_step``, still accepted (giving both is a ValueError).
 
     Returns:
         An :class:`EvalResult`.
@@ -346,82 +441,38 @@ def evaluate(
     >>> from fire_plugin.models import DigitsCNN
     >>> model = DigitsCNN()
     >>> x, y = torch.rand(8, 1, 8, 8), torch.randint(0, 10, (8,))
-    >>> r = evaluate(model, x, y, eps=0.1, attacks=("clean", "pgd"), verbose=False)
+    >>> r = evaluate(model, x, y, eps=0.1, attacks=("clean", "pgd"), eps_step=0.025, verbose=False)
     >>> r.pgd_acc <= r.clean_acc
     True
     """
-    _check_params(eps, norm, attacks, n_examples, batch_size, pgd_steps, pgd_alpha, autoattack_attacks)
+    _check_params(eps, norm, attacks, n_examples, batch_size, pgd_steps, autoattack_attacks)
+    step = _eps_step(eps_step, pgd_alpha, float(eps))
     x, labels = _collect(data, y, n_examples)
     eps = float(eps)
-    alpha = float(pgd_alpha) if pgd_alpha is not None else eps / 4.0
     device = _model_device(model)
-    result = EvalResult(n_examples=len(x), eps=eps, norm=norm, pgd_steps=pgd_steps, pgd_alpha=alpha)
+    result = EvalResult(n_examples=len(x), eps=eps, norm=norm, pgd_steps=pgd_steps, pgd_alpha=step)
     was_training = model.training
     model.eval()
     try:
-        start = time.perf_counter()
-        clean_correct = _predict(model, x, device, batch_size) == labels
-        result.times["clean"] = time.perf_counter() - start
-        n = len(x)
-        result.clean_acc = clean_correct.sum().item() / n
+        with _timed(result, "clean"):
+            clean_correct = _predict(model, x, device, batch_size) == labels
+        result.clean_acc = clean_correct.sum().item() / len(x)
         idx = clean_correct.nonzero().flatten()  # only correctly classified examples are attacked
-        x_ok, y_ok = x[idx], labels[idx]
-
-        # PGD (cross-entropy) and FRPGD (Fisher-Rao) share budget, steps, step size and random-start seed
-        pgd_like = {
-            "pgd": ("PGD", torchattacks.PGD if norm == "Linf" else torchattacks.PGDL2),
-            "frpgd": ("FRPGD", FRPGD if norm == "Linf" else FRPGDL2),
-        }
-        for name, (label, attack_cls) in pgd_like.items():
-            if name not in attacks:
-                continue
-            start = time.perf_counter()
-            attack = attack_cls(model, eps=eps, alpha=alpha, steps=pgd_steps, random_start=True)
-            with _seeded(seed, device):
-                ok = _attack_correct(attack, model, x_ok, y_ok, device, batch_size, label, verbose)
-            setattr(result, f"{name}_acc", ok.sum().item() / n)
-            result.times[name] = time.perf_counter() - start
-
+        t = _Targets(model, device, len(x), idx, x[idx], labels[idx], batch_size, seed, verbose)
+        for name in ("pgd", "frpgd"):
+            if name in attacks:
+                with _timed(result, name):
+                    acc = _pgd_like_accuracy(t, name, eps=eps, norm=norm, eps_step=step, steps=pgd_steps)
+                setattr(result, f"{name}_acc", acc)
         if "autoattack" in attacks:
-            start = time.perf_counter()
-            adversary = AutoAttack(model, norm=norm, eps=eps, version="standard", device=device, seed=seed)
-            result.autoattack_version = "standard"
-            if autoattack_attacks is not None and set(autoattack_attacks) != set(AUTOATTACK_STANDARD):
-                # the standard settings (restarts, target classes, queries), fewer attacks
-                adversary.attacks_to_run = [a for a in AUTOATTACK_STANDARD if a in autoattack_attacks]
-                adversary.version = "custom"
-                result.autoattack_version = "custom:" + ",".join(adversary.attacks_to_run)
-
-            with _seeded(seed, device):
-                ok = _autoattack_correct(adversary, model, x_ok, y_ok, device, batch_size, verbose)
-            result.autoattack_acc = ok.sum().item() / n
-            result.times["autoattack"] = time.perf_counter() - start
-
+            with _timed(result, "autoattack"):
+                result.autoattack_acc, result.autoattack_version = _autoattack_accuracy(
+                    t, eps=eps, norm=norm, autoattack_attacks=autoattack_attacks)
         if "fr_margin" in attacks:
-            start = time.perf_counter()
-            kwargs = {"batch_size": batch_size, "verbose": verbose, **(margin_kwargs or {})}
-            max_length = float(kwargs.get("max_length", 20.0))
-            margins = torch.zeros(n, dtype=torch.float64)  # misclassified examples: margin 0
-            if len(idx):
-                traced = torch.as_tensor(fr_margin(model, x_ok, y_ok, **kwargs))
-                margins[idx] = traced.clamp(max=max_length)  # not flipped within the budget: >= max_length
-            result.fr_margin_mean = margins.mean().item()
-            result.fr_margin_median = margins.median().item()
-            result.times["fr_margin"] = time.perf_counter() - start
+            with _timed(result, "fr_margin"):
+                result.fr_margin_mean, result.fr_margin_median = _margin_stats(t, margin_kwargs)
     finally:
         model.train(was_training)
     result._update_avg()
-    _logger.info(
-        "evaluated %d examples (%s, eps=%.4g): clean=%s pgd=%s frpgd=%s autoattack=%s avg=%s fr_margin=%s times=%s",
-        n,
-        norm,
-        eps,
-        result.clean_acc,
-        result.pgd_acc,
-        result.frpgd_acc,
-        result.autoattack_acc,
-        result.avg_acc,
-        result.fr_margin_mean,
-        {k: round(v, 2) for k, v in result.times.items()},
-    )
+    _log_result(result)
     return result

@@ -121,6 +121,9 @@ def test_training_mode_restored_and_inputs_untouched(digits_test):
         ({"n_examples": 0}, "n_examples=0"),
         ({"batch_size": 0}, "batch_size=0"),
         ({"autoattack_attacks": ("apgd-dlr",)}, "autoattack_attacks="),
+        ({"eps_step": 0.0}, "eps_step=0.0"),
+        ({"pgd_alpha": -1.0}, "pgd_alpha=-1.0"),
+        ({"eps_step": 0.01, "pgd_alpha": 0.02}, "eps_step=0.01 and pgd_alpha=0.02"),
     ],
 )
 def test_invalid_arguments(kwargs, message):
@@ -128,6 +131,26 @@ def test_invalid_arguments(kwargs, message):
     args = {"eps": EPS, **kwargs}
     with pytest.raises(ValueError, match=message.replace("(", r"\(")):
         evaluate(DigitsCNN(), x, y, verbose=False, **args)
+
+
+def test_eps_step_reaches_both_attacks_and_pgd_alpha_is_its_older_name(digits_model, digits_test, monkeypatch):
+    import fire_plugin.evaluation as evaluation
+
+    steps_seen = []
+
+    class RecordingFRPGD(evaluation.FRPGD):
+        def __init__(self, *args, **kwargs):
+            steps_seen.append(kwargs["alpha"])
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(evaluation, "FRPGD", RecordingFRPGD)
+    x, y = digits_test
+    kwargs = {"eps": EPS, "attacks": ("pgd", "frpgd"), "pgd_steps": 5, "seed": 3, "verbose": False}
+    new = evaluate(digits_model, x[:40], y[:40], eps_step=0.01, **kwargs)
+    old = evaluate(digits_model, x[:40], y[:40], pgd_alpha=0.01, **kwargs)
+    assert steps_seen == [0.01, 0.01]
+    assert new.pgd_alpha == old.pgd_alpha == 0.01
+    assert (new.pgd_acc, new.frpgd_acc) == (old.pgd_acc, old.frpgd_acc)  # the same computation, repeated
 
 
 def test_invalid_data():
