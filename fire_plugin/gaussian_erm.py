@@ -345,10 +345,9 @@ def erm_sweep(
     if global_minimizer:
         m._need_2d("erm_sweep(global_minimizer=True)")
     x, y = m.sample(n_per_class, seed=seed)
-    angles = np.arange(n_grid_angles, dtype=np.float64) * (_TWO_PI / n_grid_angles)
-    scale = 1.0 / math.sqrt(float(np.mean(np.sum(x * x, axis=1))))  # |theta^T x| ~ 1 at r = scale
-    radii = scale * np.logspace(-4.0, 2.5, n_grid_radii)
     solver = "bfgs-global-polar" if global_minimizer else "bfgs-local"
+    risk = _Risk(x, y, regularizer, m.eps, adversary, gtol)
+    grid = _PolarGrid.of(risk, n_grid_angles, n_grid_radii) if global_minimizer else None
 
     k = lam_arr.size
     thetas = np.zeros((k, m.dim))
@@ -356,42 +355,15 @@ def erm_sweep(
     converged = np.zeros(k, dtype=bool)
     from_grid = np.zeros(k, dtype=bool)
     bar = tqdm(lam_arr, desc=f"{regularizer} ({solver})", unit="lambda", disable=not verbose, leave=False)
-    if global_minimizer:
-        ce_grid, reg_grid = _grid_terms(x, y, regularizer, m.eps, adversary, angles, radii)
     for i, lam in enumerate(bar):
-        lam_f = float(lam)
-        res = _minimize(np.zeros(m.dim), x, y, regularizer, lam_f, m.eps, adversary, gtol)
-        best, best_from_grid = res, False
-        if global_minimizer:
-            grid = ce_grid + lam_f * reg_grid  # (R, A)
-            per_angle = grid.min(axis=0)  # (A,)
-            is_min = (per_angle <= np.roll(per_angle, 1)) & (per_angle <= np.roll(per_angle, -1))
-            candidates = np.flatnonzero(is_min)
-            for j in candidates[np.argsort(per_angle[candidates])][:n_refine]:
-                start = radii[int(np.argmin(grid[:, j]))] * _unit(angles[j])
-                cand = _minimize(start, x, y, regularizer, lam_f, m.eps, adversary, gtol)
-                if cand.fun < best.fun - 1e-12:
-                    best, best_from_grid = cand, True
+        best, from_grid[i] = _solve(risk, float(lam), grid, n_refine)
         thetas[i] = best.x
         objective[i] = best.fun
         converged[i] = bool(best.success) or float(np.linalg.norm(best.jac)) < 1e-5
-        from_grid[i] = best_from_grid
         if not converged[i]:
-            _logger.warning("%s lam=%g: BFGS did not converge (%s)", regularizer, lam_f, best.message)
+            _logger.warning("%s lam=%g: BFGS did not converge (%s)", regularizer, float(lam), best.message)
     bar.close()
-
-    nonzero = np.linalg.norm(thetas, axis=1) > 0.0
-    nat = np.full(k, np.nan)
-    adv = np.full(k, np.nan)
-    alpha = np.full(k, np.nan)
-    if np.any(nonzero):
-        n_acc, a_acc = m.accuracies(thetas[nonzero])
-        nat[nonzero], adv[nonzero] = n_acc, a_acc
-        if m.dim == 2:
-            alpha[nonzero] = np.arctan2(thetas[nonzero, 1], thetas[nonzero, 0]) % _TWO_PI
-    if not np.all(nonzero):
-        zero_lams = lam_arr[~nonzero].tolist()
-        _logger.warning("%s: theta = 0 for lambdas %s (no decision rule)", regularizer, zero_lams)
+    nat, adv, alpha = _placed(m, thetas, lam_arr, regularizer)
     return SweepResult(
         regularizer=regularizer,
         solver=solver,
@@ -408,6 +380,83 @@ def erm_sweep(
         seed=int(seed),
         eps=m.eps,
     )
+
+
+@dataclass(frozen=True)
+class _Risk:
+    """The regularized empirical risk of one sweep, but for its weight: the sample ``(x, y)``, the regularizer,
+    the radius ``eps``, the adversary and BFGS's ``gtol``."""
+
+    x: NDArray[np.float64]
+    y: NDArray[np.float64]
+    regularizer: str
+    eps: float
+    adversary: str
+    gtol: float
+
+    def minimize(self, theta0: NDArray[np.float64], lam: float) -> optimize.OptimizeResult:
+        """BFGS on the risk at weight ``lam`` from ``theta0``."""
+        return _minimize(theta0, self.x, self.y, self.regularizer, lam, self.eps, self.adversary, self.gtol)
+
+
+@dataclass(frozen=True)
+class _PolarGrid:
+    """The global solver's polar grid ``theta = r (cos a, sin a)``: the mean cross-entropy ``ce`` and regularizer
+    ``reg`` (both ``(len(radii), len(angles))``) at every point, computed once for every lambda of a sweep."""
+
+    angles: NDArray[np.float64]
+    radii: NDArray[np.float64]
+    ce: NDArray[np.float64]
+    reg: NDArray[np.float64]
+
+    @classmethod
+    def of(cls, risk: _Risk, n_angles: int, n_radii: int) -> _PolarGrid:
+        """``n_angles`` angles times ``n_radii`` radii log-spaced over ``[1e-4, 10^2.5] / rms(||x||)``."""
+        angles = np.arange(n_angles, dtype=np.float64) * (_TWO_PI / n_angles)
+        scale = 1.0 / math.sqrt(float(np.mean(np.sum(risk.x * risk.x, axis=1))))  # |theta^T x| ~ 1 at r = scale
+        radii = scale * np.logspace(-4.0, 2.5, n_radii)
+        ce, reg = _grid_terms(risk.x, risk.y, risk.regularizer, risk.eps, risk.adversary, angles, radii)
+        return cls(angles, radii, ce, reg)
+
+    def starts(self, lam: float, n_refine: int) -> list[NDArray[np.float64]]:
+        """The best radius at each of the ``n_refine`` lowest local minima over angles of the risk at ``lam``."""
+        grid = self.ce + lam * self.reg  # (R, A)
+        per_angle = grid.min(axis=0)  # (A,)
+        is_min = (per_angle <= np.roll(per_angle, 1)) & (per_angle <= np.roll(per_angle, -1))
+        candidates = np.flatnonzero(is_min)
+        return [self.radii[int(np.argmin(grid[:, j]))] * _unit(self.angles[j])
+                for j in candidates[np.argsort(per_angle[candidates])][:n_refine]]
+
+
+def _solve(risk: _Risk, lam: float, grid: _PolarGrid | None, n_refine: int) -> tuple[optimize.OptimizeResult, bool]:
+    """The minimizer at weight ``lam`` and whether the grid gave it: BFGS from ``theta = 0`` (footnote 4) and, with
+    a grid, BFGS from its ``n_refine`` best starts, keeping the lowest risk."""
+    best, best_from_grid = risk.minimize(np.zeros(risk.x.shape[1]), lam), False
+    for start in [] if grid is None else grid.starts(lam, n_refine):
+        cand = risk.minimize(start, lam)
+        if cand.fun < best.fun - 1e-12:
+            best, best_from_grid = cand, True
+    return best, best_from_grid
+
+
+def _placed(
+    m: GaussianModel, thetas: NDArray[np.float64], lambdas: NDArray[np.float64], regularizer: str
+) -> tuple[NDArray[np.float64], NDArray[np.float64], NDArray[np.float64]]:
+    """Exact natural and adversarial accuracy and the angle (2-D) of each minimizer; NaN where ``theta = 0``."""
+    k = len(thetas)
+    nonzero = np.linalg.norm(thetas, axis=1) > 0.0
+    nat = np.full(k, np.nan)
+    adv = np.full(k, np.nan)
+    alpha = np.full(k, np.nan)
+    if np.any(nonzero):
+        n_acc, a_acc = m.accuracies(thetas[nonzero])
+        nat[nonzero], adv[nonzero] = n_acc, a_acc
+        if m.dim == 2:
+            alpha[nonzero] = np.arctan2(thetas[nonzero, 1], thetas[nonzero, 0]) % _TWO_PI
+    if not np.all(nonzero):
+        zero_lams = lambdas[~nonzero].tolist()
+        _logger.warning("%s: theta = 0 for lambdas %s (no decision rule)", regularizer, zero_lams)
+    return nat, adv, alpha
 
 
 # ----------------------------------------------------------------------------------------------------------

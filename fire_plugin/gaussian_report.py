@@ -81,7 +81,47 @@ def run_report(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     _logger.info("Gaussian lab: %r, %d lambdas, n_per_class=%d", model, len(lam), n_per_class)
+    sweeps, coverage = _sweeps_and_coverage(model, regularizers, lam, n_per_class=n_per_class, seed=seed,
+                                            include_global=include_global, adversary=adversary, tol=tol,
+                                            verbose=verbose)
+    report: dict[str, Any] = {
+        "setting": {"mu": _floats(model.mu), "sigma": [_floats(r) for r in model.sigma], "eps": model.eps},
+        "adversary": adversary,
+        "lambdas": lam,
+        "n_per_class": int(n_per_class),
+        "seed": int(seed),
+        "tol": float(tol),
+        "sweeps": [s.to_dict() for s in sweeps],
+        "coverage": coverage,
+        "files": {},
+    }
+    files: dict[str, str] = {}
+    if model.dim == 2:
+        entries, files = _two_d_report(model, sweeps, out, n_per_class=n_per_class, seed=seed, adversary=adversary)
+        report.update(entries)
+    files["fig5"] = _save(plots.plot_fisher_rao_vs_euclidean(), out / "gaussian_fig5.png")
+    report["files"] = files
+    path = out / "gaussian_report.json"
+    path.write_text(json.dumps(_jsonable(report), indent=2))
+    report["files"]["report"] = str(path)
+    _logger.info("wrote %s", path)
+    return report
 
+
+def _sweeps_and_coverage(
+    model: GaussianModel,
+    regularizers: Sequence[str],
+    lam: list[float],
+    *,
+    n_per_class: int,
+    seed: int,
+    include_global: bool,
+    adversary: str,
+    tol: float,
+    verbose: bool,
+) -> tuple[list[SweepResult], dict[str, Any]]:
+    """One sweep per regularizer and solver (the global one only in 2-D), and in 2-D the coverage of each, keyed
+    ``"<regularizer>/<solver>"``."""
     sweeps: list[SweepResult] = []
     coverage: dict[str, Any] = {}
     solvers = (False, True) if include_global and model.dim == 2 else (False,)
@@ -109,23 +149,18 @@ def run_report(
                     cov.best_average_accuracy,
                     cov.maa,
                 )
+    return sweeps, coverage
 
-    report: dict[str, Any] = {
-        "setting": {"mu": _floats(model.mu), "sigma": [_floats(r) for r in model.sigma], "eps": model.eps},
-        "adversary": adversary,
-        "lambdas": lam,
-        "n_per_class": int(n_per_class),
-        "seed": int(seed),
-        "tol": float(tol),
-        "sweeps": [s.to_dict() for s in sweeps],
-        "coverage": coverage,
-        "files": {},
-    }
-    files: dict[str, str] = {}
-    if model.dim == 2:
-        nat_pt, adv_pt = model.natural_optimum(), model.adversarial_optimum()
-        maa, maa_alpha = model.maa()
-        report["closed_forms"] = {
+
+def _two_d_report(
+    model: GaussianModel, sweeps: list[SweepResult], out: Path, *, n_per_class: int, seed: int, adversary: str
+) -> tuple[dict[str, Any], dict[str, str]]:
+    """The report entries of a 2-D setting (the closed forms; the FIRE minimizers at the lambdas of Fig. 4) and the
+    figures 6, 2, 3 and 4 written into ``out`` (name -> path)."""
+    nat_pt, adv_pt = model.natural_optimum(), model.adversarial_optimum()
+    maa, maa_alpha = model.maa()
+    entries: dict[str, Any] = {
+        "closed_forms": {
             "natural_optimum": _point_dict(nat_pt),
             "adversarial_optimum": _point_dict(adv_pt),
             "maa": maa,
@@ -133,34 +168,29 @@ def run_report(
             "bayes_theta": _floats(model.bayes_theta()),
             "sigma_eigenvalues": _floats(model._eig),
         }
-        fig4 = erm_sweep(
-            "fisher_rao",
-            list(FIG4_LAMBDAS),
-            model=model,
-            n_per_class=n_per_class,
-            seed=seed,
-            adversary=adversary,
-        )
-        report["fig4_thetas"] = {f"{v:g}": _floats(t) for v, t in zip(FIG4_LAMBDAS, fig4.thetas, strict=True)}
-        curve, front = model.accuracy_curve(), model.pareto_front()
-        fig = plots.plot_tradeoff(curve, front, sweeps, maa=(maa, maa_alpha), model=model)
-        files["fig6"] = _save(fig, out / "gaussian_fig6.png")
-        thetas_2 = {
-            f"min Pe: theta = {_fmt(model.bayes_theta())}": model.bayes_theta(),
-            f"min Pe': theta = {_fmt(np.asarray(adv_pt.theta))}": np.asarray(adv_pt.theta),
-        }
-        files["fig2"] = _save(plots.plot_manifold_surfaces(thetas_2, extent=0.5), out / "gaussian_fig2.png")
-        files["fig3"] = _save(plots.plot_fisher_rao_ball(thetas_2, eps=model.eps), out / "gaussian_fig3.png")
-        thetas_4 = {f"FIRE lambda = {v:g}": t for v, t in zip(FIG4_LAMBDAS, fig4.thetas, strict=True)}
-        files["fig4"] = _save(plots.plot_manifold_surfaces(thetas_4, extent=0.5), out / "gaussian_fig4.png")
-    files["fig5"] = _save(plots.plot_fisher_rao_vs_euclidean(), out / "gaussian_fig5.png")
-    report["files"] = files
-    path = out / "gaussian_report.json"
-    path.write_text(json.dumps(_jsonable(report), indent=2))
-    report["files"]["report"] = str(path)
-    _logger.info("wrote %s", path)
-    return report
-
+    }
+    fig4 = erm_sweep(
+        "fisher_rao",
+        list(FIG4_LAMBDAS),
+        model=model,
+        n_per_class=n_per_class,
+        seed=seed,
+        adversary=adversary,
+    )
+    entries["fig4_thetas"] = {f"{v:g}": _floats(t) for v, t in zip(FIG4_LAMBDAS, fig4.thetas, strict=True)}
+    files: dict[str, str] = {}
+    curve, front = model.accuracy_curve(), model.pareto_front()
+    fig = plots.plot_tradeoff(curve, front, sweeps, maa=(maa, maa_alpha), model=model)
+    files["fig6"] = _save(fig, out / "gaussian_fig6.png")
+    thetas_2 = {
+        f"min Pe: theta = {_fmt(model.bayes_theta())}": model.bayes_theta(),
+        f"min Pe': theta = {_fmt(np.asarray(adv_pt.theta))}": np.asarray(adv_pt.theta),
+    }
+    files["fig2"] = _save(plots.plot_manifold_surfaces(thetas_2, extent=0.5), out / "gaussian_fig2.png")
+    files["fig3"] = _save(plots.plot_fisher_rao_ball(thetas_2, eps=model.eps), out / "gaussian_fig3.png")
+    thetas_4 = {f"FIRE lambda = {v:g}": t for v, t in zip(FIG4_LAMBDAS, fig4.thetas, strict=True)}
+    files["fig4"] = _save(plots.plot_manifold_surfaces(thetas_4, extent=0.5), out / "gaussian_fig4.png")
+    return entries, files
 
 
 # ----------------------------------------------------------------------------------------------------------
