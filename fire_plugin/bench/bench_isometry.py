@@ -37,6 +37,7 @@ from __future__ import annotations
 import argparse
 import statistics
 from collections.abc import Callable
+from typing import Any
 
 import timm
 import torch
@@ -125,36 +126,42 @@ def _jacobian_flops(fn: Callable[[], object]) -> int:
     return int(counter.get_total_flops())
 
 
-def run(quick: bool = False, *, rounds: int = 5, repeats: int = 2, threads: int = 1, clock: str = "auto",
-        batches: tuple[int, ...] = (32, 128)) -> list[dict[str, object]]:
-    """Rows of the perf-suite contract (see the module docstring). ``quick``: 1 round of 1 call, fewer steps."""
-    if quick:
-        rounds, repeats = 1, 1
-    clock_fn, clock_label = choose_clock(clock, threads=threads, device="cpu")
-    how = f"cpu, {torch.get_num_threads()} thread(s), {clock_label} clock, median of {rounds}x{repeats}"
-    rows = []
+_Estimators = dict[str, tuple[str, int, str, str]]  # key -> (estimator, probes, label, target)
+
+
+def _estimators() -> _Estimators:
+    """The estimators of (a) and (d): exact, one Rademacher probe (the default), deflated with 2 products."""
     estimators = {"exact": ("exact", 1, "exact", "<= 10")}
     for name in dict.fromkeys(("hutchinson", DEFAULT_ESTIMATOR)):
         target = "<= 4" if name == DEFAULT_ESTIMATOR else ""
         label = f"{name}, 1 probe" + (" (the default)" if name == DEFAULT_ESTIMATOR else "")
         estimators[name] = (name, 1, label, target)
     estimators["deflated"] = ("deflated", 2, "deflated, 2 products", "")
-    ratios: dict[tuple[str, int], float] = {}
+    return estimators
+
+
+def _training_rows(estimators: _Estimators, batches: tuple[int, ...], quick: bool, timing: dict[str, Any],
+                   how: str) -> tuple[list[dict[str, object]], dict[tuple[str, int], float]]:
+    """(a): ``engine.fit`` time of each estimator over CE, per batch size; also the ratios, for (d)."""
+    rows, ratios = [], {}
     for batch in batches:
         steps = max(1, (128 if quick else 256) // batch)  # 8 and 2 steps (quick: 4 and 1)
         fns = {"ce": _fit_fn(CrossEntropyObjective(), batch, steps)}
         for key, (est, probes, _, _) in estimators.items():
             fns[key] = _fit_fn(PartialIsometryObjective(epsilon=EPSILON, estimator=est, n_probes=probes), batch, steps)
-        t = interleaved_times(fns, rounds=rounds, repeats=repeats, clock=clock_fn)
+        t = interleaved_times(fns, **timing)
         for key, (_, _, label, target) in estimators.items():
             ratios[(key, batch)] = t[key] / t["ce"]
             rows.append(row(f"partial-isometry training ({label}), LeNet, batch {batch}", t[key] / t["ce"], target,
                             "CrossEntropyObjective on the same engine.fit",
                             f"{steps} steps: {t[key]:.3f} s vs {t['ce']:.3f} s; {how}"))
+    return rows, ratios
 
-    # FLOP floor: one step's FLOPs against one CE step's, and the measured time ratio over the FLOP ratio
-    model = _lenet()
-    fbatch = batches[0]
+
+def _flop_rows(model: torch.nn.Module, estimators: _Estimators, fbatch: int,
+               ratios: dict[tuple[str, int], float]) -> list[dict[str, object]]:
+    """(d) FLOP floor: one step's FLOPs against one CE step's, and the measured time ratio over the FLOP ratio."""
+    rows = []
     x = torch.rand(fbatch, 1, 28, 28, generator=torch.Generator().manual_seed(4))
     y = torch.randint(0, 10, (fbatch,), generator=torch.Generator().manual_seed(5))
     ce_flops = step_flops(CrossEntropyObjective(), model, x, y)
@@ -166,7 +173,11 @@ def run(quick: bool = False, *, rounds: int = 5, repeats: int = 2, threads: int 
         rows.append(row(f"time ratio / FLOP ratio ({label}), LeNet, batch {fbatch}",
                         ratios[(key, fbatch)] / (flops / ce_flops), "", "1 = as fast per FLOP as a CE step",
                         f"time ratio {ratios[(key, fbatch)]:.2f} over FLOP ratio {flops / ce_flops:.2f}"))
+    return rows
 
+
+def _jacobian_rows(model: torch.nn.Module, quick: bool, timing: dict[str, Any], how: str) -> list[dict[str, object]]:
+    """(b): isometry_jacobian against the naive per-sample, per-row loop, and with other vmap chunkings."""
     batch = 8 if quick else 32
     x = torch.rand(batch, 1, 28, 28, generator=torch.Generator().manual_seed(1))
     ref = naive_jacobian(model, x)
@@ -189,20 +200,24 @@ def run(quick: bool = False, *, rounds: int = 5, repeats: int = 2, threads: int 
 
     fns = {"ours": lambda: isometry_jacobian(model, x), "all rows": chunked(None), "1 row": chunked(1),
            "naive": lambda: naive_jacobian(model, x)}
-    t = interleaved_times(fns, rounds=rounds, repeats=repeats, clock=clock_fn)
+    t = interleaved_times(fns, **timing)
     gflop = _jacobian_flops(fns["ours"]) / 1e9
     gflop_naive = _jacobian_flops(fns["naive"]) / 1e9
-    rows.append(row(f"isometry_jacobian speed-up over a per-sample loop, LeNet, batch {batch}", t["naive"] / t["ours"],
-                    ">= 5", "per-sample, per-row torch.autograd.grad loop (create_graph)",
-                    f"{t['naive']:.3f} s vs {t['ours']:.3f} s ({gflop_naive / t['naive']:.1f} vs "
-                    f"{gflop / t['ours']:.1f} GFLOP/s for {gflop_naive:.3f} vs {gflop:.3f} GFLOP); max rel. "
-                    f"difference {err:.1e}; {how}"))
+    rows = [row(f"isometry_jacobian speed-up over a per-sample loop, LeNet, batch {batch}", t["naive"] / t["ours"],
+                ">= 5", "per-sample, per-row torch.autograd.grad loop (create_graph)",
+                f"{t['naive']:.3f} s vs {t['ours']:.3f} s ({gflop_naive / t['naive']:.1f} vs "
+                f"{gflop / t['ours']:.1f} GFLOP/s for {gflop_naive:.3f} vs {gflop:.3f} GFLOP); max rel. "
+                f"difference {err:.1e}; {how}")]
     for key in ("all rows", "1 row"):
         rows.append(row(f"isometry_jacobian with vmap over {key} per call / the per-sample loop, batch {batch}",
                         t["naive"] / t[key], "", "per-sample, per-row torch.autograd.grad loop (create_graph)",
                         f"{t[key]:.3f} s ({gflop / t[key]:.1f} GFLOP/s); {how}"))
+    return rows
 
-    # the error of each stochastic estimator over draws (not one draw): median and 90th percentile
+
+def _estimator_error_rows(model: torch.nn.Module, quick: bool) -> list[dict[str, object]]:
+    """(c): the error of each stochastic estimator over draws (not one draw): median and 90th percentile."""
+    rows = []
     batch = 32 if quick else 128
     draws = 10 if quick else 100
     x = torch.rand(batch, 1, 28, 28, generator=torch.Generator().manual_seed(2))
@@ -221,6 +236,23 @@ def run(quick: bool = False, *, rounds: int = 5, repeats: int = 2, threads: int 
                             f"{batch}, median of {draws} draws", med,
                             "", "exact estimator",
                             f"90th percentile {p90:.4f}; exact {exact:.4g} (untrained LeNet, 1x28x28 uniform noise)"))
+    return rows
+
+
+def run(quick: bool = False, *, rounds: int = 5, repeats: int = 2, threads: int = 1, clock: str = "auto",
+        batches: tuple[int, ...] = (32, 128)) -> list[dict[str, object]]:
+    """Rows of the perf-suite contract (see the module docstring). ``quick``: 1 round of 1 call, fewer steps."""
+    if quick:
+        rounds, repeats = 1, 1
+    clock_fn, clock_label = choose_clock(clock, threads=threads, device="cpu")
+    how = f"cpu, {torch.get_num_threads()} thread(s), {clock_label} clock, median of {rounds}x{repeats}"
+    timing: dict[str, Any] = {"rounds": rounds, "repeats": repeats, "clock": clock_fn}
+    estimators = _estimators()
+    rows, ratios = _training_rows(estimators, batches, quick, timing, how)
+    model = _lenet()  # (untrained; the FLOP counts leave its weights and gradients as they were)
+    rows += _flop_rows(model, estimators, batches[0], ratios)
+    rows += _jacobian_rows(model, quick, timing, how)
+    rows += _estimator_error_rows(model, quick)
     return rows
 
 

@@ -229,6 +229,18 @@ def _write_text(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+_REPORT_FILES = {
+    "csv": "margins.csv",
+    "json": "margins.json",
+    "markdown": "shielding.md",
+    "path_matrix": "path_matrix.png",
+    "class_margins": "class_margins.png",
+    "margin_histograms": "margin_histograms.png",
+    "progress": "paths.jsonl",
+}
+"""The files :func:`run_margins` writes into its output folder, by the names of its ``"files"`` entry."""
+
+
 def run_margins(
     model: nn.Module,
     x: torch.Tensor,
@@ -292,15 +304,7 @@ def run_margins(
     per_input, chunk = _chunking(model, x, trace_kw)
     settings = {k: (v.tolist() if isinstance(v, torch.Tensor) else v) for k, v in trace_kw.items()}
     settings |= {"chunk": chunk, "n_inputs": len(x)}
-    files = {
-        "csv": out / "margins.csv",
-        "json": out / "margins.json",
-        "markdown": out / "shielding.md",
-        "path_matrix": out / "path_matrix.png",
-        "class_margins": out / "class_margins.png",
-        "margin_histograms": out / "margin_histograms.png",
-        "progress": out / "paths.jsonl",
-    }
+    files = {name: out / file_name for name, file_name in _REPORT_FILES.items()}
     xt = torch.as_tensor(x)
     yt = torch.as_tensor(y)
     digest = _digest(model, xt, yt, settings)
