@@ -1,4 +1,5 @@
-"""The pipelines the CLI and the benchmarks run: train a method, evaluate a checkpoint, the digits demo.
+"""The runs the CLI and the benchmarks call: :func:`train`, the digits runs :func:`run_one` / :func:`run_many`
+(configurations of :func:`fire_plugin.pipeline.run_pipeline` writing their own files), :func:`evaluate_checkpoint`.
 
 Library code: no argparse, no printing; the CLI (:mod:`fire_plugin.cli`) parses arguments, calls these functions
 and prints what they return.
@@ -24,7 +25,6 @@ import numpy as np
 import torch
 from torch import nn
 
-from fire_plugin.engine.options import Checkpointing, DDPOptions, FastPaths, Validation
 from fire_plugin.methods import METHODS as _REGISTRY
 from fire_plugin.methods import (
     build_objective,
@@ -196,7 +196,7 @@ def _train_locked(out_dir: Path, *, dataset: str, model: str, method: str, weigh
     from torch.utils.data import DataLoader
 
     from fire_plugin.data import DATASETS, load_dataset
-    from fire_plugin.engine import IndexedDataset, SelfAdaptiveTargets
+    from fire_plugin.engine import Checkpointing, DDPOptions, FastPaths, IndexedDataset, SelfAdaptiveTargets, Validation
 
     info = DATASETS[dataset]
     weight = DEFAULT_WEIGHTS[method] if weight is None else float(weight)
@@ -425,6 +425,7 @@ def _run_one_locked(method: str, out_dir: Path, *, weight: float, seed: int, rec
     from torch.utils.data import DataLoader
 
     from fire_plugin.data import load_dataset
+    from fire_plugin.engine import Checkpointing, save_checkpoint
     from fire_plugin.evaluation import evaluate
 
     config = json.loads(json.dumps({"method": method, "weight": weight, "seed": seed,  # tuples become lists
@@ -475,8 +476,6 @@ def _run_one_locked(method: str, out_dir: Path, *, weight: float, seed: int, rec
                "fr_margin": margin, "train_seconds": float(sum(r["seconds"] for r in history)),
                "diverged": any(r.get("diverged") for r in history), "history": history}
     text = json.dumps(payload, indent=2)
-    from fire_plugin.engine import save_checkpoint
-
     save_checkpoint(out_dir / "model.pt", net.state_dict())  # before result.json: a finished run has both
     atomic_write_text(out_dir / "result.json", text)
     return json.loads(text)  # the same object a later call reads back

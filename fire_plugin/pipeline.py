@@ -26,7 +26,6 @@ Example:
 
 from __future__ import annotations
 
-import logging
 import random
 import time
 from collections.abc import Callable
@@ -39,10 +38,16 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
-from fire_plugin.engine.options import Checkpointing, DDPOptions, FastPaths, Validation
-
-if TYPE_CHECKING:
-    from fire_plugin.engine import ModelEMA, Objective, SelfAdaptiveTargets
+if TYPE_CHECKING:  # the engine is imported when a run starts
+    from fire_plugin.engine import (
+        Checkpointing,
+        DDPOptions,
+        FastPaths,
+        ModelEMA,
+        Objective,
+        SelfAdaptiveTargets,
+        Validation,
+    )
     from fire_plugin.evaluation import EvalResult
 
 __all__ = [
@@ -57,8 +62,6 @@ __all__ = [
     "run_pipeline",
     "seed_everything",
 ]
-
-_logger = logging.getLogger(__name__)
 
 _WRN_DEPTHS = {"wrn34_10": 34, "wrn28_10": 28}
 
@@ -161,13 +164,14 @@ class DataSpec:
 
 @dataclass(frozen=True)
 class FitSpec:
-    """The options of :func:`fire_plugin.engine.fit` (its option groups) and the EMA decay (None: no EMA)."""
+    """The options of :func:`fire_plugin.engine.fit`: its option groups (None: fit's defaults; no checkpoints,
+    no validation) and the EMA decay (None: no EMA)."""
 
     epochs: int
     validation: Validation | None = None
-    checkpoints: Checkpointing = Checkpointing()
-    fast: FastPaths = FastPaths()
-    ddp: DDPOptions = DDPOptions()
+    checkpoints: Checkpointing | None = None
+    fast: FastPaths | None = None
+    ddp: DDPOptions | None = None
     ema: float | None = None
 
 
@@ -275,7 +279,8 @@ def _final_weights(model: nn.Module, spec: FitSpec) -> tuple[nn.Module, dict[str
     from fire_plugin.engine import BEST_CHECKPOINT_NAME, load_checkpoint
 
     best = None
-    if spec.validation is not None and spec.validation.select_best and spec.checkpoints.dir is not None:
+    if spec.validation is not None and spec.validation.select_best and spec.checkpoints is not None \
+            and spec.checkpoints.dir is not None:
         best = load_checkpoint(Path(spec.checkpoints.dir) / BEST_CHECKPOINT_NAME, map_location=model_device(model))
         model.load_state_dict(best["model"])
     return model.eval(), best
