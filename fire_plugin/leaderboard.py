@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from fire_plugin.robustbench_io import THREAT_MODELS, ModelInfo, parse_eps, read_model_info, subset_of
+from fire_plugin.runfolder import atomic_write_text
 
 __all__ = [
     "AA_THREAT_MODELS",
@@ -502,7 +503,8 @@ def _source_text(entries_dir: str | os.PathLike[str] | None) -> str:
 def write_placement(
     placement: Placement, out_dir: str | os.PathLike[str], *, stem: str = "placement"
 ) -> dict[str, Path]:
-    """Write ``<stem>.md`` (the markdown table) and ``<stem>.json`` (:meth:`Placement.to_dict`) into ``out_dir``.
+    """Write ``<stem>.md`` (the markdown table) and ``<stem>.json`` (:meth:`Placement.to_dict`) into ``out_dir``
+    (each replaced atomically).
 
     The figure is :func:`fire_plugin.plots.plot_leaderboard`; save it next to them as ``<stem>.png``.
 
@@ -518,6 +520,6 @@ def write_placement(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = {"markdown": out / f"{stem}.md", "json": out / f"{stem}.json"}
-    paths["markdown"].write_text(placement.to_markdown(), encoding="utf-8")
-    paths["json"].write_text(json.dumps(placement.to_dict(), indent=2) + "\n", encoding="utf-8")
+    atomic_write_text(paths["markdown"], placement.to_markdown())
+    atomic_write_text(paths["json"], json.dumps(placement.to_dict(), indent=2) + "\n")
     return paths

@@ -31,6 +31,7 @@ import logging
 import os
 import platform
 import secrets
+import stat
 import subprocess
 import warnings
 from collections.abc import Callable, Iterator
@@ -199,8 +200,9 @@ def _umask() -> int:
 def atomic_write(path: str | os.PathLike[str], write: Callable[[IO[Any]], object], *, binary: bool = False) -> Path:
     """Write a file atomically: ``write(handle)`` fills a temporary file in the same folder, fsynced, then renamed.
 
-    An interrupted write never leaves a torn file in place of a good one. The file gets the permissions of any new
-    file (``0o666`` minus the umask). Checkpoints (``binary=True``) and result files both go through here.
+    An interrupted write never leaves a torn file in place of a good one. A new file gets the permissions of any
+    new file (``0o666`` minus the umask), a replaced one keeps its own. Checkpoints (``binary=True``), result files,
+    model_info JSON, leaderboard placements and margin tables all go through here.
 
     >>> import tempfile, pathlib
     >>> out = pathlib.Path(tempfile.mkdtemp()) / "a.txt"
@@ -209,6 +211,10 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[IO[Any]], object
     """
     path = Path(path)
     tmp = _temporary_name(path)
+    try:
+        mode: int | None = stat.S_IMODE(path.stat().st_mode)
+    except FileNotFoundError:
+        mode = None
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
         handle: IO[Any] = os.fdopen(fd, "wb") if binary else os.fdopen(fd, "w", encoding="utf-8")
@@ -216,6 +222,8 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[IO[Any]], object
             write(handle)
             handle.flush()
             os.fsync(handle.fileno())
+        if mode is not None:
+            os.chmod(tmp, mode)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):

@@ -99,6 +99,38 @@ def test_checkpoints_and_result_files_follow_the_umask(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt", "result.json"]  # no temporary files left
 
 
+def test_a_replaced_file_keeps_its_mode_and_margin_tables_are_written_atomically(tmp_path, monkeypatch):
+    import numpy as np
+
+    from fire_plugin import runfolder
+    from fire_plugin.margins import MarginResult
+
+    path = tmp_path / "result.json"
+    atomic_write_text(path, "{}")
+    path.chmod(0o600)
+    atomic_write_text(path, '{"a": 1}')
+    assert path.stat().st_mode & 0o777 == 0o600 and path.read_text() == '{"a": 1}'
+
+    result = MarginResult(index=np.array([0]), source=np.array([1]), target=np.array([2]), flipped=np.array([True]),
+                          first_class=np.array([2]), fr_length=np.array([0.5]), l2=np.array([0.1]),
+                          linf=np.array([0.05]), steps=np.array([5]), status=np.array(["flipped"]),
+                          shielded=np.array([False]), num_classes=3)
+    written: list[str] = []
+    original = runfolder.atomic_write
+
+    def spy(target, write, **kw):
+        written.append(Path(target).name)
+        return original(target, write, **kw)
+
+    monkeypatch.setattr(runfolder, "atomic_write", spy)
+    monkeypatch.setattr("fire_plugin.margins.results.atomic_write", spy)
+    result.to_json(tmp_path / "m.json")
+    result.to_csv(tmp_path / "m.csv")
+    assert written == ["m.json", "m.csv"]
+    assert MarginResult.from_json(tmp_path / "m.json").fr_length.tolist() == [0.5]
+    assert (tmp_path / "m.csv").read_bytes().splitlines()[1].startswith(b"0,1,2,True,2,")
+
+
 def test_a_torn_preset_results_file_is_recomputed(tmp_path, caplog):
     from fire_plugin.presets import run_preset
 

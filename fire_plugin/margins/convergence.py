@@ -9,7 +9,6 @@ import os
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -29,6 +28,7 @@ from fire_plugin.margins.results import (
 )
 from fire_plugin.margins.shielding import _fmt, shielding_report
 from fire_plugin.margins.trace import _MAX_STEPS_LIMIT, trace_margins
+from fire_plugin.runfolder import atomic_write_text
 
 _logger = logging.getLogger(__name__)
 
@@ -148,7 +148,7 @@ class ConvergenceStudy:
         """:meth:`to_dict` as JSON text; also written to ``path`` when given."""
         text = json.dumps(self.to_dict(**tolerances), indent=2)
         if path is not None:
-            Path(path).write_text(text)
+            atomic_write_text(path, text)
         return text
 
     def to_markdown(self, tol: float = 0.01, shielding_points: float = 1.0) -> str:

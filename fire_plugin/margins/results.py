@@ -4,6 +4,7 @@ verdict on a subsample of its paths."""
 from __future__ import annotations
 
 import csv
+import io
 import json
 import logging
 import math
@@ -14,6 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from fire_plugin.runfolder import atomic_write, atomic_write_text
 
 _logger = logging.getLogger(__name__)
 
@@ -159,10 +162,8 @@ class MarginResult:
         return cls(**columns, **settings)
 
     def to_json(self, path: str | os.PathLike[str]) -> Path:
-        """Write :meth:`to_dict` as JSON; returns the path."""
-        out = Path(path)
-        out.write_text(json.dumps(self.to_dict(), indent=2))
-        return out
+        """Write :meth:`to_dict` as JSON (replaced atomically); returns the path."""
+        return atomic_write_text(path, json.dumps(self.to_dict(), indent=2))
 
     @classmethod
     def from_json(cls, path: str | os.PathLike[str]) -> MarginResult:
@@ -171,14 +172,13 @@ class MarginResult:
 
     def to_csv(self, path: str | os.PathLike[str]) -> Path:
         """One row per path with the columns ``index, source, target, flipped, first_class, shielded, margin,
-        fr_length, l2, linf, steps, status``; returns the path."""
-        out = Path(path)
-        with out.open("w", newline="") as fh:
-            writer = csv.writer(fh)
-            writer.writerow(_COLUMNS)
-            for row in zip(*(getattr(self, name).tolist() for name in _COLUMNS), strict=True):
-                writer.writerow([f"{v:.9g}" if isinstance(v, float) else v for v in row])
-        return out
+        fr_length, l2, linf, steps, status`` (replaced atomically); returns the path."""
+        buffer = io.StringIO(newline="")
+        writer = csv.writer(buffer)
+        writer.writerow(_COLUMNS)
+        for row in zip(*(getattr(self, name).tolist() for name in _COLUMNS), strict=True):
+            writer.writerow([f"{v:.9g}" if isinstance(v, float) else v for v in row])
+        return atomic_write(path, lambda handle: handle.write(buffer.getvalue().encode("utf-8")), binary=True)
 
     def input_margins(self) -> np.ndarray:
         """Per input, the smallest margin (:attr:`margin`, the mode's) over its flipped paths: 0 for a

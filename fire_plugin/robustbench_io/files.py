@@ -10,8 +10,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import secrets
-import stat
 import warnings
 from pathlib import Path
 from typing import Any
@@ -88,21 +86,12 @@ def _read_json_object(path: Path, label: str) -> dict[str, Any]:
 
 
 def _write_atomic(path: Path, text: str) -> None:
-    """Replace ``path`` by ``text`` atomically; a new file gets the umask's mode, an existing one keeps its mode."""
+    """Replace ``path`` by ``text`` atomically (:func:`fire_plugin.runfolder.atomic_write_text`), creating its
+    folder; a new file gets the umask's mode, an existing one keeps its mode."""
+    from fire_plugin.runfolder import atomic_write_text
+
     path.parent.mkdir(parents=True, exist_ok=True)
-    mode = stat.S_IMODE(path.stat().st_mode) if path.exists() else None
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
-    # 0o666 & ~umask, as open(path, "w") gives; tempfile.mkstemp would create 0o600.
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        if mode is not None:
-            os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    atomic_write_text(path, text)
 
 
 def write_model_info(
