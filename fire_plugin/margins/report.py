@@ -223,10 +223,10 @@ def _num_classes(model: nn.Module, x: torch.Tensor) -> int:
 
 
 def _write_text(path: Path, text: str) -> None:
-    """Write atomically: a reader never sees half a file."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    """Write atomically (:func:`fire_plugin.runfolder.atomic_write_text`): a reader never sees half a file."""
+    from fire_plugin.runfolder import atomic_write_text
+
+    atomic_write_text(path, text)
 
 
 _REPORT_FILES = {
