@@ -324,5 +324,5 @@ def _evaluate(model: nn.Module, test: tuple[Tensor, Tensor], spec: EvaluationSpe
 
     x, y = test
     return evaluate(model, x, y, eps=spec.eps, norm=spec.norm, attacks=spec.attacks, pgd_steps=spec.pgd_steps,
-                    pgd_alpha=spec.eps_step, batch_size=spec.batch_size, seed=spec.seed,
+                    eps_step=spec.eps_step, batch_size=spec.batch_size, seed=spec.seed,
                     autoattack_attacks=spec.autoattack_attacks, verbose=verbose)
