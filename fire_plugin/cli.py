@@ -294,6 +294,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    if not args.verbose:  # ART logs a line per classifier and attack call at INFO ("Inferred 3 hidden layers")
+        logging.getLogger("art").setLevel(logging.WARNING)
     if args.command is None:
         print(f"fire-plugin {__version__}\n\nsubcommands:")
         for name, text in SUBCOMMANDS.items():

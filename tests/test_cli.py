@@ -283,3 +283,17 @@ def test_smoke_keeps_checkpoints_only_when_asked(tmp_path, capsys):
     capsys.readouterr()
     assert main(["train", "--preset", "mnist-smallcnn-fire", "--keep-checkpoints", "--out", str(tmp_path / "c")]) == 2
     assert "--keep-checkpoints applies to --smoke" in capsys.readouterr().err
+
+
+def test_the_peers_info_lines_are_quiet_unless_verbose(monkeypatch):
+    """`fire-plugin bench` printed ART's "Inferred 3 hidden layers" for every classifier it built."""
+    import logging
+
+    from fire_plugin import cli
+
+    monkeypatch.setattr(logging.getLogger("art"), "level", logging.NOTSET)
+    assert cli.main(["presets", "list"]) == 0
+    assert logging.getLogger("art").getEffectiveLevel() == logging.WARNING
+    logging.getLogger("art").setLevel(logging.NOTSET)
+    assert cli.main(["-v", "presets", "list"]) == 0
+    assert logging.getLogger("art").level == logging.NOTSET
