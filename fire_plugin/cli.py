@@ -231,12 +231,14 @@ def _margins(args: argparse.Namespace) -> int:
 def _leaderboard(args: argparse.Namespace) -> int:
     from fire_plugin.leaderboard import place, write_placement
     from fire_plugin.plots import plot_leaderboard
+    from fire_plugin.runfolder import atomic_path
 
     placement = place(args.model_info, entries_dir=args.model_info_dir, threat_model=args.threat_model,
                       neighbours=args.neighbours)
     files = write_placement(placement, args.out)
     figure = Path(args.out) / "placement.png"
-    plot_leaderboard(placement).savefig(figure, dpi=120)
+    with atomic_path(figure) as tmp:
+        plot_leaderboard(placement).savefig(tmp, dpi=120)
     print(files["markdown"].read_text() if "markdown" in files else placement)
     print("files: " + ", ".join(str(v) for v in [*files.values(), figure]))
     return 0

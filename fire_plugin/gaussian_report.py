@@ -228,5 +228,8 @@ def _fmt(theta: NDArray[np.float64]) -> str:
 
 
 def _save(fig: Any, path: Path) -> str:
-    fig.savefig(path, dpi=120, bbox_inches="tight")
+    from fire_plugin.runfolder import atomic_path
+
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=120, bbox_inches="tight")
     return str(path)

@@ -164,6 +164,14 @@ def _temporary_name(path: Path) -> Path:
     return path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
 
 
+def _existing_mode(path: Path) -> int | None:
+    """The permission bits of ``path``, None when there is no file yet (a replaced file keeps its mode)."""
+    try:
+        return stat.S_IMODE(path.stat().st_mode)
+    except FileNotFoundError:
+        return None
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     """A temporary path beside ``path`` to write to; renamed over ``path`` when the block ends without error.
@@ -180,10 +188,11 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     """
     path = Path(path)
     tmp = _temporary_name(path).with_suffix(".tmp" + path.suffix)
+    mode = _existing_mode(path)
     try:
         yield tmp
         if tmp.exists():
-            tmp.chmod(0o666 & ~_umask())
+            tmp.chmod(0o666 & ~_umask() if mode is None else mode)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -211,10 +220,7 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[IO[Any]], object
     """
     path = Path(path)
     tmp = _temporary_name(path)
-    try:
-        mode: int | None = stat.S_IMODE(path.stat().st_mode)
-    except FileNotFoundError:
-        mode = None
+    mode = _existing_mode(path)
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
         handle: IO[Any] = os.fdopen(fd, "wb") if binary else os.fdopen(fd, "w", encoding="utf-8")

@@ -110,23 +110,28 @@ def test_a_replaced_file_keeps_its_mode_and_margin_tables_are_written_atomically
     path.chmod(0o600)
     atomic_write_text(path, '{"a": 1}')
     assert path.stat().st_mode & 0o777 == 0o600 and path.read_text() == '{"a": 1}'
+    figure = tmp_path / "figure.png"
+    figure.write_bytes(b"old")
+    figure.chmod(0o640)
+    with runfolder.atomic_path(figure) as tmp:
+        tmp.write_bytes(b"new")
+    assert figure.stat().st_mode & 0o777 == 0o640 and figure.read_bytes() == b"new"
 
     result = MarginResult(index=np.array([0]), source=np.array([1]), target=np.array([2]), flipped=np.array([True]),
                           first_class=np.array([2]), fr_length=np.array([0.5]), l2=np.array([0.1]),
                           linf=np.array([0.05]), steps=np.array([5]), status=np.array(["flipped"]),
                           shielded=np.array([False]), num_classes=3)
-    written: list[str] = []
-    original = runfolder.atomic_write
+    renamed: list[str] = []
+    original = os.replace
 
-    def spy(target, write, **kw):
-        written.append(Path(target).name)
-        return original(target, write, **kw)
+    def spy(src, dst):  # an atomic write is a rename of a finished temporary file onto the target
+        renamed.append(Path(dst).name)
+        return original(src, dst)
 
-    monkeypatch.setattr(runfolder, "atomic_write", spy)
-    monkeypatch.setattr("fire_plugin.margins.results.atomic_write", spy)
+    monkeypatch.setattr(os, "replace", spy)
     result.to_json(tmp_path / "m.json")
     result.to_csv(tmp_path / "m.csv")
-    assert written == ["m.json", "m.csv"]
+    assert renamed == ["m.json", "m.csv"]
     assert MarginResult.from_json(tmp_path / "m.json").fr_length.tolist() == [0.5]
     assert (tmp_path / "m.csv").read_bytes().splitlines()[1].startswith(b"0,1,2,True,2,")
 

@@ -229,6 +229,14 @@ def _write_text(path: Path, text: str) -> None:
     atomic_write_text(path, text)
 
 
+def _save_figure(fig: Any, path: Path) -> None:
+    """Save a PNG atomically (:func:`fire_plugin.runfolder.atomic_path`)."""
+    from fire_plugin.runfolder import atomic_path
+
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=120)
+
+
 _REPORT_FILES = {
     "csv": "margins.csv",
     "json": "margins.json",
@@ -388,9 +396,9 @@ def _write_outputs(
     note = f"Inputs: {inputs_note}\n\n" if inputs_note else ""
     _write_text(files["markdown"], note + report.to_markdown())
     title = "SYNTHETIC inputs (not dataset images)" if synthetic else None
-    plot_path_matrix(report).savefig(files["path_matrix"], dpi=120)
-    plot_class_margins(report, note=title).savefig(files["class_margins"], dpi=120)
-    plot_margin_histograms(result, note=title).savefig(files["margin_histograms"], dpi=120)
+    _save_figure(plot_path_matrix(report), files["path_matrix"])
+    _save_figure(plot_class_margins(report, note=title), files["class_margins"])
+    _save_figure(plot_margin_histograms(result, note=title), files["margin_histograms"])
 
 
 def _load_model(model: str, dataset: str, checkpoint: Any, model_dir: Any) -> nn.Module:
@@ -546,7 +554,7 @@ def run_convergence(
     files = {"json": out / "convergence.json", "markdown": out / "convergence.md", "figure": out / "convergence.png"}
     _write_text(files["json"], study.to_json())
     _write_text(files["markdown"], study.to_markdown())
-    study.plot().savefig(files["figure"], dpi=120)
+    _save_figure(study.plot(), files["figure"])
     _logger.info("convergence study (%d settings) in %.0f s written to %s", len(study.rows),
                  time.perf_counter() - start, out)
     return {"study": study, "files": {k: str(v) for k, v in files.items()}}

@@ -4,7 +4,6 @@ verdict on a subsample of its paths."""
 from __future__ import annotations
 
 import csv
-import io
 import json
 import logging
 import math
@@ -16,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from fire_plugin.runfolder import atomic_write, atomic_write_text
+from fire_plugin.runfolder import atomic_path, atomic_write_text
 
 _logger = logging.getLogger(__name__)
 
@@ -173,12 +172,12 @@ class MarginResult:
     def to_csv(self, path: str | os.PathLike[str]) -> Path:
         """One row per path with the columns ``index, source, target, flipped, first_class, shielded, margin,
         fr_length, l2, linf, steps, status`` (replaced atomically); returns the path."""
-        buffer = io.StringIO(newline="")
-        writer = csv.writer(buffer)
-        writer.writerow(_COLUMNS)
-        for row in zip(*(getattr(self, name).tolist() for name in _COLUMNS), strict=True):
-            writer.writerow([f"{v:.9g}" if isinstance(v, float) else v for v in row])
-        return atomic_write(path, lambda handle: handle.write(buffer.getvalue().encode("utf-8")), binary=True)
+        with atomic_path(path) as tmp, tmp.open("w", newline="", encoding="utf-8") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(_COLUMNS)
+            for row in zip(*(getattr(self, name).tolist() for name in _COLUMNS), strict=True):
+                writer.writerow([f"{v:.9g}" if isinstance(v, float) else v for v in row])
+        return Path(path)
 
     def input_margins(self) -> np.ndarray:
         """Per input, the smallest margin (:attr:`margin`, the mode's) over its flipped paths: 0 for a
